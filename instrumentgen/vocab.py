@@ -1,0 +1,47 @@
+"""NSynth's vocabulary: instrument families and sources with NSynth's ids, the 88 keys, 5 velocities."""
+from __future__ import annotations
+
+FAMILIES = (
+    "bass", "brass", "flute", "guitar", "keyboard", "mallet",
+    "organ", "reed", "string", "synth_lead", "vocal",
+)  # index == NSynth `instrument_family`
+SOURCES = ("acoustic", "electronic", "synthetic")  # index == NSynth `instrument_source`
+PITCH_MIN, PITCH_MAX = 21, 108  # MIDI A0..C8, the 88 keys of a piano
+PITCHES = tuple(range(PITCH_MIN, PITCH_MAX + 1))
+VELOCITIES = (25, 50, 75, 100, 127)  # the velocity layers present in NSynth
+NSYNTH_SAMPLE_RATE_HZ = 16_000
+NSYNTH_NUM_SAMPLES = 64_000  # 4 s
+
+
+class VocabError(ValueError):
+    """A family, source, pitch or velocity outside NSynth's vocabulary."""
+
+
+def family_id(family: str | int) -> int:
+    """Family name or NSynth id -> id; raises `VocabError` naming the allowed values."""
+    return _lookup("family", family, FAMILIES)
+
+
+def source_id(source: str | int) -> int:
+    return _lookup("source", source, SOURCES)
+
+
+def check_pitch(pitch: int) -> int:
+    if not isinstance(pitch, int) or isinstance(pitch, bool) or not PITCH_MIN <= pitch <= PITCH_MAX:
+        raise VocabError(f"pitch={pitch!r} is outside the 88 keys; allowed: MIDI {PITCH_MIN}..{PITCH_MAX}")
+    return pitch
+
+
+def check_velocity(velocity: int) -> int:
+    if velocity not in VELOCITIES or isinstance(velocity, bool):
+        raise VocabError(f"velocity={velocity!r} is not a velocity layer; allowed: {', '.join(map(str, VELOCITIES))}")
+    return int(velocity)
+
+
+def _lookup(field_name: str, value: str | int, names: tuple[str, ...]) -> int:
+    if isinstance(value, str) and value in names:
+        return names.index(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(names):
+        return value
+    allowed = ", ".join(f"{i}={n}" for i, n in enumerate(names))
+    raise VocabError(f"{field_name}={value!r} is unknown; allowed: {allowed}")
