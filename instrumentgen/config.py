@@ -41,6 +41,12 @@ class DataConfig:
     sample_rate_hz: int = choice(44100, 44100)  # the codec's rate; NSynth's 16 kHz is resampled
     shards: str = ""  # token shards (Parquet) written by jobs.preprocess, read by jobs.train
     holdout_instruments: float = bounded(0.0, 0.0, 0.9)  # fraction of instruments held out
+    splits: dict[str, str] = field(default_factory=dict)  # {train|valid|test: url}; empty = {train: source}
+    notes_per_shard: int = bounded(1000, 1)  # input records per shard: the unit of resume
+    encode_batch_size: int = bounded(32, 1)  # notes per DAC/CLAP call
+    encoder_actors: int = bounded(1, 1)  # most DAC/CLAP actors (the pool autoscales from 1)
+    encoder_num_gpus: float = bounded(0.0, 0.0)  # GPUs per encoder actor (0: CPU)
+    encoder_num_cpus: float = bounded(1.0, 0.0)  # CPUs per encoder actor
 
 
 @dataclass

@@ -26,8 +26,10 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray for the whole session: 2 CPUs, no dashboard, everything on 127.0.0.1."""
+def ray_local(s3_server):
+    """One local Ray for the whole session: 2 CPUs, no dashboard, everything on 127.0.0.1.
+
+    Started after the S3 server so that its workers inherit the loopback endpoint variables."""
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",

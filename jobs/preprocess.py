@@ -1,0 +1,97 @@
+"""Ray job: NSynth (json/wav or TFRecord, local or any fsspec URL) -> token shards for training.
+
+    ray job submit -- python -m jobs.preprocess config=paper \\
+        data.source=s3://bucket/nsynth-train.tfrecord data.shards=s3://bucket/shards
+    python -m jobs.preprocess config=tiny data.splits.train=<url> data.splits.valid=<url> \\
+        data.splits.test=<url> data.shards=<url> data.holdout_instruments=0.1
+
+Ray Data pipeline: units of input records -> read + validate (CPU tasks) -> crop + resample
+16 kHz -> 44.1 kHz (CPU tasks) -> DAC codes + CLAP embedding (actor pool, `data.encoder_*` sizes
+and GPUs) -> the driver commits each unit's shards (`instrumentgen.shards.ShardWriter`).
+Re-running with the same `data.shards` finishes what is missing; see docs/preprocess.md.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+
+import ray
+
+from instrumentgen import preprocess, shards, storage
+from instrumentgen.config import Config, ConfigError, load_config, split_overrides
+
+
+def build_dataset(cfg: Config, units: list[dict]) -> ray.data.Dataset:
+    """The Ray Data pipeline over `units` (see `instrumentgen.preprocess`): encoded note rows."""
+    data = cfg.data
+    ds = ray.data.from_items(units, override_num_blocks=len(units))  # one read task per unit
+    ds = ds.map_batches(preprocess.read_unit, batch_size=1, fn_kwargs={"holdout_fraction": data.holdout_instruments})
+    ds = ds.map_batches(preprocess.resample_and_crop, batch_size=data.encode_batch_size,
+                        fn_kwargs={"duration_s": data.note_duration_s, "sample_rate_hz": data.sample_rate_hz})
+    return ds.map_batches(preprocess.NoteEncoder, fn_constructor_args=(cfg,), batch_size=data.encode_batch_size,
+                          compute=ray.data.ActorPoolStrategy(min_size=1, max_size=data.encoder_actors),
+                          num_cpus=data.encoder_num_cpus, num_gpus=data.encoder_num_gpus)
+
+
+def run(cfg: Config, fail_after_units: int | None = None) -> dict:
+    """Preprocess every split of `cfg.data` into `cfg.data.shards`; returns the manifest.
+
+    Units already committed by an earlier run with the same settings are skipped.
+    `fail_after_units` is a test hook (see `ShardWriter`)."""
+    sources = preprocess.split_sources(cfg.data)
+    out_hash = preprocess.output_hash(cfg, sources)
+    manifest_url = storage.join(cfg.data.shards, storage.MANIFEST)
+    if storage.exists(manifest_url):
+        manifest = storage.read_json(manifest_url)
+        if manifest["config_hash"] != out_hash:
+            raise shards.ShardError(f"data.shards={cfg.data.shards!r} is complete with config hash {manifest['config_hash']}, "
+                                    f"this run has {out_hash}; use a fresh data.shards")
+        print(f"{cfg.data.shards} is already complete: {manifest['kept']} notes kept", flush=True)
+        return manifest
+
+    start = time.perf_counter()
+    units = preprocess.plan_units(sources, cfg.data.format, cfg.data.notes_per_shard)
+    writer = shards.ShardWriter(cfg.data.shards, out_hash, sources, fail_after_units)
+    done = writer.completed_units()
+    todo = [u for u in units if (u["source_split"], u["unit"]) not in done]
+    print(f"{len(units)} units of up to {cfg.data.notes_per_shard} records in {', '.join(sources)}; "
+          f"{len(units) - len(todo)} already complete", flush=True)
+    if todo:
+        for batch in build_dataset(cfg, todo).iter_batches(batch_size=None, batch_format="numpy"):
+            writer.add(batch)
+    settings = {"note_duration_s": cfg.data.note_duration_s, "sample_rate_hz": cfg.data.sample_rate_hz,
+                "holdout_instruments": cfg.data.holdout_instruments, "notes_per_shard": cfg.data.notes_per_shard}
+    manifest = writer.finish([(u["source_split"], u["unit"]) for u in units], settings)
+    print(summary(manifest, writer.kept_this_run, time.perf_counter() - start), flush=True)
+    return manifest
+
+
+def summary(manifest: dict, kept_this_run: int, elapsed_s: float) -> str:
+    skipped = Counter(manifest["skipped"])
+    return "\n".join([
+        f"wrote {sum(manifest['kept'].values())} notes ({kept_this_run} in this run, "
+        f"{kept_this_run / max(elapsed_s, 1e-9):.1f} notes/s over {elapsed_s:.1f} s)",
+        "kept: " + ", ".join(f"{split} {n}" for split, n in manifest["kept"].items()),
+        "skipped: " + (", ".join(f"{reason} {n}" for reason, n in skipped.most_common()) or "none"),
+        f"codes [{manifest['n_codebooks']}, {manifest['n_frames']}] from {manifest['codec_model_id']}, "
+        f"CLAP {manifest['clap_model_id']}, config hash {manifest['config_hash']}",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        name, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
+        cfg = load_config(name, overrides)
+        preprocess.split_sources(cfg.data)  # fail on a bad split before starting Ray
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not ray.is_initialized():
+        ray.init()  # joins the cluster of `ray job submit` (RAY_ADDRESS), else starts a local one
+    run(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
