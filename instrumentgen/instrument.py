@@ -1,0 +1,143 @@
+"""A generated instrument: its notes, what made them, and the files a sampler loads.
+
+`Instrument.write(url)` lays out, through fsspec (a path, `s3://...`, `memory://...`):
+
+    <url>/notes/<pitch>_v<velocity>.wav   44.1 kHz, 24-bit PCM, one per (pitch, velocity) slot
+    <url>/instrument.sfz                  one <region> per note: key range, pitch_keycenter, lovel/hivel
+    <url>/instrument.dspreset             DecentSampler XML with the same mapping
+    <url>/manifest.json                   prompt, seed, model id, config hash, notes; written last
+
+Key ranges: each sampled pitch covers the keys nearer to it than to the next sampled pitch (a
+full instrument samples all 88 keys, so each region is one key). Velocity layers: each layer
+covers the velocities above the layer below it up to its own (25 -> 1..25, 50 -> 26..50, ...).
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from instrumentgen import storage
+from instrumentgen.vocab import PITCH_MAX, PITCH_MIN
+
+SFZ_FILE, DSPRESET_FILE, NOTES_DIR = "instrument.sfz", "instrument.dspreset", "notes"
+WRITE_THREADS = 8  # object stores are latency-bound: write several notes at once
+
+
+class InstrumentError(ValueError):
+    """An instrument whose notes cannot be written or read; the message names what is wrong."""
+
+
+def note_file(pitch: int, velocity: int) -> str:
+    return f"{NOTES_DIR}/{pitch:03d}_v{velocity:03d}.wav"
+
+
+def key_ranges(pitches: list[int]) -> dict[int, tuple[int, int]]:
+    """Sampled pitches -> {pitch: (lokey, hikey)} tiling MIDI 21..108 by nearest sampled pitch."""
+    keys = sorted(set(pitches))
+    bounds = [PITCH_MIN] + [(a + b) // 2 + 1 for a, b in zip(keys, keys[1:])] + [PITCH_MAX + 1]
+    return {pitch: (bounds[i], bounds[i + 1] - 1) for i, pitch in enumerate(keys)}
+
+
+def velocity_ranges(velocities: list[int]) -> dict[int, tuple[int, int]]:
+    """Velocity layers -> {velocity: (lovel, hivel)} tiling MIDI velocities 1..127."""
+    layers = sorted(set(velocities))
+    lows = [1] + [v + 1 for v in layers[:-1]]
+    return {v: (low, 127 if i == len(layers) - 1 else v) for i, (v, low) in enumerate(zip(layers, lows))}
+
+
+def _mapping(pitches: list[int], velocities: list[int]) -> list[dict]:
+    keys, layers = key_ranges(pitches), velocity_ranges(velocities)
+    return [{"pitch": p, "velocity": v, "file": note_file(p, v), "keys": keys[p], "velocities": layers[v]}
+            for p, v in sorted(zip(pitches, velocities))]
+
+
+def sfz_text(pitches: list[int], velocities: list[int]) -> str:
+    lines = ["// InstrumentGen: one region per generated note", "<control>", "default_path=./", "<group>",
+             "ampeg_release=0.3"]
+    for note in _mapping(pitches, velocities):
+        (lokey, hikey), (lovel, hivel) = note["keys"], note["velocities"]
+        lines.append(f"<region> sample={note['file']} lokey={lokey} hikey={hikey} "
+                     f"pitch_keycenter={note['pitch']} lovel={lovel} hivel={hivel}")
+    return "\n".join(lines) + "\n"
+
+
+def dspreset_xml(pitches: list[int], velocities: list[int], title: str) -> str:
+    root = ET.Element("DecentSampler", minVersion="1.0.0", title=title)
+    group = ET.SubElement(ET.SubElement(root, "groups"), "group", release="0.3")
+    for note in _mapping(pitches, velocities):
+        (lokey, hikey), (lovel, hivel) = note["keys"], note["velocities"]
+        ET.SubElement(group, "sample", path=note["file"], rootNote=str(note["pitch"]), loNote=str(lokey),
+                      hiNote=str(hikey), loVel=str(lovel), hiVel=str(hivel))
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def wav_bytes(note_audio: np.ndarray, sample_rate_hz: int) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, note_audio, sample_rate_hz, format="WAV", subtype="PCM_24")
+    return buffer.getvalue()
+
+
+@dataclass
+class Instrument:
+    """S notes of one instrument.
+
+    audio: float32 [S, L] at `sample_rate_hz`; pitches, velocities: S MIDI values (slot order);
+    metadata: prompt, seed, model id, config hash, scores... (JSON-serialisable).
+    """
+
+    audio: torch.Tensor
+    pitches: list[int]
+    velocities: list[int]
+    sample_rate_hz: int
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.audio.dim() != 2 or self.audio.shape[0] != len(self.pitches) or len(self.pitches) != len(self.velocities):
+            raise InstrumentError(f"audio {tuple(self.audio.shape)} must be [S, L] with S = len(pitches) = "
+                                  f"len(velocities) ({len(self.pitches)}, {len(self.velocities)})")
+        if len(set(zip(self.pitches, self.velocities))) != len(self.pitches):
+            raise InstrumentError("two notes share a (pitch, velocity) slot; each slot holds one note")
+
+    def __len__(self) -> int:
+        return len(self.pitches)
+
+    def write(self, url: str, title: str | None = None) -> dict:
+        """Write notes, SFZ, DecentSampler preset and, last, the manifest under `url`; returns the manifest."""
+        audio = self.audio.detach().float().cpu().numpy()
+        if not np.isfinite(audio).all():
+            raise InstrumentError("audio holds NaN or inf; refusing to write a broken instrument")
+        peak = float(np.abs(audio).max(initial=0.0))
+        scale = 0.99 / peak if peak > 0.99 else 1.0  # never clip: scale the whole instrument, keeping velocity
+        jobs = [(storage.join(url, note_file(p, v)), wav_bytes(audio[i] * scale, self.sample_rate_hz))
+                for i, (p, v) in enumerate(zip(self.pitches, self.velocities))]
+        with concurrent.futures.ThreadPoolExecutor(WRITE_THREADS) as pool:
+            list(pool.map(lambda job: storage.write_bytes(*job), jobs))
+        title = title or self.metadata.get("prompt") or "InstrumentGen instrument"
+        storage.write_bytes(storage.join(url, SFZ_FILE), sfz_text(self.pitches, self.velocities).encode())
+        storage.write_bytes(storage.join(url, DSPRESET_FILE), dspreset_xml(self.pitches, self.velocities, title).encode())
+        manifest = {**self.metadata, "sample_rate_hz": self.sample_rate_hz, "num_samples": audio.shape[1],
+                    "gain": scale, "sfz": SFZ_FILE, "dspreset": DSPRESET_FILE,
+                    "notes": [{"pitch": p, "velocity": v, "file": note_file(p, v)}
+                              for p, v in zip(self.pitches, self.velocities)]}
+        storage.write_json(storage.join(url, storage.MANIFEST), manifest)
+        return manifest
+
+    @classmethod
+    def read(cls, url: str) -> "Instrument":
+        """The instrument written by `write` at `url` (audio as written, after `gain`)."""
+        manifest_url = storage.join(url, storage.MANIFEST)
+        if not storage.exists(manifest_url):
+            raise InstrumentError(f"no {storage.MANIFEST} under {url!r}: not an instrument, or its write did not finish")
+        manifest = storage.read_json(manifest_url)
+        notes = manifest["notes"]
+        audio = [sf.read(io.BytesIO(storage.read_bytes(storage.join(url, n["file"]))), dtype="float32")[0] for n in notes]
+        known = ("sample_rate_hz", "num_samples", "gain", "sfz", "dspreset", "notes")
+        return cls(torch.from_numpy(np.stack(audio)), [n["pitch"] for n in notes], [n["velocity"] for n in notes],
+                   manifest["sample_rate_hz"], {k: v for k, v in manifest.items() if k not in known})

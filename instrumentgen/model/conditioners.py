@@ -1,0 +1,159 @@
+"""From `Cues` to the condition tokens the decoder cross-attends to (paper, section 2.3).
+
+Each attribute is one token: family, source, pitch (88 keys) and velocity (5 layers) go through
+a lookup table then a linear layer ("LUT -> Linear"); the CLAP embedding is quantized by a
+residual vector quantizer with learned codebooks, then projected. Every conditioner has a
+learned null entry, used for attributes that are not given, for per-sample attribute dropout,
+and for the null condition of classifier-free guidance, which nulls *every* token, the CLAP one
+included (audiocraft leaves the joint embedding un-nulled; we do not copy that).
+
+Why a codebook loss and not EMA codebooks: the quantizer's input is the frozen CLAP embedding,
+so there is no encoder for a commitment term to pull (its gradient would be zero, so it is not
+computed); the codebooks are plain parameters learned by the VQ-VAE codebook loss
+||sg(residual) - code||^2. Their gradients are all-reduced (and sharded by ZeRO) like every other
+weight, whereas EMA statistics are buffers that DDP overwrites from rank 0 and DeepSpeed does not
+average, so each worker would drift to its own codebooks.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from instrumentgen.config import ModelConfig
+from instrumentgen.cues import NOT_GIVEN, Cues
+from instrumentgen.vocab import FAMILIES, PITCH_MAX, PITCH_MIN, PITCHES, SOURCES, VELOCITIES, VocabError
+
+
+class CategoricalConditioner(nn.Module):
+    """LUT -> Linear: ids [B] long in [0, num_values] -> tokens [B, D]; id `num_values` is null."""
+
+    def __init__(self, num_values: int, dim: int):
+        super().__init__()
+        self.null_id = num_values
+        self.lut = nn.Embedding(num_values + 1, dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.lut(ids))
+
+
+class ResidualVectorQuantizer(nn.Module):
+    """x [B, E] -> (quantized [B, E], codes [B, Q] long, codebook loss scalar).
+
+    Q codebooks of `bins` entries: each quantizes what the previous ones left. The output carries
+    the quantized value forward and the gradient straight through to `x`.
+    """
+
+    def __init__(self, dim: int, num_codebooks: int, bins: int):
+        super().__init__()
+        # Entries of norm ~1, the scale of CLAP's unit-norm embeddings, so that most are in reach
+        # of some embedding at the start rather than dead.
+        self.codebooks = nn.Parameter(torch.randn(num_codebooks, bins, dim) / math.sqrt(dim))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        residual = x
+        quantized = torch.zeros_like(x)
+        codes, loss = [], x.new_zeros(())
+        for codebook in self.codebooks:
+            index = torch.cdist(residual.detach(), codebook).argmin(dim=-1)  # [B]
+            chosen = codebook[index]  # [B, E]
+            loss = loss + F.mse_loss(chosen, residual.detach())
+            quantized = quantized + chosen.detach()
+            residual = residual - chosen.detach()
+            codes.append(index)
+        return x + (quantized - x).detach(), torch.stack(codes, dim=-1), loss
+
+
+class ClapConditioner(nn.Module):
+    """clap_embedding [B, E] (or None: all null) -> (tokens [B, D], codebook loss)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.rvq = ResidualVectorQuantizer(cfg.clap_dim, cfg.rvq_codebooks, cfg.rvq_bins)
+        self.proj = nn.Linear(cfg.clap_dim, cfg.dim)
+        self.null = nn.Parameter(torch.zeros(cfg.dim))
+
+    def forward(self, clap_embedding: torch.Tensor | None, null: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if clap_embedding is None:
+            return self.null.expand(batch, -1), self.null.new_zeros(())
+        quantized, _, loss = self.rvq(clap_embedding.to(self.proj.weight.dtype))
+        return torch.where(null[:, None], self.null, self.proj(quantized)), loss
+
+
+def _velocity_table() -> torch.Tensor:
+    """[128] long: MIDI velocity -> layer index, -1 where no layer."""
+    table = torch.full((128,), -1, dtype=torch.long)
+    table[list(VELOCITIES)] = torch.arange(len(VELOCITIES))
+    return table
+
+
+def check_cues(cues: Cues) -> None:
+    """Raise `VocabError` naming the first value outside the vocabulary and the allowed values."""
+    checks = (
+        ("family", cues.family, (cues.family < NOT_GIVEN) | (cues.family >= len(FAMILIES)),
+         f"-1 (not given) or 0..{len(FAMILIES) - 1} ({', '.join(FAMILIES)})"),
+        ("source", cues.source, (cues.source < NOT_GIVEN) | (cues.source >= len(SOURCES)),
+         f"-1 (not given) or 0..{len(SOURCES) - 1} ({', '.join(SOURCES)})"),
+        ("pitch", cues.pitch, (cues.pitch < PITCH_MIN) | (cues.pitch > PITCH_MAX), f"MIDI {PITCH_MIN}..{PITCH_MAX}"),
+        ("velocity", cues.velocity, ~torch.isin(cues.velocity, torch.tensor(VELOCITIES, device=cues.velocity.device)),
+         ", ".join(map(str, VELOCITIES))),
+    )
+    if not torch.stack([bad.any() for _, _, bad, _ in checks]).any():  # one device sync when all is well
+        return
+    for name, values, bad, allowed in checks:
+        if bad.any():
+            raise VocabError(f"{name}={values[bad][0].item()} is not allowed; allowed: {allowed}")
+
+
+class Conditioners(nn.Module):
+    """cues -> condition tokens [B, C, D] (C = 4 attributes, + 1 CLAP token in the CLAP model)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.family = CategoricalConditioner(len(FAMILIES), cfg.dim)
+        self.source = CategoricalConditioner(len(SOURCES), cfg.dim)
+        self.pitch = CategoricalConditioner(len(PITCHES), cfg.dim)
+        self.velocity = CategoricalConditioner(len(VELOCITIES), cfg.dim)
+        self.clap = ClapConditioner(cfg) if cfg.conditioning == "clap" else None
+        self.register_buffer("velocity_table", _velocity_table(), persistent=False)
+
+    @property
+    def num_tokens(self) -> int:
+        return 4 + (self.clap is not None)
+
+    def attribute_dropout(self, cues: Cues) -> Cues:
+        """Training: each sample drops its own family / source with p = family_dropout /
+        source_dropout (the CLAP model only: in the metadata model they are the timbre cue)."""
+        if self.clap is None:
+            return cues
+        batch, device = len(cues), cues.pitch.device
+        drop_family = torch.rand(batch, device=device) < self.cfg.family_dropout
+        drop_source = torch.rand(batch, device=device) < self.cfg.source_dropout
+        return Cues(cues.family.masked_fill(drop_family, NOT_GIVEN), cues.source.masked_fill(drop_source, NOT_GIVEN),
+                    cues.pitch, cues.velocity, cues.clap_embedding)
+
+    def forward(self, cues: Cues, null: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """cues (B notes), null [B] bool (True: the null condition of CFG) -> (tokens [B, C, D], RVQ loss)."""
+        check_cues(cues)
+        batch = len(cues)
+        if null is None:
+            null = torch.zeros(batch, dtype=torch.bool, device=cues.pitch.device)
+
+        def ids(conditioner: CategoricalConditioner, index: torch.Tensor) -> torch.Tensor:
+            return torch.where(null | (index == NOT_GIVEN), conditioner.null_id, index)
+
+        tokens = [
+            self.family(ids(self.family, cues.family)),
+            self.source(ids(self.source, cues.source)),
+            self.pitch(ids(self.pitch, cues.pitch - PITCH_MIN)),
+            self.velocity(ids(self.velocity, self.velocity_table[cues.velocity])),
+        ]
+        rvq_loss = tokens[0].new_zeros(())
+        if self.clap is not None:
+            clap_token, rvq_loss = self.clap(cues.clap_embedding, null, batch)
+            tokens.append(clap_token)
+        return torch.stack(tokens, dim=1), rvq_loss

@@ -1,0 +1,75 @@
+import re
+
+import pytest
+import torch
+
+from instrumentgen.config import load_config
+from instrumentgen.cues import NOT_GIVEN, Cues, make_cues
+from instrumentgen.model.conditioners import Conditioners
+from instrumentgen.vocab import VocabError
+
+
+def conditioners(*overrides):
+    torch.manual_seed(0)
+    return Conditioners(load_config("tiny", list(overrides)).model).eval()
+
+
+def test_each_sample_drops_its_own_family_and_source_at_p_0_7():
+    model = conditioners()
+    batch = 20_000
+    cues = make_cues([60] * batch, [100] * batch, family="brass", source="acoustic")
+    torch.manual_seed(1)
+    dropped = model.attribute_dropout(cues)
+    family_gone, source_gone = dropped.family == NOT_GIVEN, dropped.source == NOT_GIVEN
+    assert abs(family_gone.float().mean().item() - 0.7) < 0.015
+    assert abs(source_gone.float().mean().item() - 0.7) < 0.015
+    assert abs((family_gone & source_gone).float().mean().item() - 0.49) < 0.015  # independent coins
+    # Per sample: any 16 consecutive samples (a per-worker batch) are not all dropped or all kept.
+    windows = family_gone[: batch // 16 * 16].view(-1, 16).float().mean(dim=1)
+    assert ((windows > 0) & (windows < 1)).float().mean() > 0.99
+    assert torch.equal(dropped.pitch, cues.pitch) and torch.equal(dropped.velocity, cues.velocity)
+
+
+def test_the_metadata_model_keeps_family_and_source():
+    model = conditioners("model.conditioning=metadata")
+    cues = make_cues([60] * 100, [100] * 100, family="brass", source="acoustic")
+    assert torch.equal(model.attribute_dropout(cues).family, cues.family)
+
+
+def test_the_null_condition_nulls_every_token_clap_included():
+    model = conditioners()
+    a = make_cues([30, 90], [25, 127], family="bass", source="synthetic", clap_embedding=torch.randn(512))
+    b = make_cues([61, 62], [50, 75], family="flute", clap_embedding=torch.randn(512))
+    null = torch.ones(2, dtype=torch.bool)
+    tokens_a, _ = model(a, null)
+    tokens_b, _ = model(b, null)
+    assert tokens_a.shape == (2, 5, 64)
+    assert torch.equal(tokens_a, tokens_b)  # nothing of the cue survives, the CLAP token neither
+    assert torch.equal(tokens_a[:, 4], model.clap.null.expand(2, -1))
+    tokens, _ = model(a)
+    assert not torch.allclose(tokens[:, 4], tokens_a[:, 4])
+
+
+def test_rvq_quantizes_to_codebook_sums_and_passes_gradients_straight_through():
+    model = conditioners()
+    x = torch.nn.functional.normalize(torch.randn(8, 512), dim=-1).requires_grad_()
+    quantized, codes, loss = model.clap.rvq(x)
+    expected = sum(model.clap.rvq.codebooks[q][codes[:, q]] for q in range(codes.shape[1]))
+    torch.testing.assert_close(quantized, expected)
+    (quantized.sum() + loss).backward()
+    torch.testing.assert_close(x.grad, torch.ones_like(x))
+    assert model.clap.rvq.codebooks.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("pitch", 20, "pitch=20 is not allowed; allowed: MIDI 21..108"),
+    ("velocity", 60, "velocity=60 is not allowed; allowed: 25, 50, 75, 100, 127"),
+    ("family", 11, "family=11 is not allowed; allowed: -1 (not given) or 0..10 (bass, brass"),
+])
+def test_out_of_vocabulary_cues_name_the_value_and_the_allowed_ones(field, value, message):
+    cues = make_cues([60, 61], [100, 100], family="bass")
+    values = getattr(cues, field).clone()
+    values[1] = value
+    bad = Cues(**{**vars(cues), field: values})
+    with pytest.raises(VocabError, match=re.escape(message)):
+        conditioners()(bad)
