@@ -2,6 +2,8 @@
 
     instrumentgen config tiny model.num_layers=4     # print the resolved, validated config
     instrumentgen fixture ./nsynth-fixture --instruments 4 --bad-records
+    instrumentgen generate runs/demo/model.pt --prompt "warm analog brass" --out ./brass --seed 7
+    instrumentgen generate runs/demo/model.pt --family bass --source acoustic --out s3://bucket/bass
 """
 from __future__ import annotations
 
@@ -10,8 +12,9 @@ import sys
 
 from omegaconf import OmegaConf
 
-from instrumentgen.config import ConfigError, load_config
+from instrumentgen.config import load_config
 from instrumentgen.testing import write_fixture_nsynth
+from instrumentgen.weights import WeightsError
 from instrumentgen.vocab import PITCHES, VELOCITIES
 
 
@@ -25,6 +28,25 @@ def _fixture(args: argparse.Namespace) -> None:
     urls = write_fixture_nsynth(args.root, args.instruments, pitches, velocities, tuple(args.formats), args.bad_records)
     for fmt, url in urls.items():
         print(f"{fmt}: {url}")
+
+
+def _generate(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from instrumentgen.clap import Clap
+    from instrumentgen.codec import Codec
+    from instrumentgen.generate import InstrumentCue, generate_instrument
+    from instrumentgen.model.lm import InstrumentLM
+
+    cfg = load_config(args.config, args.overrides)
+    lm = InstrumentLM.load(args.checkpoint, cfg.codec.device)
+    codec = Codec.load(cfg.codec.weights, cfg.codec.device, cfg.codec.n_codebooks)
+    clap = Clap.load(cfg.clap) if args.prompt is not None and lm.cfg.conditioning == "clap" else None
+    cue = InstrumentCue(prompt=args.prompt, family=args.family, source=args.source)
+    gen_cfg = dataclasses.replace(cfg.generate, seed=args.seed)
+    instrument = generate_instrument(lm, codec, clap, cue, gen_cfg, args.seed, cfg.data.note_duration_s, progress=True)
+    manifest = instrument.write(args.out)
+    print(f"wrote {len(manifest['notes'])} notes, {manifest['sfz']} and {manifest['dspreset']} to {args.out}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,10 +64,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--formats", nargs="+", default=["jsonwav", "tfrecord"], choices=["jsonwav", "tfrecord"])
     p.add_argument("--bad-records", action="store_true", help="mix in four invalid records")
     p.set_defaults(run=_fixture)
+    p = sub.add_parser("generate", help="generate one instrument (440 notes, SFZ, DecentSampler) from a checkpoint")
+    p.add_argument("checkpoint", help="path or URL of a model exported by jobs.train")
+    p.add_argument("--prompt", help="text prompt (CLAP-conditioned models)")
+    p.add_argument("--family", help="NSynth family name, e.g. brass")
+    p.add_argument("--source", help="acoustic, electronic or synthetic")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder or fsspec URL")
+    p.add_argument("--config", default="tiny", help="config for codec, CLAP and generation settings")
+    p.add_argument("overrides", nargs="*", default=[], help="dotted key=value overrides right after the checkpoint, e.g. generate.cfg_coef=2")
+    p.set_defaults(run=_generate)
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except ConfigError as e:
+    except (ValueError, WeightsError) as e:  # every error of ours names the bad value and the allowed ones
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
