@@ -2,7 +2,7 @@
 
     python -m jobs.benchmark                 # all areas, full size
     python -m jobs.benchmark --quick         # smaller sizes (minutes on a 2-core CPU)
-    python -m jobs.benchmark --only metrics generation --json bench.json
+    python -m jobs.benchmark --only metrics generation --json bench.json --figures docs/figures
 
 Each area lives in `jobs/benchmarks/<area>.py` and exposes `run(quick: bool) -> list[dict]`
 with rows {benchmark, baseline, ours, baseline_s, ours_s, ratio, note}. The table printed
@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--only", nargs="+", choices=AREAS, default=list(AREAS), help="areas to run")
     parser.add_argument("--quick", action="store_true", help="smaller sizes")
     parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--figures", help="also draw each area's figures (PNG) into this folder")
     args = parser.parse_args(argv)
     print(f"# machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
           f"torch {torch.__version__}, python {sys.version.split()[0]}", flush=True)
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         module = importlib.import_module(f"jobs.benchmarks.{area}")
         area_rows = module.run(quick=args.quick)
         print(f"\n## {area}\n\n{markdown_table(area_rows)}", flush=True)
+        if args.figures and hasattr(module, "plot"):
+            module.plot(area_rows, args.figures)
         rows += [{"area": area, **row} for row in area_rows]
     if args.json:
         with open(args.json, "w") as f:

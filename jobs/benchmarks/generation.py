@@ -61,11 +61,52 @@ def cfg_row(name: str, batch: int, frames: int) -> dict:
                 f"{tokens / batched_s:.0f} tokens/s")
 
 
+def throughput_rows(name: str, batches: list[int], frames: int) -> list[dict]:
+    """Cached generation tokens/s at each batch size, as a ratio to batch 1 (the curve in the docs)."""
+    lm = _model(name)
+    lm.generate(_cues(1), 4)
+    seconds = {batch: _seconds(lambda: lm.generate(_cues(batch), frames, top_k=250)) for batch in [1, *batches]}
+    per_token = {batch: s / (batch * lm.cfg.n_q * frames) for batch, s in seconds.items()}
+    return [_row(f"{name}: tokens/s at batch {batch} ({frames + lm.cfg.n_q - 1} steps, CFG)", "batch 1",
+                 f"batch {batch}", per_token[1], per_token[batch], f"{1 / per_token[batch]:.0f} tokens/s "
+                 f"(batch 1: {1 / per_token[1]:.0f}); _s columns are seconds per token")
+            for batch in batches]
+
+
+def plot(rows: list[dict], out_dir: str) -> None:
+    """`generation_throughput.png`: tokens/s against batch size, one line per config."""
+    import os
+    import re
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves: dict[str, dict[int, float]] = {}
+    for row in rows:
+        found = re.match(r"(\w+): tokens/s at batch (\d+)", row["benchmark"])
+        if found:
+            curve = curves.setdefault(found[1], {1: 1 / row["baseline_s"]})
+            curve[int(found[2])] = 1 / row["ours_s"]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, curve in curves.items():
+        batches = sorted(curve)
+        ax.plot(batches, [curve[b] for b in batches], marker="o", label=name)
+    ax.set(xscale="log", yscale="log", xlabel="notes per batch", ylabel="tokens / s (KV cache, CFG)",
+           title="Generation throughput on this machine")
+    ax.legend()
+    fig.tight_layout()
+    os.makedirs(out_dir, exist_ok=True)
+    fig.savefig(os.path.join(out_dir, "generation_throughput.png"), dpi=120)
+
+
 def run(quick: bool) -> list[dict]:
     paper_frames = 117 if quick else PAPER_FRAMES
     return [
-        cache_row("tiny", 8, PAPER_FRAMES),
+        cache_row("tiny", 8 if quick else 32, PAPER_FRAMES),
         cache_row("paper", 1 if quick else 2, paper_frames),
         cfg_row("tiny", 8, PAPER_FRAMES),
         cfg_row("paper", 8, paper_frames),
+        *throughput_rows("tiny", [4, 16, 64] if quick else [4, 16, 64, 110], PAPER_FRAMES),
+        *throughput_rows("paper", [4, 16] if quick else [4, 16, 64], 117 if quick else PAPER_FRAMES),
     ]
