@@ -151,6 +151,7 @@ class InstrumentLM(nn.Module):
         caches = [self.transformer.new_cache(steps) for _ in conditions] if use_cache else [None] * len(conditions)
         valid = patterns.valid_mask(n_q, num_frames, device)
         sequence = torch.full((batch, n_q, steps + 1), self.special, dtype=torch.long, device=device)  # step 0: start
+        draws = sampling.uniforms(seeds, steps, n_q)  # [B, T, K]
         for step in range(steps):
             logits = []
             for cond, cache in zip(conditions, caches):
@@ -165,7 +166,7 @@ class InstrumentLM(nn.Module):
             logits = torch.cat(logits)
             if guided:
                 logits = guided_logits(logits[:batch], logits[batch:], cfg_coef)
-            next_tokens = sampling.sample_top_k(logits, sampling.uniforms(seeds, step, n_q), top_k, temperature)
+            next_tokens = sampling.sample_top_k(logits, draws[:, step], top_k, temperature)
             sequence[:, :, step + 1] = torch.where(valid[:, step], next_tokens, self.special)
         return patterns.deinterleave(sequence[:, :, 1:])
 

@@ -32,10 +32,12 @@ def mix_seed(*parts: torch.Tensor | int) -> torch.Tensor:
     return seed
 
 
-def uniforms(seeds: torch.Tensor, step: int, n_q: int) -> torch.Tensor:
-    """seeds [B] long -> [B, K] float64 uniforms in [0, 1) for decoding step `step`."""
+def uniforms(seeds: torch.Tensor, num_steps: int, n_q: int) -> torch.Tensor:
+    """seeds [B] long -> [B, T, K] float64 uniforms in [0, 1): one per (note, step, codebook),
+    made in one call before decoding rather than one small hash per step."""
+    steps = torch.arange(num_steps, device=seeds.device)
     codebooks = torch.arange(n_q, device=seeds.device)
-    return mix_seed(seeds[:, None], step, codebooks[None, :]).double() / 2.0**32
+    return mix_seed(seeds[:, None, None], steps[None, :, None], codebooks[None, None, :]).double() / 2.0**32
 
 
 def sample_top_k(logits: torch.Tensor, u: torch.Tensor, top_k: int, temperature: float) -> torch.Tensor:

@@ -20,8 +20,10 @@ def test_greedy_and_seeded_streams():
     logits = torch.randn(3, 4, 32)
     assert torch.equal(sampling.sample_top_k(logits, torch.rand(3, 4).double(), 1, 1.0), logits.argmax(-1))
     seeds = torch.tensor([1, 2, 3])
-    assert torch.equal(sampling.uniforms(seeds, 5, 4), sampling.uniforms(seeds, 5, 4))
-    assert torch.equal(sampling.uniforms(seeds[1:], 5, 4), sampling.uniforms(seeds, 5, 4)[1:])  # per note
-    u = sampling.uniforms(torch.arange(5000), 0, 4)
+    table = sampling.uniforms(seeds, 6, 4)
+    assert table.shape == (3, 6, 4) and torch.equal(table, sampling.uniforms(seeds, 6, 4))
+    assert torch.equal(sampling.uniforms(seeds[1:], 6, 4), table[1:])  # a note's stream is its own
+    assert torch.equal(sampling.uniforms(seeds, 9, 4)[:, :6], table)  # and does not depend on the length
+    u = sampling.uniforms(torch.arange(5000), 1, 4)
     assert 0 <= u.min() and u.max() < 1 and abs(u.mean().item() - 0.5) < 0.01
-    assert not torch.equal(sampling.uniforms(seeds, 5, 4), sampling.uniforms(seeds, 6, 4))
+    assert len(table.unique()) == table.numel()
