@@ -44,9 +44,10 @@ class DataConfig:
     splits: dict[str, str] = field(default_factory=dict)  # {train|valid|test: url}; empty = {train: source}
     notes_per_shard: int = bounded(1000, 1)  # input records per shard: the unit of resume
     encode_batch_size: int = bounded(32, 1)  # notes per DAC/CLAP call
-    encoder_actors: int = bounded(1, 1)  # most DAC/CLAP actors (the pool autoscales from 1)
+    encoder_actors: int = bounded(1, 1)  # DAC/CLAP actors (a fixed pool: each loads the models once)
     encoder_num_gpus: float = bounded(0.0, 0.0)  # GPUs per encoder actor (0: CPU)
     encoder_num_cpus: float = bounded(1.0, 0.0)  # CPUs per encoder actor
+    reader_num_cpus: float = bounded(0.25, 0.01)  # CPUs per read + resample task (mostly I/O)
 
 
 @dataclass

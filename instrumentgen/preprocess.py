@@ -3,6 +3,7 @@
     plan_units        NSynth splits -> units: fixed blocks of input records, the unit of resume
     read_unit         a unit -> one row per record (reader + validator), then a closing `unit_end` row
     resample_and_crop 16 kHz notes -> `data.note_duration_s` at 44.1 kHz
+    read_and_resample the two above in one task (the job's read stage)
     NoteEncoder       DAC codes [K, N] and CLAP audio embedding [512] per note (an actor: loads models once)
 
 Every input record yields exactly one row, kept or not (`reason` says why not), so the writer
@@ -213,6 +214,14 @@ def resample_and_crop(batch: dict[str, np.ndarray], duration_s: float, sample_ra
         for i, note_audio in zip(kept, resampled):
             batch["audio"][i] = note_audio.tobytes()
     return batch
+
+
+def read_and_resample(batch: dict[str, np.ndarray], holdout_fraction: float, duration_s: float,
+                      sample_rate_hz: int) -> Iterator[dict[str, np.ndarray]]:
+    """Ray Data stage (one unit -> note rows at the codec's rate): `read_unit`, then `resample_and_crop`
+    on each chunk of rows, in the same task."""
+    for rows in read_unit(batch, holdout_fraction):
+        yield resample_and_crop(rows, duration_s, sample_rate_hz)
 
 
 class NoteEncoder:

@@ -5,8 +5,8 @@
     python -m jobs.preprocess config=tiny data.splits.train=<url> data.splits.valid=<url> \\
         data.splits.test=<url> data.shards=<url> data.holdout_instruments=0.1
 
-Ray Data pipeline: units of input records -> read + validate (CPU tasks) -> crop + resample
-16 kHz -> 44.1 kHz (CPU tasks) -> DAC codes + CLAP embedding (actor pool, `data.encoder_*` sizes
+Ray Data pipeline: units of input records -> read + validate + crop + resample 16 kHz -> 44.1 kHz
+(CPU tasks, one per unit) -> DAC codes + CLAP embedding (actor pool, `data.encoder_*` sizes
 and GPUs) -> the driver commits each unit's shards (`instrumentgen.shards.ShardWriter`).
 Re-running with the same `data.shards` finishes what is missing; see docs/preprocess.md.
 """
@@ -25,12 +25,15 @@ from instrumentgen.config import Config, ConfigError, load_config, split_overrid
 def build_dataset(cfg: Config, units: list[dict]) -> ray.data.Dataset:
     """The Ray Data pipeline over `units` (see `instrumentgen.preprocess`): encoded note rows."""
     data = cfg.data
-    ds = ray.data.from_items(units, override_num_blocks=len(units))  # one read task per unit
-    ds = ds.map_batches(preprocess.read_unit, batch_size=1, fn_kwargs={"holdout_fraction": data.holdout_instruments})
-    ds = ds.map_batches(preprocess.resample_and_crop, batch_size=data.encode_batch_size,
-                        fn_kwargs={"duration_s": data.note_duration_s, "sample_rate_hz": data.sample_rate_hz})
+    ds = ray.data.from_items(units, override_num_blocks=len(units))
+    # One read task per unit: `batch_size=1` makes each task take one unit (a larger batch would
+    # bundle several units into one task). Its own CPU share leaves the encoders their cores and
+    # keeps Ray Data from fusing it into the encoder actors, which would serialise the job.
+    ds = ds.map_batches(preprocess.read_and_resample, batch_size=1, num_cpus=data.reader_num_cpus,
+                        fn_kwargs={"holdout_fraction": data.holdout_instruments, "duration_s": data.note_duration_s,
+                                   "sample_rate_hz": data.sample_rate_hz})
     return ds.map_batches(preprocess.NoteEncoder, fn_constructor_args=(cfg,), batch_size=data.encode_batch_size,
-                          compute=ray.data.ActorPoolStrategy(min_size=1, max_size=data.encoder_actors),
+                          compute=ray.data.ActorPoolStrategy(size=data.encoder_actors),
                           num_cpus=data.encoder_num_cpus, num_gpus=data.encoder_num_gpus)
 
 
