@@ -25,6 +25,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """An empty weights cache for one test module, so tiny weight files are really written and read back."""
+    root = tmp_path_factory.mktemp("weights-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("INSTRUMENTGEN_CACHE", str(root))
+        yield root
+
+
 @pytest.fixture(scope="session")
 def ray_local(s3_server):
     """One local Ray for the whole session: 2 CPUs, no dashboard, everything on 127.0.0.1.

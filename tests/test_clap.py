@@ -22,15 +22,6 @@ PROMPTS = ["warm analog brass", "bright plucked nylon guitar", "dark synth pad"]
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """An empty weights cache for this module, so the tiny checkpoint is really written and read back."""
-    root = tmp_path_factory.mktemp("weights-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("INSTRUMENTGEN_CACHE", str(root))
-        yield root
-
-
-@pytest.fixture(scope="module")
 def tiny_cfg() -> ClapConfig:
     return load_config("tiny").clap
 

@@ -16,15 +16,6 @@ SR = 44100
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """An empty weights cache for this module, so the tiny file is really created and reloaded."""
-    root = tmp_path_factory.mktemp("weights-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("INSTRUMENTGEN_CACHE", str(root))
-        yield root
-
-
-@pytest.fixture(scope="module")
 def codec(cache) -> Codec:
     return Codec.load("tiny")
 
