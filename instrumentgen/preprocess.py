@@ -227,7 +227,8 @@ def read_and_resample(batch: dict[str, np.ndarray], holdout_fraction: float, dur
 class NoteEncoder:
     """Ray Data actor stage: DAC codes and CLAP audio embeddings of the kept notes of a batch.
 
-    In: rows with `audio` (float32 bytes at the codec's rate). Out: the same rows without audio,
+    In: a block of rows of one unit with `audio` (float32 bytes at the codec's rate), encoded in
+    chunks of `data.encode_batch_size`. Out: the same rows without audio,
     plus `codes` int16 [B, K, N], `clap_embedding` float16 [B, 512] (zeros for rejected rows) and
     the model ids. Uses the GPU when the actor was given one (`data.encoder_num_gpus`).
     """
@@ -244,6 +245,7 @@ class NoteEncoder:
         self.codec = Codec.load(cfg.codec.weights, device=device)
         self.clap = Clap.load(dataclasses.replace(cfg.clap, device=device))
         self.n_codebooks = cfg.codec.n_codebooks
+        self.batch_size = cfg.data.encode_batch_size
         self.n_samples = round(cfg.data.note_duration_s * cfg.data.sample_rate_hz)
         self.n_frames = self.encode(np.zeros((1, self.n_samples), np.float32))[0].shape[-1]
 
@@ -262,9 +264,12 @@ class NoteEncoder:
         codes = np.zeros((size, self.n_codebooks, self.n_frames), np.int16)
         clap_embedding = np.zeros((size, 512), np.float16)
         kept = np.flatnonzero(batch["reason"] == "")
-        if len(kept):
-            audio = np.stack([np.frombuffer(batch["audio"][i], np.float32) for i in kept])
-            codes[kept], clap_embedding[kept] = self.encode(audio)
+        # Chunks of the block's own rows, never rows of other units: a note's CLAP embedding moves
+        # by a float16 step with the batch it is computed in, and shards must not depend on timing.
+        for start in range(0, len(kept), self.batch_size):
+            chunk = kept[start:start + self.batch_size]
+            audio = np.stack([np.frombuffer(batch["audio"][i], np.float32) for i in chunk])
+            codes[chunk], clap_embedding[chunk] = self.encode(audio)
         out = {name: column for name, column in batch.items() if name != "audio"}
         out.update(codes=codes, clap_embedding=clap_embedding,
                    codec_model_id=np.full(size, self.codec.model_id), clap_model_id=np.full(size, self.clap.model_id))

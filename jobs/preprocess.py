@@ -32,7 +32,7 @@ def build_dataset(cfg: Config, units: list[dict]) -> ray.data.Dataset:
     ds = ds.map_batches(preprocess.read_and_resample, batch_size=1, num_cpus=data.reader_num_cpus,
                         fn_kwargs={"holdout_fraction": data.holdout_instruments, "duration_s": data.note_duration_s,
                                    "sample_rate_hz": data.sample_rate_hz})
-    return ds.map_batches(preprocess.NoteEncoder, fn_constructor_args=(cfg,), batch_size=data.encode_batch_size,
+    return ds.map_batches(preprocess.NoteEncoder, fn_constructor_args=(cfg,), batch_size=None,  # whole blocks
                           compute=ray.data.ActorPoolStrategy(size=data.encoder_actors),
                           num_cpus=data.encoder_num_cpus, num_gpus=data.encoder_num_gpus)
 
