@@ -125,7 +125,7 @@ class MetricsConfig:
     tc_mels: list[int] = field(default_factory=lambda: [80])
     tc_mfccs: list[int] = field(default_factory=lambda: [13])
     tc_power: float = 1.0
-    pitch_estimator: str = choice("yin", "yin", "crepe")
+    pitch_estimator: str = choice("yin", "yin")  # torchcrepe: see metrics/pitch.py
     fad_embedder: str = choice("vggish", "vggish", "clap")
     vggish_weights: str = "vggish"  # name, path or URL of the VGGish state dict
 

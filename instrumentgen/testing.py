@@ -14,7 +14,7 @@ import numpy as np
 import soundfile as sf
 
 from instrumentgen import storage, tfrecord
-from instrumentgen.vocab import FAMILIES, NSYNTH_NUM_SAMPLES, NSYNTH_SAMPLE_RATE_HZ, SOURCES
+from instrumentgen.vocab import FAMILIES, NSYNTH_NUM_SAMPLES, NSYNTH_SAMPLE_RATE_HZ, SOURCES, midi_to_hz
 
 
 @dataclass(frozen=True)
@@ -30,10 +30,6 @@ def timbre_for(index: int) -> Timbre:
     rng = np.random.default_rng(1000 + index)
     return Timbre(tilt_db_per_octave=float(rng.uniform(-18, -3)), even_gain=float(rng.uniform(0, 1)),
                   decay_s=float(rng.uniform(0.3, 3.0)), attack_s=float(rng.uniform(0.002, 0.05)))
-
-
-def midi_to_hz(pitch: float) -> float:
-    return 440.0 * 2.0 ** ((pitch - 69) / 12)
 
 
 def synth_note(pitch: int, velocity: int, timbre: Timbre, sample_rate_hz: int = NSYNTH_SAMPLE_RATE_HZ,

@@ -13,6 +13,11 @@ NSYNTH_SAMPLE_RATE_HZ = 16_000
 NSYNTH_NUM_SAMPLES = 64_000  # 4 s
 
 
+def midi_to_hz(pitch: float) -> float:
+    """MIDI note number -> frequency in Hz (A4 = 69 = 440 Hz, equal temperament)."""
+    return 440.0 * 2.0 ** ((pitch - 69) / 12)
+
+
 class VocabError(ValueError):
     """A family, source, pitch or velocity outside NSynth's vocabulary."""
 

@@ -1,0 +1,1 @@
+"""The paper's evaluation (sections 3 and 4): TC, pitch (YIN, MAD_pitch), FAD, CLAP score."""
