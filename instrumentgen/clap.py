@@ -228,13 +228,16 @@ class Clap:
         return F.normalize(self.module.model.encode_text(tokens, self.device), dim=-1)
 
     @torch.no_grad()
-    def embed_audio(self, audio: torch.Tensor, sample_rate_hz: int) -> torch.Tensor:
+    def embed_audio(self, audio: torch.Tensor, sample_rate_hz: int, chunk: int = 32) -> torch.Tensor:
         """[B, L] float at `sample_rate_hz` (any device) -> [B, 512] float, unit L2 norm.
 
         Audio is resampled to 48 kHz and cut to its first 10 s (CLAP's window; shorter notes are
-        repeated to fill it, as laion_clap does).
+        repeated to fill it, as laion_clap does), `chunk` notes per forward to bound memory.
         """
         if audio.dim() != 2 or audio.shape[0] == 0 or audio.shape[1] == 0:
             raise ClapError(f"audio shape {tuple(audio.shape)} is not allowed; expected [B, L] mono, B, L > 0")
-        audio = resample(audio.to(self.device, torch.float32), sample_rate_hz, SAMPLE_RATE_HZ)[:, :MAX_SAMPLES]
-        return self.module.get_audio_embedding_from_data(audio, use_tensor=True)
+        embeddings = []
+        for part in audio.split(chunk):
+            part = resample(part.to(self.device, torch.float32), sample_rate_hz, SAMPLE_RATE_HZ)[:, :MAX_SAMPLES]
+            embeddings.append(self.module.get_audio_embedding_from_data(part, use_tensor=True))
+        return torch.cat(embeddings)

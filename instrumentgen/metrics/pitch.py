@@ -41,10 +41,20 @@ class PitchReport:
 
 
 def yin_f0(audio: torch.Tensor, sample_rate_hz: int, frame: int = FRAME, hop: int = HOP,
-           threshold: float = THRESHOLD, fmin_hz: float = FMIN_HZ, fmax_hz: float = FMAX_HZ) -> torch.Tensor:
-    """audio [B, L] -> median f0 [B] in Hz over voiced frames (NaN for a note with none)."""
+           threshold: float = THRESHOLD, fmin_hz: float = FMIN_HZ, fmax_hz: float = FMAX_HZ,
+           chunk: int = 8) -> torch.Tensor:
+    """audio [B, L] -> median f0 [B] in Hz over voiced frames (NaN for a note with none).
+
+    Notes are processed `chunk` at a time: the float64 difference functions of a 4 s note take
+    about 50 MB, so a whole instrument at once would need tens of GB."""
     if audio.dim() != 2 or audio.shape[1] < frame:
         raise PitchError(f"audio of shape {tuple(audio.shape)}; allowed: [B, L] with L >= {frame} samples")
+    return torch.cat([_yin_f0(part, sample_rate_hz, frame, hop, threshold, fmin_hz, fmax_hz)
+                      for part in audio.split(chunk)])
+
+
+def _yin_f0(audio: torch.Tensor, sample_rate_hz: int, frame: int, hop: int, threshold: float, fmin_hz: float,
+            fmax_hz: float) -> torch.Tensor:
     frames = audio.double().unfold(-1, frame, hop)  # [B, T, W]
     frames = frames - frames.mean(dim=-1, keepdim=True)
     half = frame // 2

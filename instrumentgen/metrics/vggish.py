@@ -53,7 +53,7 @@ class VGGish(nn.Module):
 def log_mel_examples(audio: torch.Tensor, sample_rate_hz: int) -> tuple[torch.Tensor, torch.Tensor]:
     """audio [B, L] -> (examples [N, 1, 96, 64], owner [N] note index); short notes are zero-padded to 0.96 s."""
     audio = resample(audio.float(), sample_rate_hz, SAMPLE_RATE_HZ)
-    min_samples = WINDOW + HOP * (EXAMPLE_FRAMES - 1)
+    min_samples = N_FFT + HOP * (EXAMPLE_FRAMES - 1)  # frames of a 512-point STFT without centring
     if audio.shape[1] < min_samples:
         audio = nn.functional.pad(audio, (0, min_samples - audio.shape[1]))
     window = torch.hann_window(WINDOW, periodic=True)

@@ -78,3 +78,11 @@ def test_clap_score_is_the_mean_cosine_to_the_cue():
     audio = torch.from_numpy(np.stack([synth_note(60, 100, timbre_for(0), 44100, 0.5)] * 2))
     embedding = clap.embed_audio(audio, 44100)
     assert clap_score(embedding[0], embedding) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_notes_shorter_than_one_example_are_padded_to_one():
+    notes = torch.from_numpy(np.stack([synth_note(p, 100, timbre_for(1), 44100, 0.5) for p in (48, 72, 96)]))
+    examples, owner = log_mel_examples(notes, 44100)
+    assert examples.shape == (3, 1, 96, 64) and owner.tolist() == [0, 1, 2]
+    embeddings = Embedder(load_config("tiny").metrics)(notes, 44100)
+    assert embeddings.shape == (3, 128) and embeddings.abs().sum() > 0

@@ -1,0 +1,44 @@
+"""Figures a person would rather look at than read: PNG bytes, so any fsspec URL can take them."""
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def tc_matrix_figure(matrix: np.ndarray, pitches: list[int], velocities: list[int], title: str) -> bytes:
+    """Heatmap of the mean |y_i - y_j| of every pair of notes of one instrument, notes in slot order."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    image = ax.imshow(matrix, cmap="magma", interpolation="nearest")
+    ticks = np.linspace(0, len(pitches) - 1, min(len(pitches), 8)).round().astype(int)
+    labels = [f"{pitches[i]}/{velocities[i]}" for i in ticks]
+    ax.set_xticks(ticks, labels, rotation=45, fontsize=7)
+    ax.set_yticks(ticks, labels, fontsize=7)
+    ax.set(title=title, xlabel="note (MIDI pitch / velocity)", ylabel="note")
+    fig.colorbar(image, ax=ax, label="mean |y_i - y_j| (liftered log mel)")
+    return _png(fig)
+
+
+def pitch_error_figure(pitches: np.ndarray, errors_semitones: np.ndarray, title: str) -> bytes:
+    """Pitch error (semitones) against MIDI pitch for every voiced note, with the ±0.5 semitone band."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    voiced = np.isfinite(errors_semitones)
+    ax.axhspan(-0.5, 0.5, color="tab:green", alpha=0.12, label="within a quarter tone")
+    ax.scatter(pitches[voiced], errors_semitones[voiced], s=10, alpha=0.7)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set(xlim=(20, 109), xlabel="labelled MIDI pitch", ylabel="f0 error (semitones)",
+           title=f"{title} ({int((~voiced).sum())} unvoiced)")
+    ax.legend(loc="upper right", fontsize=8)
+    return _png(fig)
