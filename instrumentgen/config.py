@@ -99,7 +99,7 @@ class TrainConfig:
     strategy: str = choice("deepspeed", "deepspeed", "ddp")
     num_workers: int = bounded(2, 1)
     use_gpu: bool = False
-    cpus_per_worker: int = bounded(1, 1)
+    cpus_per_worker: float = bounded(1.0, 0.1)  # below 1 leaves cores to Ray Data on a small machine
     zero_stage: int = choice(1, 0, 1, 2, 3)
     precision: str = choice("fp32", "fp32", "bf16", "fp16")
     batch_size: int = bounded(32, 1)  # global batch, split across workers
@@ -113,6 +113,10 @@ class TrainConfig:
     eval_every: int = bounded(5000, 1)
     checkpoint_every: int = bounded(5000, 1)
     keep_checkpoints: int = bounded(3, 1)
+    log_every: int = bounded(100, 1)  # steps between metric reports (Ray Train, metrics.csv, console)
+    shuffle_buffer: int = bounded(2000, 0)  # rows of each worker's local shuffle buffer (0: data order)
+    materialize: bool = False  # hold the token shards in the object store (small sets: no re-read per epoch)
+    export_dtype: str = choice("fp32", "fp32", "bf16")  # of the consolidated inference checkpoint
     max_failures: int = bounded(3, -1)
     storage_path: str = "runs"  # local path or fsspec URL (s3://...)
     run_name: str = "instrumentgen"

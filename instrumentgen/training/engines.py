@@ -1,0 +1,177 @@
+"""Two ways to run the optimizer step across workers, behind one interface.
+
+`DeepSpeedEngine` (`train.strategy: deepspeed`): ZeRO stage, precision, clipping and gradient
+accumulation from the config; it is given a torch AdamW and a LambdaLR, so no DeepSpeed C++
+optimizer is compiled. `DDPEngine` (`train.strategy: ddp`): torch DistributedDataParallel with
+the same optimizer and schedule, for small runs and as the baseline of the benchmark.
+
+Both expose: `module` (the bare InstrumentLM), `forward(codes, cues)`, `backward(loss)`,
+`step() -> grad norm or None` (called once per micro-batch; the optimizer steps every
+`grad_accum` calls), `lr`, `save(folder)` / `load(folder)` of the full training state
+(weights, optimizer, schedule), and `consolidated_state_dict()` (every rank calls it; the full
+fp32 weights, whatever the ZeRO stage).
+"""
+from __future__ import annotations
+
+import os
+from functools import partial
+
+import torch
+from torch import nn
+
+from instrumentgen.config import TrainConfig
+from instrumentgen.cues import Cues
+from instrumentgen.model.lm import InstrumentLM, LMOutput
+from instrumentgen.training.schedule import warmup_cosine
+
+DEEPSPEED_TAG = "deepspeed"
+DDP_STATE = "ddp_state.pt"
+
+
+def optimizer_and_schedule(model: nn.Module, cfg: TrainConfig):
+    """AdamW at `cfg.lr` (no weight decay on biases, norms and embeddings) + warm-up/cosine LambdaLR."""
+    decay = [p for name, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in name]
+    no_decay = [p for name, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in name)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=cfg.lr, betas=tuple(cfg.betas))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, partial(warmup_cosine, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps))
+    return optimizer, schedule
+
+
+def deepspeed_config(cfg: TrainConfig, micro_batch: int) -> dict:
+    """The DeepSpeed JSON config of `cfg` for `micro_batch` rows per worker and micro-step."""
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "bf16": {"enabled": cfg.precision == "bf16"},
+        "fp16": {"enabled": cfg.precision == "fp16", "initial_scale_power": 16},
+        "zero_allow_untested_optimizer": True,  # a torch AdamW: nothing to compile
+        "steps_per_print": 2**62,
+        "wall_clock_breakdown": False,
+    }
+
+
+class DeepSpeedEngine:
+    def __init__(self, model: InstrumentLM, cfg: TrainConfig, micro_batch: int):
+        import deepspeed
+
+        optimizer, schedule = optimizer_and_schedule(model, cfg)
+        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
+                                                    config=deepspeed_config(cfg, micro_batch))
+        self.module: InstrumentLM = self.engine.module
+        self.zero_stage = cfg.zero_stage
+
+    @property
+    def device(self) -> torch.device:
+        return self.engine.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.module.parameters()).dtype
+
+    def forward(self, codes: torch.Tensor, cues: Cues) -> LMOutput:
+        return self.engine(codes, cues)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def step(self) -> float | None:
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        self.engine.step()
+        if not boundary:
+            return None
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else None
+
+    @property
+    def lr(self) -> float:
+        return self.engine.get_lr()[0]
+
+    def save(self, folder: str) -> None:
+        self.engine.save_checkpoint(folder, tag=DEEPSPEED_TAG)  # every rank writes its own ZeRO partition
+
+    def load(self, folder: str) -> None:
+        path, _ = self.engine.load_checkpoint(folder, tag=DEEPSPEED_TAG)
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed state under {folder}/{DEEPSPEED_TAG}")
+
+    def consolidated_state_dict(self) -> dict[str, torch.Tensor]:
+        import deepspeed
+
+        params = list(self.module.parameters()) if self.zero_stage == 3 else []
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=bool(params)):
+            return {k: v.detach().float().cpu().clone() for k, v in self.module.state_dict().items()}
+
+
+class DDPEngine:
+    def __init__(self, model: InstrumentLM, cfg: TrainConfig):
+        import ray.train.torch
+
+        self.wrapped = ray.train.torch.prepare_model(model)  # DistributedDataParallel on the worker's device
+        self.module: InstrumentLM = getattr(self.wrapped, "module", self.wrapped)
+        self.optimizer, self.schedule = optimizer_and_schedule(self.module, cfg)
+        self.cfg = cfg
+        self.micro_steps = 0
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def _boundary(self) -> bool:
+        return (self.micro_steps + 1) % self.cfg.grad_accum == 0
+
+    def forward(self, codes: torch.Tensor, cues: Cues) -> LMOutput:
+        if self._boundary() or not hasattr(self.wrapped, "no_sync"):
+            return self.wrapped(codes, cues)
+        with self.wrapped.no_sync():  # gradients are all-reduced on the boundary micro-step only
+            return self.wrapped(codes, cues)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss / self.cfg.grad_accum).backward()
+
+    def step(self) -> float | None:
+        boundary = self._boundary()
+        self.micro_steps += 1
+        if not boundary:
+            return None
+        norm = nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.grad_clip or float("inf"))
+        self.optimizer.step()
+        self.schedule.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def save(self, folder: str) -> None:
+        import ray.train
+
+        if ray.train.get_context().get_world_rank() == 0:  # replicas are identical: one copy
+            torch.save({"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                        "schedule": self.schedule.state_dict(), "micro_steps": self.micro_steps},
+                       os.path.join(folder, DDP_STATE))
+
+    def load(self, folder: str) -> None:
+        state = torch.load(os.path.join(folder, DDP_STATE), map_location=self.device, weights_only=True)
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.micro_steps = state["micro_steps"]
+
+    def consolidated_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().float().cpu().clone() for k, v in self.module.state_dict().items()}
+
+
+def make_engine(model: InstrumentLM, cfg: TrainConfig, micro_batch: int) -> DeepSpeedEngine | DDPEngine:
+    if cfg.strategy == "deepspeed":
+        return DeepSpeedEngine(model, cfg, micro_batch)
+    return DDPEngine(model, cfg)

@@ -1,0 +1,39 @@
+"""Where a run lives: `<train.storage_path>/<train.run_name>/`, a local path or any fsspec URL.
+
+Ray Train keeps its own index of a run's checkpoints, but writes it only while its controller
+is alive; after a crash of the whole job the index can be missing although checkpoints were
+uploaded. So rank 0 also commits `latest_checkpoint.json` once every rank has uploaded its part
+of a checkpoint, and a re-submitted run falls back to it.
+"""
+from __future__ import annotations
+
+import os
+
+import pyarrow.fs
+import ray.train
+
+from instrumentgen import storage
+
+LATEST = "latest_checkpoint.json"
+
+
+def ray_storage(url: str) -> tuple[str, pyarrow.fs.FileSystem | None]:
+    """A path or fsspec URL -> (path, filesystem) as Ray wants them; remote ones go through fsspec
+    (the same credentials and endpoint as every other artefact)."""
+    fs, path = storage.filesystem(url)
+    if "file" in ((fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol):
+        return os.path.abspath(path), None
+    return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+
+
+def commit_latest(run_url: str, step: int, checkpoint_dir_name: str) -> None:
+    storage.write_json(storage.join(run_url, LATEST), {"step": step, "checkpoint": checkpoint_dir_name})
+
+
+def committed_checkpoint(run_url: str) -> ray.train.Checkpoint | None:
+    """The last checkpoint every rank finished uploading, or None."""
+    latest = storage.join(run_url, LATEST)
+    if not storage.exists(latest):
+        return None
+    path, filesystem = ray_storage(storage.join(run_url, storage.read_json(latest)["checkpoint"]))
+    return ray.train.Checkpoint(path=path, filesystem=filesystem)

@@ -1,0 +1,111 @@
+"""Ray job: train InstrumentLM on token shards with Ray Train + DeepSpeed (or DDP), then export it.
+
+    ray job submit --working-dir . -- python -m jobs.train config=paper \\
+        data.shards=s3://bucket/shards train.storage_path=s3://bucket/runs train.run_name=paper-v1
+    python -m jobs.train config=tiny data.shards=<url> train.strategy=ddp train.max_steps=100
+
+`TorchTrainer` runs `instrumentgen.training.loop.train_loop` on `train.num_workers` workers
+(`train.use_gpu`, `train.cpus_per_worker`), each on its split of the `train` shards (and of the
+validation shards: held-out instruments when the shards have them, else NSynth's valid split).
+Checkpoints go to `<train.storage_path>/<train.run_name>/`; submitting the same run name again
+continues from its latest checkpoint, and `train.max_failures` worker-group restarts are allowed.
+When training ends the latest checkpoint's weights are exported to `<run>/model.pt`
+(`train.export_dtype`), which `instrumentgen generate`, serving and `jobs.evaluate` load.
+See docs/training.md.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import ray
+import ray.train
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from instrumentgen import shards, storage
+from instrumentgen.config import Config, ConfigError, load_config, split_overrides
+from instrumentgen.model.lm import InstrumentLM
+from instrumentgen.training.loop import MODEL, micro_batch_rows, train_loop
+from instrumentgen.training.run_storage import ray_storage
+
+VALIDATION_SPLITS = (shards.HOLDOUT, "valid")  # held-out instruments first, as the paper validates
+
+
+def validation_split(shards_url: str) -> str | None:
+    """The split that validation reads: held-out instruments if any, else NSynth's valid split."""
+    files = shards.read_manifest(shards_url)["files"]
+    return next((split for split in VALIDATION_SPLITS if files.get(split)), None)
+
+
+def build_trainer(cfg: Config, kill_at: dict | None = None) -> TorchTrainer:
+    """The TorchTrainer of `cfg`; `kill_at` is a test hook (see `training.loop`)."""
+    train = cfg.train
+    context = ray.data.DataContext.get_current()  # a split per epoch: no bar and no plan printed each time
+    context.enable_progress_bars, context.print_on_execution_start = False, False
+    datasets = {"train": shards.read_shards(cfg.data.shards, "train")}
+    valid = validation_split(cfg.data.shards)
+    if valid:
+        datasets["valid"] = shards.read_shards(cfg.data.shards, valid)
+    if train.materialize:
+        datasets = {name: ds.materialize() for name, ds in datasets.items()}
+    path, filesystem = ray_storage(train.storage_path)
+    resources = {"CPU": train.cpus_per_worker, **({"GPU": 1} if train.use_gpu else {})}
+    return TorchTrainer(
+        train_loop,
+        train_loop_config={"cfg": cfg, "kill_at": kill_at, "datasets": list(datasets)},
+        scaling_config=ray.train.ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=train.run_name, storage_path=path, storage_filesystem=filesystem,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=train.keep_checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=train.max_failures),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING")),  # not a line per report per rank
+        datasets=datasets,
+        # Preserved order makes each worker's split, hence the batches, the same in every attempt.
+        dataset_config=ray.train.DataConfig(execution_options=ray.data.ExecutionOptions(preserve_order=True)),
+        torch_config=TorchConfig(backend="nccl" if train.use_gpu else "gloo"),
+    )
+
+
+def export(checkpoint: ray.train.Checkpoint, url: str, dtype: str) -> str:
+    """The checkpoint's consolidated weights -> one inference file at `url` (`InstrumentLM.load`)."""
+    with checkpoint.as_directory() as folder:
+        return InstrumentLM.load(os.path.join(folder, MODEL)).save(url, dtype)
+
+
+def run(cfg: Config, kill_at: dict | None = None) -> str:
+    """Train (or continue) the run of `cfg`, export it; returns the exported checkpoint's URL."""
+    result = build_trainer(cfg, kill_at).fit()
+    if result.checkpoint is None:
+        raise ConfigError(f"run {cfg.train.run_name!r} ended without a checkpoint")
+    url = export(result.checkpoint, storage.join(cfg.train.storage_path, cfg.train.run_name, MODEL), cfg.train.export_dtype)
+    print(f"exported {url}", flush=True)
+    return url
+
+
+def check(cfg: Config) -> None:
+    """Fail before starting Ray on settings that cannot train."""
+    micro_batch_rows(cfg.train.batch_size, cfg.train.num_workers, cfg.train.grad_accum)
+    if not cfg.data.shards:
+        raise ConfigError("data.shards is empty; allowed: the output folder or URL of jobs.preprocess")
+    if not storage.exists(storage.join(cfg.data.shards, storage.MANIFEST)):
+        raise ConfigError(f"data.shards={cfg.data.shards!r} has no manifest.json; allowed: a complete "
+                          "jobs.preprocess output (run it, or re-run it to finish)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        name, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
+        cfg = load_config(name, overrides)
+        check(cfg)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not ray.is_initialized():
+        ray.init()  # joins the cluster of `ray job submit` (RAY_ADDRESS), else starts a local one
+    run(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

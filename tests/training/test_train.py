@@ -1,0 +1,132 @@
+"""Ray Train on the tiny config with 2 CPU workers (gloo): DeepSpeed ZeRO 1/2 and DDP, checkpoints,
+a killed worker, resumption, S3 storage and the exported checkpoint."""
+import csv
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from instrumentgen import storage
+from instrumentgen.config import load_config
+from instrumentgen.cues import make_cues
+from instrumentgen.model.lm import InstrumentLM
+from instrumentgen.testing import write_fixture_nsynth
+from jobs import preprocess, train
+
+pytestmark = pytest.mark.slow
+PITCHES = [36, 43, 48, 55, 60, 67, 72, 79, 84]
+
+
+@pytest.fixture(scope="module")
+def shards_url(tmp_path_factory, ray_local, cache):
+    """Token shards of 4 fixture instruments (72 notes) for train and 1 more for validation."""
+    root = tmp_path_factory.mktemp("train-data")
+    train_set = write_fixture_nsynth(str(root / "train"), 4, PITCHES, [50, 100], ("jsonwav",))["jsonwav"]
+    valid_set = write_fixture_nsynth(str(root / "valid"), 1, PITCHES, [50, 100], ("jsonwav",))["jsonwav"]
+    out = str(root / "shards")
+    preprocess.run(load_config("tiny", [f"data.splits.train={train_set}", f"data.splits.valid={valid_set}",
+                                        f"data.shards={out}"]))
+    return out
+
+
+def train_config(shards_url, storage_path, run_name, *extra):
+    return load_config("tiny", [f"data.shards={shards_url}", f"train.storage_path={storage_path}",
+                                f"train.run_name={run_name}", "train.log_every=5", "train.eval_every=10",
+                                "train.checkpoint_every=10", *extra])
+
+
+def metrics_rows(cfg):
+    text = storage.read_bytes(storage.join(cfg.train.storage_path, cfg.train.run_name, "metrics.csv")).decode()
+    return list(csv.DictReader(text.splitlines()))
+
+
+def state_dict(url):
+    return InstrumentLM.load(url).state_dict()
+
+
+@pytest.mark.parametrize("strategy", ["train.strategy=deepspeed train.zero_stage=1", "train.strategy=ddp"])
+def test_loss_falls(shards_url, tmp_path, strategy):
+    cfg = train_config(shards_url, str(tmp_path), "run", "train.max_steps=30", *strategy.split())
+    exported = train.run(cfg)
+    rows = metrics_rows(cfg)
+    assert [int(r["step"]) for r in rows] == [5, 10, 15, 20, 25, 30]
+    losses = [float(r["loss"]) for r in rows]
+    assert losses[-1] < 0.85 * losses[0], losses
+    valid = [float(r["valid_loss"]) for r in rows if r["valid_loss"]]
+    assert len(valid) == 3 and valid[-1] < valid[0]
+    assert all(float(r["grad_norm"]) > 0 and float(r["tokens_per_s"]) > 0 for r in rows)
+    assert float(rows[-1]["lr"]) == pytest.approx(0.0, abs=1e-9)  # the cosine ends at zero
+    assert exported == str(tmp_path / "run" / "model.pt")
+    # checkpoints kept: the last 3 (train.keep_checkpoints), named by step
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint_0*")) == [
+        "checkpoint_000000010", "checkpoint_000000020", "checkpoint_000000030"]
+
+
+@pytest.fixture(scope="module")
+def straight_zero2(shards_url, tmp_path_factory):
+    cfg = train_config(shards_url, str(tmp_path_factory.mktemp("runs")), "straight", "train.zero_stage=2",
+                       "train.max_steps=20")
+    return cfg, train.run(cfg)
+
+
+def test_a_killed_worker_resumes_to_the_weights_of_a_straight_run_on_s3(straight_zero2, shards_url, s3_bucket, tmp_path):
+    cfg, straight = straight_zero2
+    killed = train_config(shards_url, f"{s3_bucket}/runs", "killed", "train.zero_stage=2", "train.max_steps=20",
+                          "train.max_failures=1")
+    marker = str(tmp_path / "killed-once")
+    exported = train.run(killed, kill_at={"rank": 1, "step": 15, "marker": marker})
+    assert storage.exists(marker)  # the worker really died after step 15 (its checkpoint: step 10)
+    assert exported == f"{s3_bucket}/runs/killed/model.pt"
+    ours, reference = state_dict(exported), state_dict(straight)
+    for name, tensor in reference.items():
+        torch.testing.assert_close(ours[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+    steps = [int(r["step"]) for r in metrics_rows(killed)]
+    assert steps == [5, 10, 15, 20]  # the history of the restored checkpoint, then steps 15 and 20 again
+    assert [float(r["loss"]) for r in metrics_rows(killed)] == pytest.approx(
+        [float(r["loss"]) for r in metrics_rows(cfg)], rel=1e-5)
+
+
+def test_resubmitting_a_stopped_run_continues_from_its_checkpoint(straight_zero2, shards_url, tmp_path):
+    cfg, straight = straight_zero2
+    stopped = train_config(shards_url, str(tmp_path), "stopped", "train.zero_stage=2", "train.max_steps=20",
+                           "train.max_failures=0")
+    with pytest.raises(Exception):  # the worker group dies and no restart is allowed
+        train.run(stopped, kill_at={"rank": 0, "step": 12, "marker": str(tmp_path / "killed-once")})
+    before = metrics_rows(stopped)
+    assert [int(r["step"]) for r in before] == [5, 10]
+    exported = train.run(stopped)
+    after = metrics_rows(stopped)
+    assert [int(r["step"]) for r in after] == [5, 10, 15, 20]
+    assert after[:2] == before  # restored from the step-10 checkpoint (timings included), not retrained
+    ours, reference = state_dict(exported), state_dict(straight)
+    for name, tensor in reference.items():
+        torch.testing.assert_close(ours[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+
+
+GENERATE = """
+import sys, torch
+from instrumentgen.cues import make_cues
+from instrumentgen.model.lm import InstrumentLM
+lm = InstrumentLM.load(sys.argv[1])
+cues = make_cues([40, 60, 80], [50, 100, 127], family="brass", source="acoustic", clap_embedding=torch.ones(512))
+torch.save(lm.generate(cues, 12, top_k=20, seeds=torch.tensor([1, 2, 3])), sys.argv[2])
+"""
+
+
+def test_the_export_generates_the_same_tokens_in_a_fresh_process(straight_zero2, tmp_path):
+    _, exported = straight_zero2
+    lm = InstrumentLM.load(exported)
+    cues = make_cues([40, 60, 80], [50, 100, 127], family="brass", source="acoustic", clap_embedding=torch.ones(512))
+    here = lm.generate(cues, 12, top_k=20, seeds=torch.tensor([1, 2, 3]))
+    subprocess.run([sys.executable, "-c", GENERATE, exported, str(tmp_path / "codes.pt")], check=True, timeout=300)
+    assert torch.equal(torch.load(tmp_path / "codes.pt"), here)
+    assert here.shape == (3, 4, 12)
+
+
+def test_cli_fails_in_one_line_without_shards(capsys, tmp_path):
+    assert train.main(["config=tiny", f"data.shards={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "has no manifest.json" in err and err.count("\n") == 1
+    assert train.main(["config=tiny", "data.shards=x", "train.batch_size=15"]) == 2
+    assert "train.batch_size=15 does not split into 2 workers" in capsys.readouterr().err
