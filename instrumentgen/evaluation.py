@@ -111,7 +111,7 @@ def summary_table(rows: list[dict], fad_value: float, model: str, embedder: str)
                "instruments": per_instrument}
     lines = [f"# Evaluation of {model}", "",
              f"| model | FAD ({embedder}) ↓ | CLAP ↑ | MAD_pitch (semitones) ↓ | TC ↓ |", "|---|---|---|---|---|",
-             f"| {model} | " + " | ".join(score_cell(v) for v in (fad_value, mean["clap"], mean["mad_pitch"], mean["tc"])) + " |",
+             f"| {model} | {fad_value:.4g} | " + " | ".join(score_cell(mean[k]) for k in ("clap", "mad_pitch", "tc")) + " |",
              "", "## Per instrument", "", "| instrument | family | source | CLAP ↑ | MAD_pitch ↓ | unvoiced | TC ↓ |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['name']} | {r['family']} | {r['source']} | {score_cell(r['clap'])} | {score_cell(r['mad_pitch'])} "

@@ -42,3 +42,16 @@ def pitch_error_figure(pitches: np.ndarray, errors_semitones: np.ndarray, title:
            title=f"{title} ({int((~voiced).sum())} unvoiced)")
     ax.legend(loc="upper right", fontsize=8)
     return _png(fig)
+
+
+def loss_figure(history: list[dict], title: str) -> bytes:
+    """Training loss (per logging window) and validation loss against the optimizer step."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    ax.plot([row["step"] for row in history], [row["loss"] for row in history], label="train loss (window mean)")
+    valid = [row for row in history if row.get("valid_loss") is not None and np.isfinite(row["valid_loss"])]
+    if valid:
+        ax.plot([row["step"] for row in valid], [row["valid_loss"] for row in valid], "o-", label="validation loss")
+    ax.set(xlabel="optimizer step", ylabel="cross-entropy (nats, mean of 4 codebooks)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _png(fig)

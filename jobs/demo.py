@@ -20,10 +20,15 @@ import ray
 import torch
 
 from instrumentgen import shards, storage
+from instrumentgen.clap import Clap
 from instrumentgen.codec import Codec
 from instrumentgen.config import load_config
+from instrumentgen.generate import InstrumentCue, generate_instrument
+from instrumentgen.model.lm import InstrumentLM
+from instrumentgen.plots import loss_figure
 from instrumentgen.testing import default_instruments, write_fixture_nsynth
-from jobs import preprocess
+from instrumentgen.training.loop import METRICS
+from jobs import evaluate, preprocess, train
 
 OUT = os.path.abspath("demo-output")
 PITCHES = [36, 43, 48, 55, 60, 67, 72, 79, 84]
@@ -57,6 +62,32 @@ def codec_round_trip(cfg, shards_url: str) -> None:
           f"at {codec.sample_rate_hz} Hz, peak {audio.abs().max():.3f}; CLAP embedding [{len(table['clap_embedding'][0])}]")
 
 
+def show_training(cfg) -> None:
+    """The loss table of the run and its plot (`demo-output/figures/training_loss.png`)."""
+    import csv
+
+    text = storage.read_bytes(storage.join(cfg.train.storage_path, cfg.train.run_name, METRICS)).decode()
+    history = [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(text.splitlines())]
+    print("step   train loss   valid loss   lr")
+    for row in history:
+        valid = f"{row['valid_loss']:10.4f}" if "valid_loss" in row else " " * 10
+        print(f"{int(row['step']):4d}   {row['loss']:10.4f}   {valid}   {row['lr']:.2e}")
+    figure = storage.join(OUT, "figures", "training_loss.png")
+    storage.write_bytes(figure, loss_figure(history, f"tiny InstrumentLM, {cfg.train.num_workers} workers, "
+                                                     f"{cfg.train.strategy} ZeRO-{cfg.train.zero_stage}"))
+    print(f"loss {history[0]['loss']:.3f} -> {history[-1]['loss']:.3f}; plot: {figure}")
+
+
+def generate(cfg, checkpoint: str) -> None:
+    lm = InstrumentLM.load(checkpoint)
+    codec, clap = Codec.load(cfg.codec.weights, n_codebooks=cfg.codec.n_codebooks), Clap.load(cfg.clap)
+    instrument = generate_instrument(lm, codec, clap, InstrumentCue(prompt=PROMPT), cfg.generate, cfg.generate.seed,
+                                     cfg.data.note_duration_s, progress=True)
+    out = storage.join(OUT, "instrument")
+    manifest = instrument.write(out)
+    print(f"{PROMPT!r}: {len(manifest['notes'])} notes -> {out}/ ({manifest['sfz']}, {manifest['dspreset']})")
+
+
 def main() -> int:
     start = time.perf_counter()
     step(1, "fixture NSynth set")
@@ -71,6 +102,18 @@ def main() -> int:
 
     step(3, "codec round trip of one note from the shards")
     codec_round_trip(cfg, shards_url)
+
+    step(4, "jobs.train (Ray Train, DeepSpeed ZeRO-1 on 2 CPU workers)")
+    cfg = load_config("tiny", [*overrides, f"train.storage_path={storage.join(OUT, 'runs')}", "train.run_name=demo"])
+    checkpoint = train.run(cfg)
+    show_training(cfg)
+
+    step(5, f"generation: {PROMPT!r} -> 440 notes -> WAV + SFZ + DecentSampler")
+    generate(cfg, checkpoint)
+
+    step(6, "jobs.evaluate on the test instruments")
+    test_cfg = load_config("tiny", [f"data.source={urls['test']}"])
+    evaluate.run(test_cfg, checkpoint, storage.join(OUT, "eval"))
 
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s; outputs under {OUT}")
     return 0

@@ -24,6 +24,7 @@ from instrumentgen.config import Config, ConfigError, load_config, split_overrid
 from instrumentgen.evaluation import (GROUND_TRUTH, TestInstrument, evaluate_instrument, load_test_instruments,
                                       score_cell, summary_table)
 from instrumentgen.metrics.fad import fad
+from jobs.entry import job_main
 from instrumentgen.plots import pitch_error_figure, tc_matrix_figure
 
 ARRAYS = ("embeddings", "real_embeddings", "tc_matrix")
@@ -136,19 +137,7 @@ def run(cfg: Config, checkpoint: str, out: str, actors: int = 0, max_instruments
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        cfg, checkpoint, out, actors, max_instruments = parse_args(sys.argv[1:] if argv is None else argv)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if not ray.is_initialized():
-        ray.init()  # joins the cluster of `ray job submit` (RAY_ADDRESS), else starts a local one
-    try:
-        run(cfg, checkpoint, out, actors, max_instruments)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return job_main(argv, parse_args, run)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ from collections import Counter
 import ray
 
 from instrumentgen import preprocess, shards, storage
-from instrumentgen.config import Config, ConfigError, load_config, split_overrides
+from instrumentgen.config import Config
+from jobs.entry import config_from_argv, job_main
 
 
 def build_dataset(cfg: Config, units: list[dict]) -> ray.data.Dataset:
@@ -83,17 +84,7 @@ def summary(manifest: dict, kept_this_run: int, elapsed_s: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        name, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
-        cfg = load_config(name, overrides)
-        preprocess.split_sources(cfg.data)  # fail on a bad split before starting Ray
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if not ray.is_initialized():
-        ray.init()  # joins the cluster of `ray job submit` (RAY_ADDRESS), else starts a local one
-    run(cfg)
-    return 0
+    return job_main(argv, lambda args: config_from_argv(args, lambda cfg: preprocess.split_sources(cfg.data)), run)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,11 @@ import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from instrumentgen import shards, storage
-from instrumentgen.config import Config, ConfigError, load_config, split_overrides
+from instrumentgen.config import Config, ConfigError
+from jobs.entry import config_from_argv, job_main
 from instrumentgen.model.lm import InstrumentLM
 from instrumentgen.training.loop import MODEL, micro_batch_rows, train_loop
-from instrumentgen.training.run_storage import ray_storage
+from instrumentgen.training.run_storage import committed_checkpoint, ray_storage
 
 VALIDATION_SPLITS = (shards.HOLDOUT, "valid")  # held-out instruments first, as the paper validates
 
@@ -76,9 +77,11 @@ def export(checkpoint: ray.train.Checkpoint, url: str, dtype: str) -> str:
 def run(cfg: Config, kill_at: dict | None = None) -> str:
     """Train (or continue) the run of `cfg`, export it; returns the exported checkpoint's URL."""
     result = build_trainer(cfg, kill_at).fit()
-    if result.checkpoint is None:
+    run_url = storage.join(cfg.train.storage_path, cfg.train.run_name)
+    checkpoint = result.checkpoint or committed_checkpoint(run_url)  # a finished run re-submitted reports nothing
+    if checkpoint is None:
         raise ConfigError(f"run {cfg.train.run_name!r} ended without a checkpoint")
-    url = export(result.checkpoint, storage.join(cfg.train.storage_path, cfg.train.run_name, MODEL), cfg.train.export_dtype)
+    url = export(checkpoint, storage.join(run_url, MODEL), cfg.train.export_dtype)
     print(f"exported {url}", flush=True)
     return url
 
@@ -94,17 +97,7 @@ def check(cfg: Config) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        name, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
-        cfg = load_config(name, overrides)
-        check(cfg)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if not ray.is_initialized():
-        ray.init()  # joins the cluster of `ray job submit` (RAY_ADDRESS), else starts a local one
-    run(cfg)
-    return 0
+    return job_main(argv, lambda args: config_from_argv(args, check), run)
 
 
 if __name__ == "__main__":
