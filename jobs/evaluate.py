@@ -24,8 +24,8 @@ from instrumentgen.config import Config, ConfigError, load_config, split_overrid
 from instrumentgen.evaluation import (GROUND_TRUTH, TestInstrument, evaluate_instrument, load_test_instruments,
                                       score_cell, summary_table)
 from instrumentgen.metrics.fad import fad
-from jobs.entry import job_main
 from instrumentgen.plots import pitch_error_figure, tc_matrix_figure
+from jobs.entry import job_main
 
 ARRAYS = ("embeddings", "real_embeddings", "tc_matrix")
 RESULTS = "results.json"

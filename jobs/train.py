@@ -24,10 +24,10 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from instrumentgen import shards, storage
 from instrumentgen.config import Config, ConfigError
-from jobs.entry import config_from_argv, job_main
 from instrumentgen.model.lm import InstrumentLM
 from instrumentgen.training.loop import MODEL, micro_batch_rows, train_loop
 from instrumentgen.training.run_storage import committed_checkpoint, ray_storage
+from jobs.entry import config_from_argv, job_main
 
 VALIDATION_SPLITS = (shards.HOLDOUT, "valid")  # held-out instruments first, as the paper validates
 

@@ -4,14 +4,15 @@ Every run trains the same model on the same token shards (a fixture set through 
 with the same global batch, on CPU workers of one torch thread each (gloo), each asking Ray for
 half a core (the tiny config's `train.cpus_per_worker`): two workers that took both cores would
 leave none to Ray Data's split of the shards, which then slows every step down (1.19 s against
-0.72 s per step, 2 DDP workers, global batch 64). Seconds per step come from
-the run's own `metrics.csv` (`steps_per_s` of each logging window), the first window (worker
+0.72 s per step, 2 DDP workers, global batch 64). Seconds per step are the median
+over logging windows of the run's own `metrics.csv` (`steps_per_s`), the first window (worker
 start-up, DeepSpeed initialisation, the first epoch's split) left out.
 """
 from __future__ import annotations
 
 import csv
 import os
+import statistics
 import tempfile
 
 import ray
@@ -35,19 +36,19 @@ def make_shards(root: str) -> str:
 
 
 def seconds_per_step(cfg: Config) -> float:
-    """Train `cfg` from scratch; mean seconds per optimizer step after the first logging window."""
+    """Train `cfg` from scratch; median over logging windows (the first left out) of seconds per step."""
     from jobs.train import run as train
 
     train(cfg)
     text = storage.read_bytes(storage.join(cfg.train.storage_path, cfg.train.run_name, "metrics.csv")).decode()
     windows = list(csv.DictReader(text.splitlines()))[1:]
-    return sum(LOG_EVERY / float(w["steps_per_s"]) for w in windows) / (LOG_EVERY * len(windows))
+    return statistics.median(1 / float(w["steps_per_s"]) for w in windows)
 
 
 def run(quick: bool) -> list[dict]:
     """Full: a 4-layer d=256 model (5M parameters); `--quick`: the tiny model, fewer steps."""
     model = [] if quick else ["model.dim=256", "model.num_layers=4", "model.num_heads=8"]
-    steps = 40 if quick else 80
+    steps = 40 if quick else 100
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
@@ -62,8 +63,12 @@ def run(quick: bool) -> list[dict]:
                                            f"train.eval_every={steps}", *overrides])
                 return seconds_per_step(cfg)
 
-            ddp2 = seconds("ddp2", "train.strategy=ddp", "train.num_workers=2")
-            zero2w = seconds("zero1-2", "train.strategy=deepspeed", "train.zero_stage=1", "train.num_workers=2")
+            # Interleaved and repeated, the best of two: runs on a shared 2-core box vary by ~10%.
+            ddp2, zero2w = float("inf"), float("inf")
+            for attempt in range(2):
+                ddp2 = min(ddp2, seconds(f"ddp2-{attempt}", "train.strategy=ddp", "train.num_workers=2"))
+                zero2w = min(zero2w, seconds(f"zero1-2-{attempt}", "train.strategy=deepspeed", "train.zero_stage=1",
+                                             "train.num_workers=2"))
             ddp1 = seconds("ddp1", "train.strategy=ddp", "train.num_workers=1")
             zero1w = seconds("zero1-1", "train.strategy=deepspeed", "train.zero_stage=1", "train.num_workers=1")
             big = f"train.batch_size={4 * load_config('tiny').train.batch_size}"
@@ -77,7 +82,7 @@ def run(quick: bool) -> list[dict]:
     return [
         {"benchmark": f"train step, {size}, global batch {batch}, 2 CPU workers (gloo)", "baseline": "DDP",
          "ours": "DeepSpeed ZeRO-1 (torch AdamW)", "baseline_s": ddp2, "ours_s": zero2w, "ratio": ddp2 / zero2w,
-         "note": f"{1 / zero2w:.2f} vs {1 / ddp2:.2f} steps/s; goal >= 0.9"},
+         "note": f"{1 / zero2w:.2f} vs {1 / ddp2:.2f} steps/s, best of 2 interleaved runs each; goal >= 0.9"},
         {"benchmark": f"train step, {size}, DDP, 1 -> 2 workers", "baseline": "1 worker", "ours": "2 workers",
          "baseline_s": ddp1, "ours_s": ddp2, "ratio": ddp1 / ddp2, "note": "same global batch; ideal 2"},
         {"benchmark": f"train step, {size}, ZeRO-1, 1 -> 2 workers", "baseline": "1 worker", "ours": "2 workers",

@@ -70,6 +70,16 @@ def straight_zero2(shards_url, tmp_path_factory):
     return cfg, train.run(cfg)
 
 
+def test_loss_falls_with_zero_stage_2(straight_zero2):
+    cfg, _ = straight_zero2
+    rows = metrics_rows(cfg)
+    assert [int(r["step"]) for r in rows] == [5, 10, 15, 20]
+    losses = [float(r["loss"]) for r in rows]
+    assert losses[-1] < 0.85 * losses[0], losses
+    valid = [float(r["valid_loss"]) for r in rows if r["valid_loss"]]
+    assert len(valid) == 2 and valid[-1] < valid[0]
+
+
 def test_a_killed_worker_resumes_to_the_weights_of_a_straight_run_on_s3(straight_zero2, shards_url, s3_bucket, tmp_path):
     cfg, straight = straight_zero2
     killed = train_config(shards_url, f"{s3_bucket}/runs", "killed", "train.zero_stage=2", "train.max_steps=20",
