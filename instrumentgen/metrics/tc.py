@@ -94,10 +94,11 @@ def _liftered_log_mel(audio: torch.Tensor, sample_rate_hz: int, scale: TCScale, 
 def pairwise_l1_sum(values: torch.Tensor) -> torch.Tensor:
     """values [K, ...] -> scalar: sum over i < j of sum |values_i - values_j| (sort identity, no pair loop)."""
     count = values.shape[0]
-    # float64: the weighted sum of sorted values cancels heavily (weights -K+1 .. K-1).
-    ranked, _ = torch.sort(values.reshape(count, -1).double(), dim=0)
-    weights = (2 * torch.arange(count, dtype=torch.float64, device=values.device) - count + 1)[:, None]
-    return (weights * ranked).sum().to(values.dtype)
+    # Sorted in the values' own dtype (the order is the same in float64), summed in float64: the
+    # weighted sum of sorted values cancels heavily (weights -K+1 .. K-1).
+    ranked = torch.sort(values.reshape(count, -1), dim=0).values.double()
+    weights = 2 * torch.arange(count, dtype=torch.float64, device=values.device) - count + 1
+    return (weights @ ranked).sum().to(values.dtype)
 
 
 def check_notes(notes: torch.Tensor | list[torch.Tensor], sample_rate_hz: int | list[int]) -> tuple[torch.Tensor, int]:
