@@ -78,14 +78,15 @@ def evaluate_instrument(cfg: Config, instrument: TestInstrument, lm, codec, clap
         slots = list(zip(instrument.pitches, instrument.velocities))
         audio = generate_instrument(lm, codec, clap, cue, cfg.generate, cfg.generate.seed,
                                     cfg.data.note_duration_s, slots).audio
-    scores = tc(audio, rate, scales_from_config(cfg.metrics), cfg.metrics.tc_power)
+    scales = scales_from_config(cfg.metrics)
+    scores = tc(audio, rate, scales, cfg.metrics.tc_power)
     pitch = pitch_report(audio, rate, instrument.pitches, cfg.metrics.pitch_estimator)
     return {"name": instrument.name, "family": FAMILIES[instrument.family], "source": SOURCES[instrument.source],
             "tc": scores.normalised.item(),
             "mad_pitch": pitch.mad_pitch if np.isfinite(pitch.mad_pitch) else None, "unvoiced": pitch.unvoiced,
             "clap": clap_score(reference, clap.embed_audio(audio, rate).cpu()),
             "pitches": instrument.pitches, "velocities": instrument.velocities,
-            "pitch_errors": pitch.error_semitones.numpy(), "tc_matrix": tc_matrix(audio, rate).numpy(),
+            "pitch_errors": pitch.error_semitones.numpy(), "tc_matrix": tc_matrix(audio, rate, scales[0], cfg.metrics.tc_power).numpy(),
             "embeddings": embedder(audio, rate).numpy(), "real_embeddings": embedder(real, rate).numpy()}
 
 

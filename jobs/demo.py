@@ -27,7 +27,7 @@ from instrumentgen.generate import InstrumentCue, generate_instrument
 from instrumentgen.model.lm import InstrumentLM
 from instrumentgen.plots import loss_figure
 from instrumentgen.testing import default_instruments, write_fixture_nsynth
-from instrumentgen.training.loop import METRICS
+from instrumentgen.training.loop import METRICS, read_metrics
 from jobs import evaluate, preprocess, train
 
 PITCHES = [36, 43, 48, 55, 60, 67, 72, 79, 84]
@@ -63,14 +63,11 @@ def codec_round_trip(cfg, shards_url: str) -> None:
 
 def show_training(cfg, out: str) -> None:
     """The loss table of the run and its plot (`<out>/figures/training_loss.png`)."""
-    import csv
-
-    text = storage.read_bytes(storage.join(cfg.train.storage_path, cfg.train.run_name, METRICS)).decode()
-    history = [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(text.splitlines())]
+    history = read_metrics(storage.join(cfg.train.storage_path, cfg.train.run_name, METRICS))
     print("step   train loss   valid loss   lr")
     for row in history:
         valid = f"{row['valid_loss']:10.4f}" if "valid_loss" in row else " " * 10
-        print(f"{int(row['step']):4d}   {row['loss']:10.4f}   {valid}   {row['lr']:.2e}")
+        print(f"{row['step']:4d}   {row['loss']:10.4f}   {valid}   {row['lr']:.2e}")
     figure = storage.join(out, "figures", "training_loss.png")
     storage.write_bytes(figure, loss_figure(history, f"tiny InstrumentLM, {cfg.train.num_workers} workers, "
                                                      f"{cfg.train.strategy} ZeRO-{cfg.train.zero_stage}"))

@@ -137,10 +137,11 @@ def tc(notes: torch.Tensor | list[torch.Tensor], sample_rate_hz: int | list[int]
     return TCResult(torch.stack(totals).sum(), torch.stack(normalised).mean(), num_pairs)
 
 
-def tc_matrix(notes: torch.Tensor, sample_rate_hz: int, scale: TCScale = TCScale(), chunk: int = 64) -> torch.Tensor:
+def tc_matrix(notes: torch.Tensor, sample_rate_hz: int, scale: TCScale = TCScale(), power: float = 1.0,
+              chunk: int = 64) -> torch.Tensor:
     """[K, K] mean |y_i - y_j| for every pair (the heatmap of one instrument); chunked `cdist`."""
     audio, rate = check_notes(notes, sample_rate_hz)
     with torch.no_grad():
-        y = liftered_log_mel(audio, rate, scale).flatten(1)
+        y = liftered_log_mel(audio, rate, scale, power).flatten(1)
         rows = [torch.cdist(y[i:i + chunk], y, p=1) for i in range(0, len(y), chunk)]
     return torch.cat(rows) / y.shape[1]

@@ -146,10 +146,10 @@ def _csv(history: list[dict]) -> bytes:
     return text.getvalue().encode()
 
 
-def _read_csv(path: str) -> list[dict]:
-    with open(path, newline="") as f:
-        return [{k: int(float(v)) if k in ("step", "epoch") else float(v) for k, v in row.items() if v != ""}
-                for row in csv.DictReader(f)]
+def read_metrics(url: str) -> list[dict]:
+    """A `metrics.csv` (a run's or a checkpoint's) -> its rows: floats, step and epoch as ints, empty cells left out."""
+    rows = csv.DictReader(storage.read_bytes(url).decode().splitlines())
+    return [{k: int(float(v)) if k in ("step", "epoch") else float(v) for k, v in row.items() if v != ""} for row in rows]
 
 
 class Checkpointer:
@@ -191,7 +191,7 @@ class Checkpointer:
             rng = os.path.join(folder, f"rng_rank{self.rank}.pt")
             if os.path.exists(rng):  # absent when the run resumes on more workers than it had
                 _set_rng_state(torch.load(rng, weights_only=False))
-            history = _read_csv(os.path.join(folder, METRICS))
+            history = read_metrics(os.path.join(folder, METRICS))
         return Position(state["step"], state["epoch"], state["batch_in_epoch"]), history
 
 

@@ -10,7 +10,6 @@ start-up, DeepSpeed initialisation, the first epoch's split) left out.
 """
 from __future__ import annotations
 
-import csv
 import os
 import statistics
 import tempfile
@@ -20,6 +19,7 @@ import ray
 from instrumentgen import storage
 from instrumentgen.config import Config, load_config
 from instrumentgen.testing import write_fixture_nsynth
+from instrumentgen.training.loop import METRICS, read_metrics
 from instrumentgen.vocab import PITCHES
 
 LOG_EVERY = 10
@@ -40,9 +40,8 @@ def seconds_per_step(cfg: Config) -> float:
     from jobs.train import run as train
 
     train(cfg)
-    text = storage.read_bytes(storage.join(cfg.train.storage_path, cfg.train.run_name, "metrics.csv")).decode()
-    windows = list(csv.DictReader(text.splitlines()))[1:]
-    return statistics.median(1 / float(w["steps_per_s"]) for w in windows)
+    windows = read_metrics(storage.join(cfg.train.storage_path, cfg.train.run_name, METRICS))[1:]
+    return statistics.median(1 / w["steps_per_s"] for w in windows)
 
 
 def run(quick: bool) -> list[dict]:

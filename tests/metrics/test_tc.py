@@ -88,6 +88,11 @@ def test_identical_notes_have_zero_tc_and_the_matrix_is_symmetric():
     assert matrix.diagonal().abs().max() < 1e-6
     upper = matrix[torch.triu_indices(7, 7, 1).unbind()]
     assert upper.mean().item() == pytest.approx(tc(notes, SR).normalised.item(), rel=1e-4)
+    # the heatmap of another scale and power is the mean pair distance of that measure
+    scale = TCScale(n_fft=1024, hop=256, n_mels=64, n_mfcc=20)
+    squared = tc_matrix(notes, SR, scale, power=2.0)[torch.triu_indices(7, 7, 1).unbind()]
+    assert squared.mean().item() == pytest.approx(tc(notes, SR, [scale], power=2.0).normalised.item(), rel=1e-4)
+    assert squared.mean().item() != pytest.approx(upper.mean().item(), rel=1e-2)
 
 
 @pytest.mark.parametrize("notes, rate, message", [
