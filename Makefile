@@ -3,12 +3,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-# Everything local stays on loopback: Ray's own traffic, Train's gloo, Serve.
-export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
-export GLOO_SOCKET_IFNAME := lo
-export RAY_USAGE_STATS_ENABLED := 0
-# No hub calls on machines without internet (transformers/laion_clap would hang on import).
-export HF_HUB_OFFLINE := 1
+# The local environment (loopback only, offline), from the one file the jobs and the tests read too.
+include jobs/local.env
+export $(shell sed -n 's/^\([A-Z_][A-Z0-9_]*\)=.*/\1/p' jobs/local.env)
 # DeepSpeed caches any compiled op here instead of rebuilding it every run.
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 

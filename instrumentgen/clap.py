@@ -42,9 +42,10 @@ from laion_clap import hook as laion_hook  # noqa: E402
 from transformers import RobertaConfig, RobertaModel, RobertaTokenizer  # noqa: E402
 
 from instrumentgen import weights as weight_files  # noqa: E402
-from instrumentgen.codec import resample  # noqa: E402
+from instrumentgen.audio import resample  # noqa: E402
 from instrumentgen.config import ClapConfig  # noqa: E402
 from instrumentgen.weights import WeightsError  # noqa: E402
+from instrumentgen.errors import UserError
 
 __all__ = ["Clap", "ClapError", "WeightsError", "save_checkpoint"]
 
@@ -64,7 +65,7 @@ CONFIG_DIR = Path(__file__).parent / "clap_configs"
 add_model_config(CONFIG_DIR)
 
 
-class ClapError(ValueError):
+class ClapError(UserError):
     """Bad input to CLAP: the message names the value and what is allowed."""
 
 

@@ -44,7 +44,7 @@ def _generate(args: argparse.Namespace) -> None:
     clap = Clap.load(cfg.clap) if args.prompt is not None and lm.cfg.conditioning == "clap" else None
     cue = InstrumentCue(prompt=args.prompt, family=args.family, source=args.source)
     gen_cfg = dataclasses.replace(cfg.generate, seed=args.seed)
-    instrument = generate_instrument(lm, codec, clap, cue, gen_cfg, args.seed, cfg.data.note_duration_s, progress=True)
+    instrument = generate_instrument(lm, codec, clap, cue, gen_cfg, cfg.data.note_duration_s, progress=True)
     manifest = instrument.write(args.out)
     print(f"wrote {len(manifest['notes'])} notes, {manifest['sfz']} and {manifest['dspreset']} to {args.out}")
 

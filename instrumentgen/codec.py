@@ -19,15 +19,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-import torchaudio.functional
 
 from instrumentgen import weights as weight_files
 from instrumentgen.weights import WeightsError
+from instrumentgen.errors import UserError
 
 if TYPE_CHECKING:
     import dac
 
-__all__ = ["Codec", "CodecError", "WeightsError", "resample"]
+__all__ = ["Codec", "CodecError", "WeightsError"]
 
 RELEASES = {"44khz": ("44khz", "8kbps", "0.0.1")}  # name -> (model_type, bitrate, tag) in dac's tables
 DAC_CACHE_ENV = "INSTRUMENTGEN_DAC_CACHE"
@@ -40,15 +40,8 @@ TINY_SEED = 0
 TINY_RECIPE = 1  # bump when _make_level_preserving changes, so cached tiny files are rebuilt
 
 
-class CodecError(ValueError):
+class CodecError(UserError):
     """Bad input to the codec: the message names the value and what is allowed."""
-
-
-def resample(audio: torch.Tensor, from_hz: int, to_hz: int) -> torch.Tensor:
-    """[..., L] at `from_hz` -> [..., L * to_hz / from_hz] at `to_hz` (band-limited sinc)."""
-    if from_hz == to_hz:
-        return audio
-    return torchaudio.functional.resample(audio, int(from_hz), int(to_hz))
 
 
 def dac_cache_dir() -> Path:

@@ -17,11 +17,12 @@ from typing import Any, Sequence
 import fsspec
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from instrumentgen.errors import UserError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config key or value is not allowed; the message names the key and the allowed values."""
 
 

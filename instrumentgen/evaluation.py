@@ -15,14 +15,14 @@ import numpy as np
 import torch
 
 from instrumentgen import nsynth
+from instrumentgen.audio import crop_and_resample
 from instrumentgen.config import Config
 from instrumentgen.generate import InstrumentCue, generate_instrument
 from instrumentgen.metrics.clap_score import clap_score
 from instrumentgen.metrics.fad import Embedder
 from instrumentgen.metrics.pitch import pitch_report
 from instrumentgen.metrics.tc import scales_from_config, tc, tc_matrix
-from instrumentgen.preprocess import crop_and_resample
-from instrumentgen.vocab import FAMILIES, SOURCES
+from instrumentgen.vocab import FAMILIES, NSYNTH_SAMPLE_RATE_HZ, SOURCES
 
 GROUND_TRUTH = "ground_truth"
 REFERENCE_PITCH = 60
@@ -53,7 +53,8 @@ def load_test_instruments(cfg: Config, max_instruments: int = 0) -> list[TestIns
     instruments = []
     for name in names:
         notes = sorted(groups[name], key=lambda n: (n.pitch, n.velocity))
-        audio = crop_and_resample(np.stack([n.audio for n in notes]), cfg.data.note_duration_s, cfg.data.sample_rate_hz)
+        audio = crop_and_resample(np.stack([n.audio for n in notes]), cfg.data.note_duration_s, NSYNTH_SAMPLE_RATE_HZ,
+                                  cfg.data.sample_rate_hz)
         instruments.append(TestInstrument(name, notes[0].family, notes[0].source, [n.pitch for n in notes],
                                           [n.velocity for n in notes], audio))
     return instruments
@@ -76,7 +77,7 @@ def evaluate_instrument(cfg: Config, instrument: TestInstrument, lm, codec, clap
         else:
             cue = InstrumentCue(clap_embedding=reference)
         slots = list(zip(instrument.pitches, instrument.velocities))
-        audio = generate_instrument(lm, codec, clap, cue, cfg.generate, cfg.generate.seed,
+        audio = generate_instrument(lm, codec, clap, cue, cfg.generate,
                                     cfg.data.note_duration_s, slots).audio
     scales = scales_from_config(cfg.metrics)
     scores = tc(audio, rate, scales, cfg.metrics.tc_power)

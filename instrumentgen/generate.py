@@ -22,9 +22,10 @@ from instrumentgen.cues import Cues, instrument_grid, make_cues
 from instrumentgen.instrument import Instrument
 from instrumentgen.model.lm import InstrumentLM
 from instrumentgen.model.sampling import mix_seed
+from instrumentgen.errors import UserError
 
 
-class GenerateError(ValueError):
+class GenerateError(UserError):
     """An instrument cue that cannot be generated; the message names the field and what is allowed."""
 
 
@@ -79,10 +80,11 @@ def slot_seeds(seed: int, cues: Cues) -> torch.Tensor:
     return mix_seed(seed, cues.pitch, cues.velocity)
 
 
-def generate_codes(lm: InstrumentLM, cues: Cues, num_frames: int, gen_cfg: GenerateConfig, seed: int,
+def generate_codes(lm: InstrumentLM, cues: Cues, num_frames: int, gen_cfg: GenerateConfig,
                    progress: bool = False) -> torch.Tensor:
-    """cues for S notes -> codes [S, K, num_frames], `gen_cfg.batch_size` notes per generation."""
-    seeds = slot_seeds(seed, cues)
+    """cues for S notes -> codes [S, K, num_frames], `gen_cfg.batch_size` notes per generation,
+    each note from its slot's stream of the instrument seed `gen_cfg.seed`."""
+    seeds = slot_seeds(gen_cfg.seed, cues)
     batches = range(0, len(cues), gen_cfg.batch_size)
     codes = [lm.generate(cues[i: i + gen_cfg.batch_size], num_frames, gen_cfg.cfg_coef, gen_cfg.top_k,
                          gen_cfg.temperature, seeds[i: i + gen_cfg.batch_size]).cpu()
@@ -99,17 +101,17 @@ def instrument_cues(cue: InstrumentCue, clap_embedding: torch.Tensor | None,
     return make_cues(pitches, velocities, cue.family, cue.source, clap_embedding)
 
 
-def generate_instrument(lm: InstrumentLM, codec, clap, cue: InstrumentCue, gen_cfg: GenerateConfig, seed: int,
+def generate_instrument(lm: InstrumentLM, codec, clap, cue: InstrumentCue, gen_cfg: GenerateConfig,
                         duration_s: float, slots: list[tuple[int, int]] | None = None,
                         progress: bool = False) -> Instrument:
-    """One instrument: `cue` at every slot -> codes -> audio [S, duration_s * 44.1 kHz]."""
+    """One instrument: `cue` at every slot -> codes -> audio [S, duration_s * 44.1 kHz], seeded by `gen_cfg.seed`."""
     cues = instrument_cues(cue, cue_embedding(cue, clap, lm.cfg.conditioning), slots)
     num_frames = codec.frames_for(duration_s)
-    codes = generate_codes(lm, cues, num_frames, gen_cfg, seed, progress)
+    codes = generate_codes(lm, cues, num_frames, gen_cfg, progress)
     num_samples = round(duration_s * codec.sample_rate_hz)
     audio = torch.cat([codec.decode(codes[i: i + gen_cfg.batch_size])[:, 0, :num_samples].cpu()
                        for i in range(0, len(codes), gen_cfg.batch_size)])
-    metadata = {**cue.describe(), "seed": seed, "model_id": lm.model_id, "codec_model_id": codec.model_id,
+    metadata = {**cue.describe(), "seed": gen_cfg.seed, "model_id": lm.model_id, "codec_model_id": codec.model_id,
                 "clap_model_id": getattr(clap, "model_id", None), "generate": config_hash(vars(gen_cfg)),
                 "duration_s": duration_s, "num_frames": num_frames}
     return Instrument(audio, cues.pitch.tolist(), cues.velocity.tolist(), codec.sample_rate_hz, metadata)

@@ -14,27 +14,28 @@ covers the velocities above the layer below it up to its own (25 -> 1..25, 50 ->
 from __future__ import annotations
 
 import concurrent.futures
-import io
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
 import numpy as np
-import soundfile as sf
 import torch
 
 from instrumentgen import storage
+from instrumentgen.audio import audio_extension, decode_audio, encode_audio
 from instrumentgen.vocab import PITCH_MAX, PITCH_MIN
+from instrumentgen.errors import UserError
 
 SFZ_FILE, DSPRESET_FILE, NOTES_DIR = "instrument.sfz", "instrument.dspreset", "notes"
 WRITE_THREADS = 8  # object stores are latency-bound: write several notes at once
 
 
-class InstrumentError(ValueError):
+class InstrumentError(UserError):
     """An instrument whose notes cannot be written or read; the message names what is wrong."""
 
 
-def note_file(pitch: int, velocity: int) -> str:
-    return f"{NOTES_DIR}/{pitch:03d}_v{velocity:03d}.wav"
+def note_file(pitch: int, velocity: int, audio_format: str = "wav24") -> str:
+    """The path of a note's audio file inside an instrument's folder."""
+    return f"{NOTES_DIR}/{pitch:03d}_v{velocity:03d}{audio_extension(audio_format)}"
 
 
 def key_ranges(pitches: list[int]) -> dict[int, tuple[int, int]]:
@@ -51,37 +52,33 @@ def velocity_ranges(velocities: list[int]) -> dict[int, tuple[int, int]]:
     return {v: (low, 127 if i == len(layers) - 1 else v) for i, (v, low) in enumerate(zip(layers, lows))}
 
 
-def _mapping(pitches: list[int], velocities: list[int]) -> list[dict]:
+def _mapping(pitches: list[int], velocities: list[int], audio_format: str) -> list[dict]:
     keys, layers = key_ranges(pitches), velocity_ranges(velocities)
-    return [{"pitch": p, "velocity": v, "file": note_file(p, v), "keys": keys[p], "velocities": layers[v]}
+    return [{"pitch": p, "velocity": v, "file": note_file(p, v, audio_format), "keys": keys[p], "velocities": layers[v]}
             for p, v in sorted(zip(pitches, velocities))]
 
 
-def sfz_text(pitches: list[int], velocities: list[int]) -> str:
+def sfz_text(pitches: list[int], velocities: list[int], audio_format: str = "wav24") -> str:
+    """SFZ: one region per note, mapped to its key range and velocity layer."""
     lines = ["// InstrumentGen: one region per generated note", "<control>", "default_path=./", "<group>",
              "ampeg_release=0.3"]
-    for note in _mapping(pitches, velocities):
+    for note in _mapping(pitches, velocities, audio_format):
         (lokey, hikey), (lovel, hivel) = note["keys"], note["velocities"]
         lines.append(f"<region> sample={note['file']} lokey={lokey} hikey={hikey} "
                      f"pitch_keycenter={note['pitch']} lovel={lovel} hivel={hivel}")
     return "\n".join(lines) + "\n"
 
 
-def dspreset_xml(pitches: list[int], velocities: list[int], title: str) -> str:
+def dspreset_xml(pitches: list[int], velocities: list[int], title: str, audio_format: str = "wav24") -> str:
+    """DecentSampler preset XML with the same mapping as `sfz_text`."""
     root = ET.Element("DecentSampler", minVersion="1.0.0", title=title)
     group = ET.SubElement(ET.SubElement(root, "groups"), "group", release="0.3")
-    for note in _mapping(pitches, velocities):
+    for note in _mapping(pitches, velocities, audio_format):
         (lokey, hikey), (lovel, hivel) = note["keys"], note["velocities"]
         ET.SubElement(group, "sample", path=note["file"], rootNote=str(note["pitch"]), loNote=str(lokey),
                       hiNote=str(hikey), loVel=str(lovel), hiVel=str(hivel))
     ET.indent(root)
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
-
-
-def wav_bytes(note_audio: np.ndarray, sample_rate_hz: int) -> bytes:
-    buffer = io.BytesIO()
-    sf.write(buffer, note_audio, sample_rate_hz, format="WAV", subtype="PCM_24")
-    return buffer.getvalue()
 
 
 @dataclass
@@ -108,23 +105,25 @@ class Instrument:
     def __len__(self) -> int:
         return len(self.pitches)
 
-    def write(self, url: str, title: str | None = None) -> dict:
-        """Write notes, SFZ, DecentSampler preset and, last, the manifest under `url`; returns the manifest."""
+    def write(self, url: str, title: str | None = None, audio_format: str = "wav24") -> dict:
+        """Write notes (`audio_format`: wav24, wav16 or flac), SFZ, DecentSampler preset and, last, the
+        manifest under `url`; returns the manifest."""
         audio = self.audio.detach().float().cpu().numpy()
         if not np.isfinite(audio).all():
             raise InstrumentError("audio holds NaN or inf; refusing to write a broken instrument")
         peak = float(np.abs(audio).max(initial=0.0))
         scale = 0.99 / peak if peak > 0.99 else 1.0  # never clip: scale the whole instrument, keeping velocity
-        jobs = [(storage.join(url, note_file(p, v)), wav_bytes(audio[i] * scale, self.sample_rate_hz))
+        jobs = [(storage.join(url, note_file(p, v, audio_format)), encode_audio(audio[i] * scale, self.sample_rate_hz, audio_format))
                 for i, (p, v) in enumerate(zip(self.pitches, self.velocities))]
         with concurrent.futures.ThreadPoolExecutor(WRITE_THREADS) as pool:
             list(pool.map(lambda job: storage.write_bytes(*job), jobs))
         title = title or self.metadata.get("prompt") or "InstrumentGen instrument"
-        storage.write_bytes(storage.join(url, SFZ_FILE), sfz_text(self.pitches, self.velocities).encode())
-        storage.write_bytes(storage.join(url, DSPRESET_FILE), dspreset_xml(self.pitches, self.velocities, title).encode())
+        storage.write_bytes(storage.join(url, SFZ_FILE), sfz_text(self.pitches, self.velocities, audio_format).encode())
+        storage.write_bytes(storage.join(url, DSPRESET_FILE),
+                            dspreset_xml(self.pitches, self.velocities, title, audio_format).encode())
         manifest = {**self.metadata, "sample_rate_hz": self.sample_rate_hz, "num_samples": audio.shape[1],
-                    "gain": scale, "sfz": SFZ_FILE, "dspreset": DSPRESET_FILE,
-                    "notes": [{"pitch": p, "velocity": v, "file": note_file(p, v)}
+                    "gain": scale, "sfz": SFZ_FILE, "dspreset": DSPRESET_FILE, "format": audio_format,
+                    "notes": [{"pitch": p, "velocity": v, "file": note_file(p, v, audio_format)}
                               for p, v in zip(self.pitches, self.velocities)]}
         storage.write_json(storage.join(url, storage.MANIFEST), manifest)
         return manifest
@@ -137,7 +136,7 @@ class Instrument:
             raise InstrumentError(f"no {storage.MANIFEST} under {url!r}: not an instrument, or its write did not finish")
         manifest = storage.read_json(manifest_url)
         notes = manifest["notes"]
-        audio = [sf.read(io.BytesIO(storage.read_bytes(storage.join(url, n["file"]))), dtype="float32")[0] for n in notes]
-        known = ("sample_rate_hz", "num_samples", "gain", "sfz", "dspreset", "notes")
+        audio = [decode_audio(storage.read_bytes(storage.join(url, n["file"])), n["file"])[0] for n in notes]
+        known = ("sample_rate_hz", "num_samples", "gain", "sfz", "dspreset", "format", "notes")
         return cls(torch.from_numpy(np.stack(audio)), [n["pitch"] for n in notes], [n["velocity"] for n in notes],
                    manifest["sample_rate_hz"], {k: v for k, v in manifest.items() if k not in known})

@@ -22,13 +22,14 @@ import soundfile as sf
 from instrumentgen import storage, tfrecord
 from instrumentgen.vocab import (FAMILIES, NSYNTH_NUM_SAMPLES, NSYNTH_SAMPLE_RATE_HZ, PITCH_MAX, PITCH_MIN,
                                  SOURCES, VELOCITIES)
+from instrumentgen.errors import UserError
 
 REQUIRED_FIELDS = ("note_str", "instrument", "instrument_str", "pitch", "velocity",
                    "instrument_family", "instrument_source")
 FORMATS = ("jsonwav", "tfrecord")
 
 
-class NSynthError(ValueError):
+class NSynthError(UserError):
     """The data set itself cannot be read (missing examples.json, unknown format)."""
 
 

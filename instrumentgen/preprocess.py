@@ -25,6 +25,7 @@ from typing import Iterator
 import numpy as np
 
 from instrumentgen import nsynth, storage, tfrecord
+from instrumentgen.audio import crop_and_resample
 from instrumentgen.config import Config, ConfigError, DataConfig, config_hash
 from instrumentgen.shards import HOLDOUT, SPLITS, UNIT_END
 from instrumentgen.vocab import NSYNTH_SAMPLE_RATE_HZ
@@ -192,24 +193,12 @@ def read_unit(batch: dict[str, np.ndarray], holdout_fraction: float) -> Iterator
         yield _batch(rows + [_row(source_split, unit, count, reason=UNIT_END)])
 
 
-def crop_and_resample(audio: np.ndarray, duration_s: float, sample_rate_hz: int) -> np.ndarray:
-    """16 kHz notes float32 [B, L] -> float32 [B, duration_s * sample_rate_hz]: cropped (or zero-padded)
-    to `duration_s` before resampling, which costs less than resampling the full 4 s."""
-    from instrumentgen.codec import resample  # torch + DAC: imported only by the stages that need them
-    import torch
-
-    n_in = round(duration_s * NSYNTH_SAMPLE_RATE_HZ)
-    audio = np.pad(audio[:, :n_in], ((0, 0), (0, max(0, n_in - audio.shape[1]))))
-    out = resample(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)), NSYNTH_SAMPLE_RATE_HZ, sample_rate_hz)
-    return out.numpy()[:, :round(duration_s * sample_rate_hz)]
-
-
 def resample_and_crop(batch: dict[str, np.ndarray], duration_s: float, sample_rate_hz: int) -> dict[str, np.ndarray]:
     """Ray Data stage: the `audio` bytes of kept rows -> `duration_s` at `sample_rate_hz` (float32 bytes)."""
     kept = np.flatnonzero(batch["reason"] == "")
     if len(kept):
         audio = np.stack([np.frombuffer(batch["audio"][i], np.float32) for i in kept])
-        resampled = crop_and_resample(audio, duration_s, sample_rate_hz)
+        resampled = crop_and_resample(audio, duration_s, NSYNTH_SAMPLE_RATE_HZ, sample_rate_hz)
         batch["audio"] = batch["audio"].copy()
         for i, note_audio in zip(kept, resampled):
             batch["audio"][i] = note_audio.tobytes()

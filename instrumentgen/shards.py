@@ -29,6 +29,7 @@ import torch
 
 from instrumentgen import storage
 from instrumentgen.cues import Cues
+from instrumentgen.errors import UserError
 
 if TYPE_CHECKING:
     import ray.data
@@ -43,7 +44,7 @@ METADATA_COLUMNS = {"note_str": pa.string(), "instrument_str": pa.string(), "ins
                     "family": pa.int16(), "source": pa.int16(), "pitch": pa.int16(), "velocity": pa.int16()}
 
 
-class ShardError(ValueError):
+class ShardError(UserError):
     """Token shards are missing, incomplete, or were made with another configuration."""
 
 

@@ -11,9 +11,9 @@ import json
 from dataclasses import dataclass
 
 import numpy as np
-import soundfile as sf
 
 from instrumentgen import storage, tfrecord
+from instrumentgen.audio import encode_audio
 from instrumentgen.vocab import FAMILIES, NSYNTH_NUM_SAMPLES, NSYNTH_SAMPLE_RATE_HZ, SOURCES, midi_to_hz
 
 
@@ -98,12 +98,6 @@ def bad_records() -> list[tuple[dict, np.ndarray | bytes, int, str]]:
             (corrupt, b"RIFF\x00\x00garbage-not-a-wav", NSYNTH_SAMPLE_RATE_HZ, "unreadable_audio")]
 
 
-def _wav_bytes(audio: np.ndarray, sample_rate_hz: int) -> bytes:
-    buf = io.BytesIO()
-    sf.write(buf, audio, sample_rate_hz, format="WAV", subtype="PCM_16")
-    return buf.getvalue()
-
-
 def write_fixture_nsynth(root: str, instruments: int | list[FixtureInstrument] = 3,
                          pitches: list[int] | None = None, velocities: list[int] | None = None,
                          formats: tuple[str, ...] = ("jsonwav", "tfrecord"), with_bad_records: bool = False) -> dict:
@@ -123,10 +117,10 @@ def write_fixture_nsynth(root: str, instruments: int | list[FixtureInstrument] =
         url = storage.join(root, "jsonwav")
         examples = {}
         for meta, audio in notes:
-            storage.write_bytes(storage.join(url, "audio", meta["note_str"] + ".wav"), _wav_bytes(audio, NSYNTH_SAMPLE_RATE_HZ))
+            storage.write_bytes(storage.join(url, "audio", meta["note_str"] + ".wav"), encode_audio(audio, NSYNTH_SAMPLE_RATE_HZ, "wav16"))
             examples[meta["note_str"]] = meta
         for meta, audio, rate, _ in bad:
-            data = audio if isinstance(audio, bytes) else _wav_bytes(audio, rate)
+            data = audio if isinstance(audio, bytes) else encode_audio(audio, rate, "wav16")
             storage.write_bytes(storage.join(url, "audio", meta["note_str"] + ".wav"), data)
             examples[meta["note_str"]] = meta
         storage.write_bytes(storage.join(url, "examples.json"), json.dumps(examples, indent=1).encode())

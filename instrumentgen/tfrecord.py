@@ -14,11 +14,12 @@ from typing import BinaryIO, Iterator
 import crc32c
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from instrumentgen.errors import UserError
 
 _MASK_DELTA = 0xA282EAD8
 
 
-class TFRecordError(ValueError):
+class TFRecordError(UserError):
     """A TFRecord file is truncated or fails its checksum."""
 
 

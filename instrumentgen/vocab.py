@@ -1,6 +1,8 @@
 """NSynth's vocabulary: instrument families and sources with NSynth's ids, the 88 keys, 5 velocities."""
 from __future__ import annotations
 
+from instrumentgen.errors import UserError
+
 FAMILIES = (
     "bass", "brass", "flute", "guitar", "keyboard", "mallet",
     "organ", "reed", "string", "synth_lead", "vocal",
@@ -18,7 +20,7 @@ def midi_to_hz(pitch: float) -> float:
     return 440.0 * 2.0 ** ((pitch - 69) / 12)
 
 
-class VocabError(ValueError):
+class VocabError(UserError):
     """A family, source, pitch or velocity outside NSynth's vocabulary."""
 
 

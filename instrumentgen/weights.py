@@ -21,12 +21,13 @@ import urllib.request
 from pathlib import Path
 
 from instrumentgen import storage
+from instrumentgen.errors import UserError
 
 CACHE_ENV = "INSTRUMENTGEN_CACHE"
 DOWNLOAD_TIMEOUT_S = 20  # per socket operation: a blocked network fails in seconds, not minutes
 
 
-class WeightsError(RuntimeError):
+class WeightsError(UserError):
     """A weight file is missing or cannot be fetched; the message names the file and the config key."""
 
 

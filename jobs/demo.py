@@ -29,6 +29,7 @@ from instrumentgen.plots import loss_figure
 from instrumentgen.testing import default_instruments, write_fixture_nsynth
 from instrumentgen.training.loop import METRICS, read_metrics
 from jobs import evaluate, preprocess, train
+from jobs.entry import start_ray
 
 PITCHES = [36, 43, 48, 55, 60, 67, 72, 79, 84]
 VELOCITIES = [50, 100]
@@ -77,7 +78,7 @@ def show_training(cfg, out: str) -> None:
 def generate(cfg, checkpoint: str, out: str) -> None:
     lm = InstrumentLM.load(checkpoint)
     codec, clap = Codec.load(cfg.codec.weights, n_codebooks=cfg.codec.n_codebooks), Clap.load(cfg.clap)
-    instrument = generate_instrument(lm, codec, clap, InstrumentCue(prompt=PROMPT), cfg.generate, cfg.generate.seed,
+    instrument = generate_instrument(lm, codec, clap, InstrumentCue(prompt=PROMPT), cfg.generate,
                                      cfg.data.note_duration_s, progress=True)
     folder = storage.join(out, "instrument")
     manifest = instrument.write(folder)
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config("tiny", overrides)
 
     if not ray.is_initialized():  # a test's Ray, or a fresh local one
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
+        start_ray(quiet=True)
     step(2, "jobs.preprocess (Ray Data)")
     preprocess.run(cfg)
 

@@ -1,12 +1,21 @@
-"""The `main` every Ray job shares: arguments -> one-line errors (exit 2) -> Ray -> the job."""
+"""What every Ray job shares: arguments -> one-line errors (exit 2) -> Ray -> the job.
+
+`job_main` parses before starting Ray, so bad input fails in a second, and prints any
+`UserError` as one line with exit code 2; anything else is a bug and keeps its traceback.
+`local_ray` gives a block the running Ray, the cluster of `RAY_ADDRESS`, or a fresh local one
+on 127.0.0.1 that it shuts down afterwards (the demo, the benchmarks and the tests use it).
+"""
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import ray
 
-from instrumentgen.config import Config, ConfigError, load_config, split_overrides
+from instrumentgen.config import Config, load_config, split_overrides
+from instrumentgen.errors import UserError
 
 
 def config_from_argv(argv: Sequence[str], check: Callable[[Config], object] = lambda cfg: None) -> tuple[Config]:
@@ -17,14 +26,39 @@ def config_from_argv(argv: Sequence[str], check: Callable[[Config], object] = la
     return (cfg,)
 
 
+def start_ray(num_cpus: int | None = None, quiet: bool = False) -> None:
+    """Join the cluster of `RAY_ADDRESS` (`ray job submit` sets it), else start a local Ray on 127.0.0.1.
+
+    quiet: no worker output on this console and Ray's own logging left alone (tests, benchmarks).
+    """
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+        return
+    ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+             log_to_driver=not quiet, configure_logging=not quiet)
+
+
+@contextlib.contextmanager
+def local_ray(num_cpus: int | None = None, quiet: bool = True) -> Iterator[None]:
+    """Ray for the duration of a block: the one already running, else one started (and shut down) here."""
+    started = not ray.is_initialized()
+    if started:
+        start_ray(num_cpus, quiet)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
 def job_main(argv: Sequence[str] | None, parse: Callable[[Sequence[str]], tuple], run: Callable[..., object]) -> int:
-    """Parse before starting Ray so bad input fails in a second; a ConfigError anywhere is one line."""
+    """Parse `argv` (default: the command line), start Ray, run; a `UserError` anywhere is one line and exit 2."""
     try:
         args = parse(sys.argv[1:] if argv is None else argv)
         if not ray.is_initialized():
-            ray.init()  # joins the cluster of `ray job submit` (RAY_ADDRESS), else starts a local one
+            start_ray()
         run(*args)
-    except ConfigError as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

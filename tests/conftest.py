@@ -3,13 +3,10 @@ from __future__ import annotations
 
 import os
 
-# Before anything imports transformers / laion_clap / ray: no hub calls, loopback only.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+# Before anything imports transformers / laion_clap / ray: tests run on this machine only, whatever
+# the shell says; importing `jobs` then applies jobs/local.env (no hub calls, loopback only).
+os.environ.pop("RAY_ADDRESS", None)
+import jobs  # noqa: E402,F401
 
 import socket
 import subprocess
@@ -41,10 +38,10 @@ def ray_local(s3_server):
     Started after the S3 server so that its workers inherit the loopback endpoint variables."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=False, configure_logging=False)
-    yield ray
-    ray.shutdown()
+    from jobs.entry import local_ray
+
+    with local_ray(num_cpus=2):
+        yield ray
 
 
 @pytest.fixture(scope="session")

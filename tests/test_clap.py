@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from instrumentgen import storage
-from instrumentgen.codec import resample
+from instrumentgen.audio import resample
 from instrumentgen.clap import Clap, ClapError, WeightsError, save_checkpoint
 from instrumentgen.config import ClapConfig, load_config
 from instrumentgen.testing import synth_note, timbre_for

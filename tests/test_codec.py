@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from instrumentgen import storage
-from instrumentgen.codec import Codec, CodecError, WeightsError, resample
+from instrumentgen.codec import Codec, CodecError, WeightsError
 from instrumentgen.testing import synth_note, timbre_for
 
 SR = 44100
@@ -128,12 +128,3 @@ def test_release_offline_fails_fast_naming_file_place_and_key(tmp_path, monkeypa
     assert str(tmp_path / "dac" / "weights_44khz_8kbps_0.0.1.pth") in message
     assert "codec.weights=" in message
 
-
-def test_resample_16k_to_44k_keeps_length_ratio_and_frequency():
-    t = torch.arange(16000) / 16000
-    sine = torch.sin(2 * math.pi * 440.0 * t).repeat(2, 1)  # [2, 16000]: batch dims pass through
-    up = resample(sine, 16000, SR)
-    assert up.shape == (2, 44100)
-    spectrum = torch.fft.rfft(up[0]).abs()
-    assert abs(spectrum.argmax().item() * SR / up.shape[-1] - 440.0) <= 1.0
-    assert resample(sine, SR, SR) is sine

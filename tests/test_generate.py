@@ -25,8 +25,8 @@ def models():
 
 def generate(models, cue, seed=1, slots=SLOTS, **gen):
     cfg, lm, codec, clap = models
-    gen_cfg = load_config("tiny", [f"generate.{k}={v}" for k, v in gen.items()]).generate
-    return generate_instrument(lm, codec, clap, cue, gen_cfg, seed, DURATION_S, slots)
+    gen_cfg = load_config("tiny", [f"generate.{k}={v}" for k, v in {**gen, "seed": seed}.items()]).generate
+    return generate_instrument(lm, codec, clap, cue, gen_cfg, DURATION_S, slots)
 
 
 def test_a_prompt_becomes_notes_at_its_slots(models):
@@ -89,4 +89,4 @@ def test_a_metadata_model_refuses_a_prompt():
     cfg = load_config("tiny", ["model.conditioning=metadata"])
     lm = InstrumentLM(cfg.model).eval()
     with pytest.raises(GenerateError, match="prompt needs a CLAP-conditioned model"):
-        generate_instrument(lm, None, None, InstrumentCue(prompt="brass"), cfg.generate, 0, DURATION_S, SLOTS)
+        generate_instrument(lm, None, None, InstrumentCue(prompt="brass"), cfg.generate, DURATION_S, SLOTS)

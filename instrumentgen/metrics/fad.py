@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from instrumentgen.errors import UserError
 
 
-class FADError(ValueError):
+class FADError(UserError):
     """Embedding sets the distance cannot be computed on."""
 
 

@@ -30,11 +30,12 @@ from dataclasses import dataclass
 
 import torch
 import torchaudio.functional as AF
+from instrumentgen.errors import UserError
 
 EPS = 1e-5
 
 
-class TCError(ValueError):
+class TCError(UserError):
     """Notes that TC cannot compare; the message says what is wrong and what is allowed."""
 
 

@@ -20,7 +20,7 @@ import torchaudio.functional as AF
 from torch import nn
 
 from instrumentgen import weights as weight_files
-from instrumentgen.codec import resample
+from instrumentgen.audio import resample
 
 RELEASE_URL = "https://github.com/harritaylor/torchvggish/releases/download/v0.1/vggish-10086976.pth"
 SAMPLE_RATE_HZ, WINDOW, HOP, N_FFT, N_MELS, EXAMPLE_FRAMES = 16_000, 400, 160, 512, 64, 96

@@ -29,12 +29,13 @@ from instrumentgen.cues import Cues
 from instrumentgen.model import patterns, sampling
 from instrumentgen.model.conditioners import Conditioners
 from instrumentgen.model.transformer import Transformer
+from instrumentgen.errors import UserError
 
 CHECKPOINT_FORMAT = 1
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-class LMError(ValueError):
+class LMError(UserError):
     """A model checkpoint or a generation request that cannot be used; names the value and what is allowed."""
 
 

@@ -11,13 +11,14 @@ import tempfile
 import time
 
 import numpy as np
-import ray
 import torch
 
 from instrumentgen import nsynth, preprocess, shards, storage
+from instrumentgen.audio import crop_and_resample
 from instrumentgen.config import Config, load_config
 from instrumentgen.testing import write_fixture_nsynth
-from instrumentgen.vocab import PITCHES
+from instrumentgen.vocab import NSYNTH_SAMPLE_RATE_HZ, PITCHES
+from jobs.entry import local_ray
 
 ENCODER_ACTORS = 2  # one per core of the 2-core reference machine
 ENCODER_NUM_CPUS = 0.75  # leaves a share of a core to the read tasks
@@ -31,8 +32,8 @@ def serial_loop(cfg: Config) -> int:
     codec, clap = Codec.load(cfg.codec.weights), Clap.load(cfg.clap)
     columns = {name: [] for name in (*shards.METADATA_COLUMNS, "codes", "clap_embedding")}
     for note in nsynth.iter_notes(cfg.data.source):
-        audio = torch.from_numpy(preprocess.crop_and_resample(note.audio[None], cfg.data.note_duration_s,
-                                                              cfg.data.sample_rate_hz))
+        audio = torch.from_numpy(crop_and_resample(note.audio[None], cfg.data.note_duration_s, NSYNTH_SAMPLE_RATE_HZ,
+                                                   cfg.data.sample_rate_hz))
         with torch.inference_mode():
             codes = codec.encode(audio[:, None])[0, :cfg.codec.n_codebooks]
             clap_embedding = clap.embed_audio(audio, cfg.data.sample_rate_hz)[0]
@@ -71,16 +72,9 @@ def run(quick: bool) -> list[dict]:
     instruments, pitches = (2, list(PITCHES[15:75:4])) if quick else (4, list(PITCHES[10:80:2]))
     overrides = [f"data.encoder_actors={ENCODER_ACTORS}", f"data.encoder_num_cpus={ENCODER_NUM_CPUS}",
                  "data.encode_batch_size=16"]
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
-    try:
-        with tempfile.TemporaryDirectory() as root:
-            small = _time_both(root, instruments, pitches, overrides)
-            large = _time_both(root, 2 * instruments, pitches, overrides)
-    finally:
-        if started_ray:
-            ray.shutdown()
+    with local_ray(), tempfile.TemporaryDirectory() as root:
+        small = _time_both(root, instruments, pitches, overrides)
+        large = _time_both(root, 2 * instruments, pitches, overrides)
     n_notes, baseline_s, ours_s = large
     extra = large[0] - small[0]
     marginal_baseline_s, marginal_ours_s = large[1] - small[1], large[2] - small[2]

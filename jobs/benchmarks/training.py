@@ -14,13 +14,13 @@ import os
 import statistics
 import tempfile
 
-import ray
 
 from instrumentgen import storage
 from instrumentgen.config import Config, load_config
 from instrumentgen.testing import write_fixture_nsynth
 from instrumentgen.training.loop import METRICS, read_metrics
 from instrumentgen.vocab import PITCHES
+from jobs.entry import local_ray
 
 LOG_EVERY = 10
 
@@ -48,34 +48,27 @@ def run(quick: bool) -> list[dict]:
     """Full: a 4-layer d=256 model (5M parameters); `--quick`: the tiny model, fewer steps."""
     model = [] if quick else ["model.dim=256", "model.num_layers=4", "model.num_heads=8"]
     steps = 40 if quick else 100
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
-    try:
-        with tempfile.TemporaryDirectory() as root:
-            shards_url = make_shards(root)
+    with local_ray(), tempfile.TemporaryDirectory() as root:
+        shards_url = make_shards(root)
 
-            def seconds(name: str, *overrides: str) -> float:
-                cfg = load_config("tiny", [*model, f"data.shards={shards_url}", f"train.storage_path={root}/runs",
-                                           f"train.run_name={name}", f"train.max_steps={steps}",
-                                           f"train.log_every={LOG_EVERY}", f"train.checkpoint_every={steps}",
-                                           f"train.eval_every={steps}", *overrides])
-                return seconds_per_step(cfg)
+        def seconds(name: str, *overrides: str) -> float:
+            cfg = load_config("tiny", [*model, f"data.shards={shards_url}", f"train.storage_path={root}/runs",
+                                       f"train.run_name={name}", f"train.max_steps={steps}",
+                                       f"train.log_every={LOG_EVERY}", f"train.checkpoint_every={steps}",
+                                       f"train.eval_every={steps}", *overrides])
+            return seconds_per_step(cfg)
 
-            # Interleaved and repeated, the best of two: runs on a shared 2-core box vary by ~10%.
-            ddp2, zero2w = float("inf"), float("inf")
-            for attempt in range(2):
-                ddp2 = min(ddp2, seconds(f"ddp2-{attempt}", "train.strategy=ddp", "train.num_workers=2"))
-                zero2w = min(zero2w, seconds(f"zero1-2-{attempt}", "train.strategy=deepspeed", "train.zero_stage=1",
-                                             "train.num_workers=2"))
-            ddp1 = seconds("ddp1", "train.strategy=ddp", "train.num_workers=1")
-            zero1w = seconds("zero1-1", "train.strategy=deepspeed", "train.zero_stage=1", "train.num_workers=1")
-            big = f"train.batch_size={4 * load_config('tiny').train.batch_size}"
-            ddp1_big = seconds("ddp1-big", "train.strategy=ddp", "train.num_workers=1", big)
-            ddp2_big = seconds("ddp2-big", "train.strategy=ddp", "train.num_workers=2", big)
-    finally:
-        if started_ray:
-            ray.shutdown()
+        # Interleaved and repeated, the best of two: runs on a shared 2-core box vary by ~10%.
+        ddp2, zero2w = float("inf"), float("inf")
+        for attempt in range(2):
+            ddp2 = min(ddp2, seconds(f"ddp2-{attempt}", "train.strategy=ddp", "train.num_workers=2"))
+            zero2w = min(zero2w, seconds(f"zero1-2-{attempt}", "train.strategy=deepspeed", "train.zero_stage=1",
+                                         "train.num_workers=2"))
+        ddp1 = seconds("ddp1", "train.strategy=ddp", "train.num_workers=1")
+        zero1w = seconds("zero1-1", "train.strategy=deepspeed", "train.zero_stage=1", "train.num_workers=1")
+        big = f"train.batch_size={4 * load_config('tiny').train.batch_size}"
+        ddp1_big = seconds("ddp1-big", "train.strategy=ddp", "train.num_workers=1", big)
+        ddp2_big = seconds("ddp2-big", "train.strategy=ddp", "train.num_workers=2", big)
     size = "tiny model" if quick else "4 layers, d=256"
     batch = load_config("tiny").train.batch_size
     return [
