@@ -44,8 +44,8 @@ from transformers import RobertaConfig, RobertaModel, RobertaTokenizer  # noqa: 
 from instrumentgen import weights as weight_files  # noqa: E402
 from instrumentgen.audio import resample  # noqa: E402
 from instrumentgen.config import ClapConfig  # noqa: E402
-from instrumentgen.weights import WeightsError  # noqa: E402
 from instrumentgen.errors import UserError
+from instrumentgen.weights import WeightsError  # noqa: E402
 
 __all__ = ["Clap", "ClapError", "WeightsError", "save_checkpoint"]
 

@@ -14,8 +14,8 @@ from omegaconf import OmegaConf
 
 from instrumentgen.config import load_config
 from instrumentgen.testing import write_fixture_nsynth
-from instrumentgen.weights import WeightsError
 from instrumentgen.vocab import PITCHES, VELOCITIES
+from instrumentgen.weights import WeightsError
 
 
 def _config(args: argparse.Namespace) -> None:

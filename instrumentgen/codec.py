@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from instrumentgen import weights as weight_files
-from instrumentgen.weights import WeightsError
 from instrumentgen.errors import UserError
+from instrumentgen.weights import WeightsError
 
 if TYPE_CHECKING:
     import dac

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import fsspec
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
 from instrumentgen.errors import UserError
 
 CONFIG_DIR = Path(__file__).parent / "configs"

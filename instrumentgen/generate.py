@@ -19,10 +19,10 @@ from tqdm.auto import tqdm
 
 from instrumentgen.config import GenerateConfig, config_hash
 from instrumentgen.cues import Cues, instrument_grid, make_cues
+from instrumentgen.errors import UserError
 from instrumentgen.instrument import Instrument
 from instrumentgen.model.lm import InstrumentLM
 from instrumentgen.model.sampling import mix_seed
-from instrumentgen.errors import UserError
 
 
 class GenerateError(UserError):

@@ -22,8 +22,8 @@ import torch
 
 from instrumentgen import storage
 from instrumentgen.audio import audio_extension, decode_audio, encode_audio
-from instrumentgen.vocab import PITCH_MAX, PITCH_MIN
 from instrumentgen.errors import UserError
+from instrumentgen.vocab import PITCH_MAX, PITCH_MIN
 
 SFZ_FILE, DSPRESET_FILE, NOTES_DIR = "instrument.sfz", "instrument.dspreset", "notes"
 WRITE_THREADS = 8  # object stores are latency-bound: write several notes at once

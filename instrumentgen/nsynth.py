@@ -11,7 +11,6 @@ detail) or None, and `to_note(raw)` turns a valid record into a `NoteRecord`.
 from __future__ import annotations
 
 import io
-import json
 from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator
@@ -20,9 +19,16 @@ import numpy as np
 import soundfile as sf
 
 from instrumentgen import storage, tfrecord
-from instrumentgen.vocab import (FAMILIES, NSYNTH_NUM_SAMPLES, NSYNTH_SAMPLE_RATE_HZ, PITCH_MAX, PITCH_MIN,
-                                 SOURCES, VELOCITIES)
 from instrumentgen.errors import UserError
+from instrumentgen.vocab import (
+    FAMILIES,
+    NSYNTH_NUM_SAMPLES,
+    NSYNTH_SAMPLE_RATE_HZ,
+    PITCH_MAX,
+    PITCH_MIN,
+    SOURCES,
+    VELOCITIES,
+)
 
 REQUIRED_FIELDS = ("note_str", "instrument", "instrument_str", "pitch", "velocity",
                    "instrument_family", "instrument_source")

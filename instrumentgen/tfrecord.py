@@ -14,6 +14,7 @@ from typing import BinaryIO, Iterator
 import crc32c
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
 from instrumentgen.errors import UserError
 
 _MASK_DELTA = 0xA282EAD8

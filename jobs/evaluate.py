@@ -21,8 +21,14 @@ from tqdm import tqdm
 
 from instrumentgen import storage
 from instrumentgen.config import Config, ConfigError, load_config, split_overrides
-from instrumentgen.evaluation import (GROUND_TRUTH, TestInstrument, evaluate_instrument, load_test_instruments,
-                                      score_cell, summary_table)
+from instrumentgen.evaluation import (
+    GROUND_TRUTH,
+    TestInstrument,
+    evaluate_instrument,
+    load_test_instruments,
+    score_cell,
+    summary_table,
+)
 from instrumentgen.metrics.fad import fad
 from instrumentgen.plots import pitch_error_figure, tc_matrix_figure
 from jobs.entry import job_main

@@ -6,14 +6,14 @@ import os
 # Before anything imports transformers / laion_clap / ray: tests run on this machine only, whatever
 # the shell says; importing `jobs` then applies jobs/local.env (no hub calls, loopback only).
 os.environ.pop("RAY_ADDRESS", None)
-import jobs  # noqa: E402,F401
-
 import socket
 import subprocess
 import sys
 import time
 
 import pytest
+
+import jobs  # noqa: E402,F401
 
 
 def _free_port() -> int:

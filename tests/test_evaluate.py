@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from instrumentgen.config import ConfigError, load_config
+from instrumentgen.config import load_config
 from instrumentgen.evaluation import load_test_instruments
 from instrumentgen.model.lm import InstrumentLM
 from instrumentgen.testing import write_fixture_nsynth

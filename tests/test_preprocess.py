@@ -8,7 +8,7 @@ import torch
 from instrumentgen import nsynth, preprocess, shards, storage, tfrecord
 from instrumentgen.audio import crop_and_resample
 from instrumentgen.config import ConfigError, load_config
-from instrumentgen.testing import bad_records, midi_to_hz, synth_note, timbre_for, write_fixture_nsynth
+from instrumentgen.testing import bad_records, write_fixture_nsynth
 from jobs import preprocess as job
 
 INSTRUMENTS, PITCHES, VELOCITIES = 2, [48, 60], [50, 100]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
 from instrumentgen.errors import UserError
 
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from instrumentgen.vocab import midi_to_hz
 from instrumentgen.errors import UserError
+from instrumentgen.vocab import midi_to_hz
 
 FRAME, HOP, THRESHOLD = 4096, 1024, 0.15
 FMIN_HZ, FMAX_HZ = midi_to_hz(20), midi_to_hz(110)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 import torchaudio.functional as AF
+
 from instrumentgen.errors import UserError
 
 EPS = 1e-5

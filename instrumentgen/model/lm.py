@@ -26,10 +26,10 @@ from torch import nn
 from instrumentgen import storage
 from instrumentgen.config import ModelConfig, config_hash
 from instrumentgen.cues import Cues
+from instrumentgen.errors import UserError
 from instrumentgen.model import patterns, sampling
 from instrumentgen.model.conditioners import Conditioners
 from instrumentgen.model.transformer import Transformer
-from instrumentgen.errors import UserError
 
 CHECKPOINT_FORMAT = 1
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

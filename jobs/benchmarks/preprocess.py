@@ -13,7 +13,7 @@ import time
 import numpy as np
 import torch
 
-from instrumentgen import nsynth, preprocess, shards, storage
+from instrumentgen import nsynth, shards, storage
 from instrumentgen.audio import crop_and_resample
 from instrumentgen.config import Config, load_config
 from instrumentgen.testing import write_fixture_nsynth

@@ -14,7 +14,6 @@ import os
 import statistics
 import tempfile
 
-
 from instrumentgen import storage
 from instrumentgen.config import Config, load_config
 from instrumentgen.testing import write_fixture_nsynth
