@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import io
-import json
 import os
 from pathlib import Path
 from typing import Callable, Iterator
@@ -165,18 +163,9 @@ def _tiny_file(cfg: ClapConfig) -> Path:
     roberta = roberta_config.read_text() if uses_roberta_config else ""
     ours = CONFIG_DIR / f"{cfg.amodel}.json"  # a config of ours may change; laion_clap's are pinned
     ours_text = ours.read_text() if ours.is_file() else ""
-    recipe = json.dumps([cfg.amodel, cfg.tmodel, ours_text, roberta, TINY_HTSAT, TINY_SEED])
-    digest = hashlib.sha256(recipe.encode()).hexdigest()[:8]
-    path = weight_files.cache_dir("clap") / f"clap-tiny-{cfg.amodel}-{cfg.tmodel}-{digest}.pt"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(TINY_SEED)
-            module = _build(dataclasses.replace(cfg, device="cpu"))
-        tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-        save_checkpoint(module, tmp)
-        os.replace(tmp, path)  # atomic: concurrent workers write identical files
-    return path
+    recipe = [cfg.amodel, cfg.tmodel, ours_text, roberta, TINY_HTSAT]
+    return weight_files.seeded_file("clap", f"clap-tiny-{cfg.amodel}-{cfg.tmodel}.pt", recipe, TINY_SEED,
+                                    lambda path: save_checkpoint(_build(dataclasses.replace(cfg, device="cpu")), path))
 
 
 def _checkpoint_file(cfg: ClapConfig) -> tuple[Path, str]:

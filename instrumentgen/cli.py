@@ -3,7 +3,10 @@
     instrumentgen config tiny model.num_layers=4     # print the resolved, validated config
     instrumentgen fixture ./nsynth-fixture --instruments 4 --bad-records
     instrumentgen generate runs/demo/model.pt --prompt "warm analog brass" --out ./brass --seed 7
-    instrumentgen generate runs/demo/model.pt --family bass --source acoustic --out s3://bucket/bass
+    instrumentgen generate runs/demo/model.pt --family bass --source acoustic --out s3://bucket/bass generate.top_k=50
+
+Dotted `key=value` overrides may stand anywhere on the line. A bad value, a missing file or an
+unreachable storage URL is one line on stderr and exit code 2.
 """
 from __future__ import annotations
 
@@ -12,10 +15,11 @@ import sys
 
 from omegaconf import OmegaConf
 
+from instrumentgen import storage
 from instrumentgen.config import load_config
+from instrumentgen.errors import UserError
 from instrumentgen.testing import write_fixture_nsynth
 from instrumentgen.vocab import PITCHES, VELOCITIES
-from instrumentgen.weights import WeightsError
 
 
 def _config(args: argparse.Namespace) -> None:
@@ -39,11 +43,12 @@ def _generate(args: argparse.Namespace) -> None:
     from instrumentgen.model.lm import InstrumentLM
 
     cfg = load_config(args.config, args.overrides)
+    storage.check_writable(args.out)
     lm = InstrumentLM.load(args.checkpoint, cfg.codec.device)
     codec = Codec.load(cfg.codec.weights, cfg.codec.device, cfg.codec.n_codebooks)
     clap = Clap.load(cfg.clap) if args.prompt is not None and lm.cfg.conditioning == "clap" else None
     cue = InstrumentCue(prompt=args.prompt, family=args.family, source=args.source)
-    gen_cfg = dataclasses.replace(cfg.generate, seed=args.seed)
+    gen_cfg = cfg.generate if args.seed is None else dataclasses.replace(cfg.generate, seed=args.seed)
     instrument = generate_instrument(lm, codec, clap, cue, gen_cfg, cfg.data.note_duration_s, progress=True)
     manifest = instrument.write(args.out)
     print(f"wrote {len(manifest['notes'])} notes, {manifest['sfz']} and {manifest['dspreset']} to {args.out}")
@@ -69,15 +74,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt", help="text prompt (CLAP-conditioned models)")
     p.add_argument("--family", help="NSynth family name, e.g. brass")
     p.add_argument("--source", help="acoustic, electronic or synthetic")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="instrument seed (default: generate.seed of the config)")
     p.add_argument("--out", required=True, help="output folder or fsspec URL")
     p.add_argument("--config", default="tiny", help="config for codec, CLAP and generation settings")
-    p.add_argument("overrides", nargs="*", default=[], help="dotted key=value overrides right after the checkpoint, e.g. generate.cfg_coef=2")
+    p.add_argument("overrides", nargs="*", default=[], help="dotted key=value overrides, e.g. generate.cfg_coef=2")
     p.set_defaults(run=_generate)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse takes positional overrides only before the first option; a key=value after it is an override too.
+    unknown = [arg for arg in extra if arg.startswith("-") or "=" not in arg]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra and not hasattr(args, "overrides"):
+        parser.error(f"this command takes no key=value overrides: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         args.run(args)
-    except (ValueError, WeightsError) as e:  # every error of ours names the bad value and the allowed ones
+    except UserError as e:  # every error of ours names the bad value and the allowed ones
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -11,8 +11,6 @@ a note must survive the round trip.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 from pathlib import Path
@@ -59,21 +57,16 @@ def _release_file(name: str) -> Path:
     return weight_files.download(url, dest, f"DAC {name!r}", "codec.weights")
 
 
-def _tiny_file() -> Path:
+def _save_tiny(path: Path) -> None:
     from dac import DAC
 
-    digest = hashlib.sha256(json.dumps([TINY_KWARGS, TINY_SEED, TINY_RECIPE], sort_keys=True).encode()).hexdigest()[:8]
-    path = weight_files.cache_dir("codec") / f"dac-tiny-{digest}.pth"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(TINY_SEED)
-            model = DAC(**TINY_KWARGS).eval()
-            _make_level_preserving(model)
-        tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-        model.save(str(tmp), package=False)
-        os.replace(tmp, path)  # atomic: concurrent workers write identical files
-    return path
+    model = DAC(**TINY_KWARGS).eval()
+    _make_level_preserving(model)
+    model.save(str(path), package=False)
+
+
+def _tiny_file() -> Path:
+    return weight_files.seeded_file("codec", "dac-tiny.pth", [TINY_KWARGS, TINY_RECIPE], TINY_SEED, _save_tiny)
 
 
 @torch.no_grad()

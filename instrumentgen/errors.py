@@ -14,3 +14,7 @@ class UserError(ValueError):
 
 class StorageError(UserError):
     """A storage URL that cannot be read or written: no credentials, unreachable endpoint, missing or read-only path."""
+
+
+class MissingObjectError(StorageError, FileNotFoundError):
+    """No object at a storage URL (also a FileNotFoundError, for callers that treat absence as normal)."""

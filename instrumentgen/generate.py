@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from instrumentgen.config import GenerateConfig, config_hash
+from instrumentgen.config import GenerateConfig, ModelConfig, config_hash
 from instrumentgen.cues import Cues, instrument_grid, make_cues
 from instrumentgen.errors import UserError
 from instrumentgen.instrument import Instrument
@@ -50,8 +50,9 @@ class InstrumentCue:
         return {"cue": kind, "prompt": self.prompt, "family": self.family, "source": self.source}
 
 
-def cue_embedding(cue: InstrumentCue, clap, conditioning: str) -> torch.Tensor | None:
-    """The cue's CLAP embedding [512] (None for a metadata cue); `GenerateError` for a bad cue."""
+def cue_embedding(cue: InstrumentCue, clap, model_cfg: ModelConfig) -> torch.Tensor | None:
+    """The cue's CLAP embedding [model.clap_dim] (None for a metadata cue); `GenerateError` for a bad cue."""
+    conditioning, clap_dim = model_cfg.conditioning, model_cfg.clap_dim
     given = [name for name in ("prompt", "reference_audio", "clap_embedding") if getattr(cue, name) is not None]
     if len(given) > 1:
         raise GenerateError(f"the cue gives {' and '.join(given)}; allowed: one of prompt, reference_audio, clap_embedding")
@@ -70,8 +71,8 @@ def cue_embedding(cue: InstrumentCue, clap, conditioning: str) -> torch.Tensor |
         audio, sample_rate_hz = cue.reference_audio
         return clap.embed_audio(torch.as_tensor(audio, dtype=torch.float32).reshape(1, -1), sample_rate_hz)[0].cpu()
     embedding = torch.as_tensor(cue.clap_embedding, dtype=torch.float32).reshape(-1)
-    if embedding.numel() != 512 or not torch.isfinite(embedding).all():
-        raise GenerateError(f"clap_embedding has {embedding.numel()} values; allowed: 512 finite values")
+    if embedding.numel() != clap_dim or not torch.isfinite(embedding).all():
+        raise GenerateError(f"clap_embedding has {embedding.numel()} values; allowed: {clap_dim} finite values")
     return embedding
 
 
@@ -105,7 +106,7 @@ def generate_instrument(lm: InstrumentLM, codec, clap, cue: InstrumentCue, gen_c
                         duration_s: float, slots: list[tuple[int, int]] | None = None,
                         progress: bool = False) -> Instrument:
     """One instrument: `cue` at every slot -> codes -> audio [S, duration_s * 44.1 kHz], seeded by `gen_cfg.seed`."""
-    cues = instrument_cues(cue, cue_embedding(cue, clap, lm.cfg.conditioning), slots)
+    cues = instrument_cues(cue, cue_embedding(cue, clap, lm.cfg), slots)
     num_frames = codec.frames_for(duration_s)
     codes = generate_codes(lm, cues, num_frames, gen_cfg, progress)
     num_samples = round(duration_s * codec.sample_rate_hz)

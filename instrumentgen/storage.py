@@ -6,41 +6,114 @@ A folder of objects is complete when its `manifest.json` exists (written last).
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import uuid
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterator
 
 import fsspec
 from fsspec import AbstractFileSystem
 
+from instrumentgen.errors import MissingObjectError, StorageError
+
 MANIFEST = "manifest.json"
+# botocore / aiohttp errors by name: storage must not import every backend to recognise them.
+NO_CREDENTIALS = ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError", "DefaultCredentialsError")
+UNREACHABLE = ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError", "ClientConnectorError",
+               "ServerTimeoutError", "ConnectionError")
+
+
+@contextlib.contextmanager
+def storage_errors(url: str, action: str) -> Iterator[None]:
+    """Turn what a backend raises for `url` into one `StorageError` line naming the URL and the fix."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except FileNotFoundError:
+        raise MissingObjectError(f"cannot {action} {url!r}: no such file, folder or bucket") from None
+    except (FileExistsError, NotADirectoryError):  # makedirs through a file
+        raise StorageError(f"cannot {action} {url!r}: a file stands where its path needs a folder") from None
+    except PermissionError:
+        raise StorageError(f"cannot {action} {url!r}: permission denied; allowed: a path or bucket this user "
+                           "can write (check its permissions or the credentials' policy)") from None
+    except Exception as e:
+        kind = type(e).__name__
+        if kind in NO_CREDENTIALS:
+            raise StorageError(f"cannot {action} {url!r}: no credentials for it; set AWS_ACCESS_KEY_ID and "
+                               "AWS_SECRET_ACCESS_KEY (or a profile / instance role) for s3://, "
+                               "GOOGLE_APPLICATION_CREDENTIALS for gs://") from None
+        if kind in UNREACHABLE:
+            raise StorageError(f"cannot {action} {url!r}: its endpoint is unreachable ({str(e).splitlines()[0]}); "
+                               "check AWS_ENDPOINT_URL / the network") from None
+        if isinstance(e, OSError):  # not a directory, read-only file system, ...
+            raise StorageError(f"cannot {action} {url!r}: {e.strerror or e}") from None
+        raise
 
 
 def filesystem(url: str) -> tuple[AbstractFileSystem, str]:
-    """URL or local path -> (filesystem, path inside it)."""
-    return fsspec.core.url_to_fs(url)
+    """URL or local path -> (filesystem, path inside it); `StorageError` for a protocol fsspec cannot open."""
+    try:
+        return fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as e:  # unknown protocol, or its backend (gcsfs, ...) is not installed
+        raise StorageError(f"{url!r}: {str(e).splitlines()[0]}; allowed: a local path or a file://, s3://, "
+                           "memory:// URL (gs:// needs gcsfs installed)") from None
 
 
 def join(url: str, *parts: str) -> str:
+    """`join("s3://b/x/", "a", "/c")` -> "s3://b/x/a/c"."""
     return "/".join([url.rstrip("/"), *(p.strip("/") for p in parts)])
 
 
 def write_bytes(url: str, data: bytes) -> None:
-    """Write `data` to `url` atomically (temporary key, then move)."""
-    fs, path = filesystem(url)
-    parent = path.rsplit("/", 1)[0] if "/" in path else ""
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{path.rsplit('/', 1)[-1]}" if parent else f".tmp-{uuid.uuid4().hex}-{path}"
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
-    fs.mv(tmp, path)
+    """Write `data` to `url` atomically (temporary key, then move); `StorageError` if it cannot."""
+    with storage_errors(url, "write"):
+        fs, path = filesystem(url)
+        parent = path.rsplit("/", 1)[0] if "/" in path else ""
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        name = path.rsplit("/", 1)[-1]
+        tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{name}" if parent else f".tmp-{uuid.uuid4().hex}-{path}"
+        with fs.open(tmp, "wb") as f:
+            f.write(data)
+        fs.mv(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_path(dest: Path) -> Iterator[Path]:
+    """A temporary local path beside `dest` to write; moved onto `dest` when the block succeeds.
+
+    For libraries that want a file name (torch.save, DAC.save); URLs go through `write_bytes`.
+    Each writer has its own temporary name, so concurrent writers of one file leave one complete copy.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".tmp-{uuid.uuid4().hex}-{dest.name}")
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def check_writable(url: str) -> None:
+    """Fail now, not after minutes of work, if nothing can be written under the folder `url`."""
+    probe = join(url, f".tmp-probe-{uuid.uuid4().hex}")
+    with storage_errors(url, "write to"):
+        fs, path = filesystem(probe)
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        with fs.open(path, "wb") as f:
+            f.write(b"")
+        fs.rm(path)
 
 
 def read_bytes(url: str) -> bytes:
-    fs, path = filesystem(url)
-    with fs.open(path, "rb") as f:
-        return f.read()
+    """The bytes at `url`; `MissingObjectError` if there is none, `StorageError` if it cannot be read."""
+    with storage_errors(url, "read"):
+        fs, path = filesystem(url)
+        with fs.open(path, "rb") as f:
+            return f.read()
 
 
 def write_json(url: str, obj: Any) -> None:
@@ -52,16 +125,19 @@ def read_json(url: str) -> Any:
 
 
 def exists(url: str) -> bool:
-    fs, path = filesystem(url)
-    return fs.exists(path)
+    """Whether an object or folder is at `url`; `StorageError` if the store cannot be asked."""
+    with storage_errors(url, "read"):
+        fs, path = filesystem(url)
+        return fs.exists(path)
 
 
 def list_files(url: str, suffix: str = "") -> list[str]:
     """Full URLs of the files under `url` (recursively) whose names end with `suffix`, sorted;
     temporary objects left by an interrupted write are skipped."""
-    fs, path = filesystem(url)
-    if not fs.exists(path):
-        return []
+    with storage_errors(url, "list"):
+        fs, path = filesystem(url)
+        if not fs.exists(path):
+            return []
+        found = sorted(p for p in fs.find(path) if p.endswith(suffix) and not p.rsplit("/", 1)[-1].startswith(".tmp-"))
     protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
-    found = sorted(p for p in fs.find(path) if p.endswith(suffix) and not p.rsplit("/", 1)[-1].startswith(".tmp-"))
     return [p if protocol in ("file", "local") else f"{protocol}://{p}" for p in found]

@@ -14,11 +14,14 @@ nothing unless the user sets `HF_HUB_OFFLINE=0`.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Callable
+
+import torch
 
 from instrumentgen import storage
 from instrumentgen.errors import UserError
@@ -104,14 +107,25 @@ def _protocols(fs) -> tuple[str, ...]:
 
 
 def _write_atomic(dest: Path, src) -> None:
-    # Concurrent workers may fetch the same file: each writes its own temporary file and the
-    # rename makes exactly one complete copy visible.
-    tmp = tempfile.NamedTemporaryFile(dir=dest.parent, prefix=".tmp-", delete=False)
-    try:
-        with tmp:
-            for block in iter(lambda: src.read(1 << 20), b""):
-                tmp.write(block)
-        os.replace(tmp.name, dest)
-    except BaseException:
-        Path(tmp.name).unlink(missing_ok=True)
-        raise
+    """Copy the stream `src` to `dest` through `storage.atomic_path`."""
+    with storage.atomic_path(dest) as tmp, open(tmp, "wb") as out:
+        for block in iter(lambda: src.read(1 << 20), b""):
+            out.write(block)
+
+
+def seeded_file(kind: str, name: str, recipe: object, seed: int, save: Callable[[Path], None]) -> Path:
+    """The cached weight file of a tiny random-init model: `save(path)` builds and writes it once.
+
+    The file is `cache_dir(kind)/<name>-<hash of recipe and seed>.<suffix of name>`; `save` runs
+    under `torch.manual_seed(seed)` with the caller's random state restored afterwards, and
+    writes through `storage.atomic_path`, so concurrent workers leave exactly one complete file.
+    The model is then loaded back through the release loading code, which a test of it tests.
+    """
+    stem, dot, suffix = name.rpartition(".")
+    digest = hashlib.sha256(json.dumps([recipe, seed], sort_keys=True, default=str).encode()).hexdigest()[:8]
+    path = cache_dir(kind) / f"{stem}-{digest}{dot}{suffix}"
+    if not path.exists():
+        with torch.random.fork_rng(devices=[]), storage.atomic_path(path) as tmp:
+            torch.manual_seed(seed)
+            save(tmp)
+    return path

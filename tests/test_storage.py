@@ -33,3 +33,35 @@ def test_s3_round_trip(s3_bucket):
     storage.write_json(storage.join(s3_bucket, "m", "manifest.json"), {"ok": True})
     assert storage.read_json(storage.join(s3_bucket, "m", "manifest.json")) == {"ok": True}
     assert storage.list_files(s3_bucket) == [f"{s3_bucket}/m/manifest.json"]
+
+
+def test_storage_failures_are_one_line_user_errors_naming_the_url(tmp_path, s3_server, monkeypatch):
+    import s3fs
+
+    from instrumentgen.errors import MissingObjectError, StorageError
+
+    missing = str(tmp_path / "missing.json")
+    with pytest.raises(MissingObjectError, match=f"cannot read '{missing}': no such file, folder or bucket"):
+        storage.read_json(missing)
+    assert issubclass(MissingObjectError, FileNotFoundError)  # absence stays catchable as such
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(StorageError, match=f"cannot write '{tmp_path}/a-file/x.bin': a file stands where its path needs a folder"):
+        storage.write_bytes(str(tmp_path / "a-file" / "x.bin"), b"1")
+    with pytest.raises(StorageError, match="cannot write to '.*/a-file/out': a file stands where its path needs a folder"):
+        storage.check_writable(str(tmp_path / "a-file" / "out"))
+    storage.check_writable(str(tmp_path / "out"))
+    assert list((tmp_path / "out").iterdir()) == []  # the probe leaves nothing behind
+    with pytest.raises(StorageError, match=r"'nope://x': .*allowed: a local path or a file://, s3://"):
+        storage.exists("nope://x")
+    for key in [k for k in __import__("os").environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)  # loopback only, even when looking for credentials
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        with pytest.raises(StorageError, match="cannot write 's3://b/x.json': no credentials for it; set AWS_ACCESS"):
+            storage.write_json("s3://b/x.json", {})
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()

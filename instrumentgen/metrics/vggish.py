@@ -12,8 +12,7 @@ dict path), or a local path / fsspec URL. Layer widths are read from the state d
 """
 from __future__ import annotations
 
-import hashlib
-import os
+from pathlib import Path
 
 import torch
 import torchaudio.functional as AF
@@ -71,18 +70,9 @@ def _widths(state_dict: dict) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return channels, hidden
 
 
-def _tiny_file() -> str:
-    digest = hashlib.sha256(repr((TINY_WIDTHS, TINY_SEED)).encode()).hexdigest()[:8]
-    path = weight_files.cache_dir("vggish") / f"vggish-tiny-{digest}.pth"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(TINY_SEED)
-            state = VGGish(*TINY_WIDTHS).state_dict()
-        tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    return str(path)
+def _tiny_file() -> Path:
+    return weight_files.seeded_file("vggish", "vggish-tiny.pth", TINY_WIDTHS, TINY_SEED,
+                                    lambda path: torch.save(VGGish(*TINY_WIDTHS).state_dict(), path))
 
 
 def load_vggish(weights: str) -> VGGish:

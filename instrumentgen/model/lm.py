@@ -201,8 +201,10 @@ class InstrumentLM(nn.Module):
         try:
             checkpoint = torch.load(io.BytesIO(storage.read_bytes(url)), map_location="cpu", weights_only=True)
             cfg = ModelConfig(**checkpoint["config"])
-        except Exception as e:  # a foreign or truncated file: say which and why, not a pickle traceback
-            raise LMError(f"checkpoint={url!r} is not an InstrumentLM checkpoint ({type(e).__name__}: {e})") from None
+        except Exception as e:  # a foreign or truncated file: say which and why, not torch's pickle essay
+            reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else 'unreadable'}"
+            raise LMError(f"checkpoint={url!r} is not an InstrumentLM checkpoint ({reason}); give a file written "
+                          "by InstrumentLM.save (jobs.train exports <run>/model.pt)") from None
         model = cls(cfg)
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in checkpoint["state_dict"].items()})
         return model.to(device).eval()
