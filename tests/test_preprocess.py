@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from instrumentgen import nsynth, preprocess, shards, storage, tfrecord
+from instrumentgen import nsynth, preprocess, shard_writer, shards, storage, tfrecord
 from instrumentgen.audio import crop_and_resample
 from instrumentgen.config import ConfigError, load_config
+from instrumentgen.faults import Fault, InjectedFault
 from instrumentgen.testing import bad_records, write_fixture_nsynth
 from jobs import preprocess as job
 
@@ -79,7 +80,7 @@ def test_read_unit_gives_one_row_per_record_and_names_each_rejection(local_data)
     batches = list(preprocess.read_unit({k: np.array([v]) for k, v in units[0].items()}, holdout_fraction=HOLDOUT))
     rows = [dict(zip(b, values)) for b in batches for values in zip(*b.values())]
     end = rows.pop()
-    assert end["reason"] == shards.UNIT_END and end["position"] == len(rows) == 12
+    assert end["reason"] == shard_writer.UNIT_END and end["position"] == len(rows) == 12
     assert sorted(r["position"] for r in rows) == list(range(12))
     expected = {meta.get("note_str"): reason for meta, *_, reason in bad_records()}
     assert {r["note_str"]: r["reason"] for r in rows if r["reason"]} == expected
@@ -177,8 +178,8 @@ def test_a_failed_run_resumes_to_the_rows_of_a_clean_run(clean_run, local_data, 
     out, manifest = clean_run
     resumed = str(tmp_path / "shards")
     cfg = tiny_config(local_data, resumed)
-    with pytest.raises(RuntimeError, match="injected failure"):
-        job.run(cfg, fail_after_units=2)
+    with pytest.raises(InjectedFault, match="preprocess.unit=2"):
+        job.run(cfg, Fault("preprocess.unit", at=2, marker=str(tmp_path / "fired"), action="raise"))
     assert not storage.exists(storage.join(resumed, "manifest.json"))
     committed = storage.list_files(storage.join(resumed, shards.PROGRESS), ".json")
     assert len(committed) == 2
