@@ -134,6 +134,9 @@ class MetricsConfig:
     pitch_estimator: str = choice("yin", "yin")  # torchcrepe: see metrics/pitch.py
     fad_embedder: str = choice("vggish", "vggish", "clap")
     vggish_weights: str = "vggish"  # name, path or URL of the VGGish state dict
+    # jobs.evaluate: a test instrument's CLAP cue (and CLAP score reference): its reference note's
+    # embedding (nearest MIDI 60, loudest velocity), or the normalised mean of its notes' embeddings
+    eval_cue: str = choice("reference_note", "reference_note", "mean_embedding")
 
 
 @dataclass

@@ -56,7 +56,7 @@ def split_sources(data: DataConfig) -> dict[str, str]:
 def check_sources_exist(data: DataConfig, sources: dict[str, str]) -> None:
     """`ConfigError` naming the key of the first split whose data is not there (before any work starts)."""
     for split, url in sources.items():
-        key = "data.source" if split == "train" and data.source else f"data.splits.{split}"
+        key = "data.source" if url == data.source else f"data.splits.{split}"
         try:
             fmt = nsynth.detect_format(url) if data.format == "auto" else data.format
             missing = (not storage.exists(storage.join(url, "examples.json")) if fmt == "jsonwav"
