@@ -37,6 +37,8 @@ def bounded(default: Any, low: float | None = None, high: float | None = None) -
 
 @dataclass
 class DataConfig:
+    """`data.*`: the NSynth source, note length and rate, and the token shards of jobs.preprocess."""
+
     source: str = ""  # NSynth split: json/wav folder or TFRecord file, local path or fsspec URL
     format: str = choice("auto", "auto", "jsonwav", "tfrecord")
     note_duration_s: float = bounded(4.0, 0.05, 4.0)  # notes are cropped to this length
@@ -126,6 +128,8 @@ class TrainConfig:
 
 @dataclass
 class MetricsConfig:
+    """`metrics.*`: TC scales, the pitch estimator, the FAD embedder and the cue of jobs.evaluate."""
+
     tc_n_fft: list[int] = field(default_factory=lambda: [2048])  # one entry per scale S
     tc_hop: list[int] = field(default_factory=lambda: [512])
     tc_mels: list[int] = field(default_factory=lambda: [80])

@@ -44,10 +44,12 @@ def split_sources(data: DataConfig) -> dict[str, str]:
         raise ConfigError(f"data.splits.{unknown[0]} is not an NSynth split; allowed: {', '.join(SPLITS)}")
     if data.source:
         if sources.get("train", data.source) != data.source:
-            raise ConfigError(f"data.source={data.source!r} and data.splits.train={sources['train']!r} differ; give one")
+            raise ConfigError(f"data.source={data.source!r} and data.splits.train={sources['train']!r} differ; "
+                              "give one")
         sources["train"] = data.source
     if not sources:
-        raise ConfigError("data.source is empty; give data.source=<url> (train) or data.splits.<train|valid|test>=<url>")
+        raise ConfigError("data.source is empty; give data.source=<url> (train) or "
+                          "data.splits.<train|valid|test>=<url>")
     if not data.shards:
         raise ConfigError("data.shards is empty; give the output folder or URL, e.g. data.shards=s3://bucket/shards")
     return {split: sources[split] for split in SPLITS if split in sources}
@@ -224,7 +226,8 @@ class NoteEncoder:
     In: a block of rows of one unit with `audio` (float32 bytes at the codec's rate), encoded in
     chunks of `data.encode_batch_size`. Out: the same rows without audio, plus
     `shard_writer.ENCODER_COLUMNS`: `codes` int16 [B, K, N], `clap_embedding` float16 [B, 512]
-    (zeros for rejected rows and the unit_end row) and the model ids. Uses the GPU when the actor was given one (`data.encoder_num_gpus`).
+    (zeros for rejected rows and the unit_end row) and the model ids. Uses the GPU when the actor
+    was given one (`data.encoder_num_gpus`).
     """
 
     def __init__(self, cfg: Config):
@@ -256,7 +259,8 @@ class NoteEncoder:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         size = len(batch["reason"])
         encoded = {column.name: column.empty(size, self.n_codebooks, self.n_frames) for column in ENCODER_COLUMNS}
-        encoded.update(codec_model_id=np.full(size, self.codec.model_id), clap_model_id=np.full(size, self.clap.model_id))
+        encoded.update(codec_model_id=np.full(size, self.codec.model_id),
+                       clap_model_id=np.full(size, self.clap.model_id))
         kept = np.flatnonzero(batch["reason"] == "")
         # Chunks of the block's own rows, never rows of other units: a note's CLAP embedding moves
         # by a float16 step with the batch it is computed in, and shards must not depend on timing.

@@ -90,8 +90,9 @@ class ShardWriter:
         for marker_url in storage.list_files(storage.join(self.url, PROGRESS), ".json"):
             marker = storage.read_json(marker_url)
             if marker["config_hash"] != self.config_hash:
-                raise ShardError(f"data.shards={self.url!r} holds shards made with config hash {marker['config_hash']}, "
-                                 f"this run has {self.config_hash}; use a fresh data.shards or the same settings")
+                raise ShardError(f"data.shards={self.url!r} holds shards made with config hash "
+                                 f"{marker['config_hash']}, this run has {self.config_hash}; "
+                                 "use a fresh data.shards or the same settings")
             done.add((marker["source_split"], marker["unit"]))
         return done
 
@@ -143,7 +144,8 @@ class ShardWriter:
         for source_split, unit in units:
             marker_url = storage.join(self.url, PROGRESS, unit_key(source_split, unit) + ".json")
             if not storage.exists(marker_url):
-                raise ShardError(f"unit {unit_key(source_split, unit)} of {self.url!r} is not complete; re-run to finish it")
+                raise ShardError(f"unit {unit_key(source_split, unit)} of {self.url!r} is not complete; "
+                                 "re-run to finish it")
             markers.append(storage.read_json(marker_url))
         kept, skipped, files = Counter(), Counter(), {}
         for marker in markers:

@@ -85,6 +85,7 @@ SHAPE_COLUMNS = ("n_codebooks", "n_frames")  # derived from the shape of `codes`
 
 
 def unit_key(source_split: str, unit: int) -> str:
+    """The name of an input unit: <source split>-<5-digit unit number>."""
     return f"{source_split}-{unit:05d}"
 
 
@@ -123,6 +124,7 @@ def write_shard(url: str, table: pa.Table) -> None:
 
 
 def read_table(url: str) -> pa.Table:
+    """One shard file as an Arrow table (columns: `SHARD_COLUMNS`)."""
     return pq.read_table(io.BytesIO(storage.read_bytes(url)))
 
 
@@ -170,7 +172,8 @@ def collate(batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, Cues]:
                          f"(format {FORMAT_VERSION})")
     n_codebooks, n_frames = np.unique(batch["n_codebooks"]), np.unique(batch["n_frames"])
     if len(n_codebooks) != 1 or len(n_frames) != 1:
-        raise ShardError(f"a batch mixes code shapes: n_codebooks {n_codebooks.tolist()}, n_frames {n_frames.tolist()}; "
+        raise ShardError(f"a batch mixes code shapes: n_codebooks {n_codebooks.tolist()}, "
+                         f"n_frames {n_frames.tolist()}; "
                          "shards of one set must share note_duration_s and codec")
     codes = torch.from_numpy(_stack(batch["codes"]).astype(np.int64))
     codes = codes.reshape(len(codes), int(n_codebooks[0]), int(n_frames[0]))

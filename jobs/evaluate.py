@@ -132,7 +132,8 @@ def check_checkpoint(url: str) -> None:
 
 
 def parse_args(argv: list[str]) -> tuple[Config, list[str], str, int, int]:
-    """Own arguments (`OPTIONAL`, `REQUIRED`) and config overrides -> (cfg, checkpoints, out, actors, max_instruments)."""
+    """Own arguments (`REQUIRED`, `OPTIONAL`) and config overrides -> (cfg, checkpoints, out, actors,
+    max_instruments)."""
     own, cfg = parse_job_args(argv, REQUIRED, OPTIONAL)
     if own["checkpoint"] and own["checkpoints"]:
         raise ConfigError("checkpoint= and checkpoints= are both given; allowed: one of them")
@@ -143,7 +144,8 @@ def parse_args(argv: list[str]) -> tuple[Config, list[str], str, int, int]:
         if own[key] is not None and not own[key].isdigit():
             raise ConfigError(f"{key}={own[key]!r} is not allowed; allowed: a whole number")
     if not cfg.data.source:
-        raise ConfigError("data.source is empty; allowed: an NSynth-format test set (json/wav folder or TFRecord, path or URL)")
+        raise ConfigError("data.source is empty; allowed: an NSynth-format test set (json/wav folder or TFRecord, "
+                          "path or URL)")
     check_sources_exist(cfg.data, {"test": cfg.data.source})
     models = models_from(specs)
     for model in models:

@@ -51,8 +51,8 @@ def run(cfg: Config, fault: Fault | None = None) -> dict:
     if storage.exists(manifest_url):
         manifest = storage.read_json(manifest_url)
         if manifest["config_hash"] != out_hash:
-            raise shards.ShardError(f"data.shards={cfg.data.shards!r} is complete with config hash {manifest['config_hash']}, "
-                                    f"this run has {out_hash}; use a fresh data.shards")
+            raise shards.ShardError(f"data.shards={cfg.data.shards!r} is complete with config hash "
+                                    f"{manifest['config_hash']}, this run has {out_hash}; use a fresh data.shards")
         print(f"{cfg.data.shards} is already complete: {manifest['kept']} notes kept", flush=True)
         return manifest
 
@@ -74,6 +74,7 @@ def run(cfg: Config, fault: Fault | None = None) -> dict:
 
 
 def summary(manifest: dict, kept_this_run: int, elapsed_s: float) -> str:
+    """The lines the job ends with: notes written, kept and skipped counts, code shape and models."""
     skipped = Counter(manifest["skipped"])
     return "\n".join([
         f"wrote {sum(manifest['kept'].values())} notes ({kept_this_run} in this run, "
@@ -91,6 +92,7 @@ def check(cfg: Config) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The job's command line: config=<name> and config overrides (see the module docstring)."""
     return job_main(argv, lambda args: config_from_argv(args, check), run)
 
 

@@ -18,7 +18,8 @@ def test_paper_metadata_is_the_paper_model_conditioned_on_family_and_source():
     paper, metadata = load_config("paper"), load_config("paper_metadata")
     assert metadata.model.conditioning == "metadata" and paper.model.conditioning == "clap"
     assert metadata.name == "paper_metadata"
-    assert dataclasses.replace(metadata, name="paper", model=dataclasses.replace(metadata.model, conditioning="clap")) == paper
+    as_clap = dataclasses.replace(metadata.model, conditioning="clap")
+    assert dataclasses.replace(metadata, name="paper", model=as_clap) == paper
 
 
 def test_overrides_apply_and_are_typed():

@@ -62,7 +62,8 @@ def test_shard_table_round_trips_through_parquet_and_collate(tmp_path):
 def test_collate_rejects_mixed_code_shapes():
     batch = to_batch(encoded_rows("train", 0, [0, 1]))
     table = shard_table(batch).to_pydict()
-    table = {k: np.array(v, dtype=object) if k in ("codes", "clap_embedding") else np.array(v) for k, v in table.items()}
+    table = {k: np.array(v, dtype=object) if k in ("codes", "clap_embedding") else np.array(v)
+             for k, v in table.items()}
     table["n_frames"] = np.array([N, N + 1])
     with pytest.raises(ShardError, match=r"n_frames \[6, 7\]"):
         collate(table)
@@ -102,7 +103,8 @@ def test_writer_commits_a_unit_only_when_all_its_rows_arrived(tmp_path):
                                  "train": ["train/train-00000.parquet", "train/train-00001.parquet"]}
     assert (manifest["n_codebooks"], manifest["n_frames"], manifest["codec_model_id"]) == (K, N, "dac-test")
     assert manifest["records"] == 6 and manifest["note_duration_s"] == 0.5
-    rejected = [json.loads(line) for line in storage.read_bytes(storage.join(url, shards.REJECTED)).decode().splitlines()]
+    rejected = [json.loads(line)
+                for line in storage.read_bytes(storage.join(url, shards.REJECTED)).decode().splitlines()]
     assert [r["reason"] for r in rejected] == ["pitch_out_of_range"]
     assert shards.shard_files(url, "train") == [storage.join(url, "train", f"train-0000{i}.parquet") for i in (0, 1)]
 
