@@ -37,6 +37,8 @@ def bounded(default: Any, low: float | None = None, high: float | None = None) -
 
 @dataclass
 class DataConfig:
+    """`data.*`: the NSynth source, note length and rate, and the token shards of jobs.preprocess."""
+
     source: str = ""  # NSynth split: json/wav folder or TFRecord file, local path or fsspec URL
     format: str = choice("auto", "auto", "jsonwav", "tfrecord")
     note_duration_s: float = bounded(4.0, 0.05, 4.0)  # notes are cropped to this length
@@ -126,6 +128,8 @@ class TrainConfig:
 
 @dataclass
 class MetricsConfig:
+    """`metrics.*`: TC scales, the pitch estimator, the FAD embedder and the cue of jobs.evaluate."""
+
     tc_n_fft: list[int] = field(default_factory=lambda: [2048])  # one entry per scale S
     tc_hop: list[int] = field(default_factory=lambda: [512])
     tc_mels: list[int] = field(default_factory=lambda: [80])
@@ -134,6 +138,9 @@ class MetricsConfig:
     pitch_estimator: str = choice("yin", "yin")  # torchcrepe: see metrics/pitch.py
     fad_embedder: str = choice("vggish", "vggish", "clap")
     vggish_weights: str = "vggish"  # name, path or URL of the VGGish state dict
+    # jobs.evaluate: a test instrument's CLAP cue (and CLAP score reference): its reference note's
+    # embedding (nearest MIDI 60, loudest velocity), or the normalised mean of its notes' embeddings
+    eval_cue: str = choice("reference_note", "reference_note", "mean_embedding")
 
 
 @dataclass

@@ -27,7 +27,8 @@ import numpy as np
 from instrumentgen import nsynth, storage, tfrecord
 from instrumentgen.audio import crop_and_resample
 from instrumentgen.config import Config, ConfigError, DataConfig, config_hash
-from instrumentgen.shards import HOLDOUT, SPLITS, UNIT_END
+from instrumentgen.shard_writer import ENCODER_COLUMNS, UNIT_END, read_row, rows_to_batch
+from instrumentgen.shards import HOLDOUT, SPLITS
 from instrumentgen.vocab import NSYNTH_SAMPLE_RATE_HZ
 
 TFRECORD_NOTE_BYTES = 256_600  # one NSynth Example: 64000 float32 samples, metadata, framing
@@ -43,13 +44,30 @@ def split_sources(data: DataConfig) -> dict[str, str]:
         raise ConfigError(f"data.splits.{unknown[0]} is not an NSynth split; allowed: {', '.join(SPLITS)}")
     if data.source:
         if sources.get("train", data.source) != data.source:
-            raise ConfigError(f"data.source={data.source!r} and data.splits.train={sources['train']!r} differ; give one")
+            raise ConfigError(f"data.source={data.source!r} and data.splits.train={sources['train']!r} differ; "
+                              "give one")
         sources["train"] = data.source
     if not sources:
-        raise ConfigError("data.source is empty; give data.source=<url> (train) or data.splits.<train|valid|test>=<url>")
+        raise ConfigError("data.source is empty; give data.source=<url> (train) or "
+                          "data.splits.<train|valid|test>=<url>")
     if not data.shards:
         raise ConfigError("data.shards is empty; give the output folder or URL, e.g. data.shards=s3://bucket/shards")
     return {split: sources[split] for split in SPLITS if split in sources}
+
+
+def check_sources_exist(data: DataConfig, sources: dict[str, str]) -> None:
+    """`ConfigError` naming the key of the first split whose data is not there (before any work starts)."""
+    for split, url in sources.items():
+        key = "data.source" if url == data.source else f"data.splits.{split}"
+        try:
+            fmt = nsynth.detect_format(url) if data.format == "auto" else data.format
+            missing = (not storage.exists(storage.join(url, "examples.json")) if fmt == "jsonwav"
+                       else not any(storage.exists(f) for f in tfrecord_files(url)))
+        except nsynth.NSynthError:  # auto: neither a TFRecord name nor a folder with examples.json
+            missing = True
+        if missing:
+            raise ConfigError(f"{key}={url!r} does not exist; allowed: an NSynth split as a json/wav folder "
+                              "(with examples.json) or a TFRecord file, path or URL")
 
 
 def output_hash(cfg: Config, sources: dict[str, str]) -> str:
@@ -156,28 +174,17 @@ def iter_unit_raw(spec: dict) -> Iterator[dict]:
             yield nsynth.example_to_raw(data)
 
 
-def _row(source_split: str, unit: int, position: int, **fields) -> dict:
-    row = {"source_split": source_split, "unit": unit, "position": position, "split": source_split,
-           "note_str": "", "instrument_str": "", "instrument": -1, "family": -1, "source": -1, "pitch": -1,
-           "velocity": -1, "reason": "", "detail": "", "audio": b""}
-    return {**row, **fields}
-
-
 def note_row(raw: dict, source_split: str, unit: int, position: int, holdout_fraction: float) -> dict:
-    """A raw record -> one pipeline row: metadata, `split`, `reason`/`detail` ("" if kept) and
-    `audio` (float32 [64000] at 16 kHz as bytes; empty if rejected)."""
+    """A raw record -> one row of `shard_writer.READ_COLUMNS`: metadata, `split`, `reason`/`detail`
+    ("" if kept) and `audio` (float32 [64000] at 16 kHz as bytes; empty if rejected)."""
     names = {"note_str": str(raw.get("note_str", "")), "instrument_str": str(raw.get("instrument_str", ""))}
     rejection = nsynth.validate(raw)
     if rejection is not None:
-        return _row(source_split, unit, position, **names, reason=rejection.reason, detail=rejection.detail)
+        return read_row(source_split, unit, position, **names, reason=rejection.reason, detail=rejection.detail)
     note = nsynth.to_note(raw)
     split = HOLDOUT if source_split == "train" and held_out(note.instrument_str, holdout_fraction) else source_split
-    return _row(source_split, unit, position, **names, split=split, instrument=note.instrument, family=note.family,
+    return read_row(source_split, unit, position, **names, split=split, instrument=note.instrument, family=note.family,
                 source=note.source, pitch=note.pitch, velocity=note.velocity, audio=note.audio.tobytes())
-
-
-def _batch(rows: list[dict]) -> dict[str, np.ndarray]:
-    return {name: np.array([r[name] for r in rows], dtype=object if name == "audio" else None) for name in rows[0]}
 
 
 def read_unit(batch: dict[str, np.ndarray], holdout_fraction: float) -> Iterator[dict[str, np.ndarray]]:
@@ -188,9 +195,9 @@ def read_unit(batch: dict[str, np.ndarray], holdout_fraction: float) -> Iterator
         for count, raw in enumerate(iter_unit_raw(json.loads(spec)), start=1):
             rows.append(note_row(raw, source_split, unit, count - 1, holdout_fraction))
             if len(rows) == READ_CHUNK:
-                yield _batch(rows)
+                yield rows_to_batch(rows)
                 rows = []
-        yield _batch(rows + [_row(source_split, unit, count, reason=UNIT_END)])
+        yield rows_to_batch(rows + [read_row(source_split, unit, count, reason=UNIT_END)])
 
 
 def resample_and_crop(batch: dict[str, np.ndarray], duration_s: float, sample_rate_hz: int) -> dict[str, np.ndarray]:
@@ -217,9 +224,10 @@ class NoteEncoder:
     """Ray Data actor stage: DAC codes and CLAP audio embeddings of the kept notes of a batch.
 
     In: a block of rows of one unit with `audio` (float32 bytes at the codec's rate), encoded in
-    chunks of `data.encode_batch_size`. Out: the same rows without audio,
-    plus `codes` int16 [B, K, N], `clap_embedding` float16 [B, 512] (zeros for rejected rows) and
-    the model ids. Uses the GPU when the actor was given one (`data.encoder_num_gpus`).
+    chunks of `data.encode_batch_size`. Out: the same rows without audio, plus
+    `shard_writer.ENCODER_COLUMNS`: `codes` int16 [B, K, N], `clap_embedding` float16 [B, 512]
+    (zeros for rejected rows and the unit_end row) and the model ids. Uses the GPU when the actor
+    was given one (`data.encoder_num_gpus`).
     """
 
     def __init__(self, cfg: Config):
@@ -250,16 +258,14 @@ class NoteEncoder:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         size = len(batch["reason"])
-        codes = np.zeros((size, self.n_codebooks, self.n_frames), np.int16)
-        clap_embedding = np.zeros((size, 512), np.float16)
+        encoded = {column.name: column.empty(size, self.n_codebooks, self.n_frames) for column in ENCODER_COLUMNS}
+        encoded.update(codec_model_id=np.full(size, self.codec.model_id),
+                       clap_model_id=np.full(size, self.clap.model_id))
         kept = np.flatnonzero(batch["reason"] == "")
         # Chunks of the block's own rows, never rows of other units: a note's CLAP embedding moves
         # by a float16 step with the batch it is computed in, and shards must not depend on timing.
         for start in range(0, len(kept), self.batch_size):
             chunk = kept[start:start + self.batch_size]
             audio = np.stack([np.frombuffer(batch["audio"][i], np.float32) for i in chunk])
-            codes[chunk], clap_embedding[chunk] = self.encode(audio)
-        out = {name: column for name, column in batch.items() if name != "audio"}
-        out.update(codes=codes, clap_embedding=clap_embedding,
-                   codec_model_id=np.full(size, self.codec.model_id), clap_model_id=np.full(size, self.clap.model_id))
-        return out
+            encoded["codes"][chunk], encoded["clap_embedding"][chunk] = self.encode(audio)
+        return {**{name: column for name, column in batch.items() if name != "audio"}, **encoded}

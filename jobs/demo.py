@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
     step(6, "jobs.evaluate on the test instruments")
     test_cfg = load_config("tiny", [f"data.source={urls['test']}"])
-    evaluate.run(test_cfg, checkpoint, storage.join(out, "eval"))
+    evaluate.run(test_cfg, [checkpoint], storage.join(out, "eval"))
     show_clap_codes(test_cfg, checkpoint)
 
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s; outputs under {out}")

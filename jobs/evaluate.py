@@ -1,40 +1,87 @@
-"""Ray job: a checkpoint (or the ground truth) + an NSynth-format test set -> the paper's Table 1.
+"""Ray job: checkpoints (and the ground truth) + an NSynth-format test set -> the paper's Table 1.
 
-    ray job submit -- python -m jobs.evaluate config=paper checkpoint=s3://bucket/runs/paper/export.pt \\
-        data.source=s3://bucket/nsynth-test out=s3://bucket/eval/paper
+    ray job submit -- python -m jobs.evaluate config=paper data.source=s3://bucket/nsynth-test \\
+        checkpoints=metadata=s3://bucket/runs/meta/model.pt,clap=s3://bucket/runs/clap/model.pt,ground_truth \\
+        out=s3://bucket/eval/table1
     python -m jobs.evaluate config=tiny checkpoint=ground_truth data.source=<fixture> out=eval/gt
 
-Each test instrument is generated from its fixed cue and scored by one Ray actor of a pool
-(`actors=N`, default: one per CPU of the cluster, up to the number of instruments). Written to
-`out`: `instruments/<name>.json` + `.npz` as each instrument finishes (a re-run skips those),
-`figures/<name>_tc.png` and `_pitch.png`, then `results.md` and `results.json` (last: the run is
-complete when it exists). See docs/evaluation.md.
+Each model is scored in turn: each test instrument is generated from its fixed cue and scored by
+one Ray actor of a pool (`actors=N`, default: one per CPU of the cluster, up to the number of
+instruments). Written to `out`, per model under `<model folder>/`: `instruments/<name>.json` +
+`.npz` as each instrument finishes (a re-run skips those), `figures/<name>_tc.png`,
+`_pitch.png` and `pitch_error.png`; then for all models `results.md` and `results.json` (last:
+the run is complete when it exists). See docs/evaluation.md.
 """
 from __future__ import annotations
 
 import io
+import re
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import ray
 from tqdm import tqdm
 
 from instrumentgen import storage
-from instrumentgen.config import Config, ConfigError, load_config, split_overrides
+from instrumentgen.config import Config, ConfigError
 from instrumentgen.evaluation import (
     GROUND_TRUTH,
     TestInstrument,
     evaluate_instrument,
     load_test_instruments,
+    model_row,
     score_cell,
     summary_table,
 )
 from instrumentgen.metrics.fad import fad
 from instrumentgen.plots import pitch_error_figure, tc_matrix_figure
-from jobs.entry import job_main
+from instrumentgen.preprocess import check_sources_exist
+from jobs.entry import job_main, parse_job_args
 
-ARRAYS = ("embeddings", "real_embeddings", "tc_matrix")
 RESULTS = "results.json"
+CHECKPOINT = f"<exported .pt path or URL, or {GROUND_TRUTH}>"
+REQUIRED = {"out": "<folder or URL>"}
+OPTIONAL = {"checkpoints": f"<comma-separated list of [name=]{CHECKPOINT}>", "checkpoint": CHECKPOINT,
+            "actors": "<whole number of scorers; default one per CPU>",
+            "max_instruments": "<whole number: the first N test instruments>"}
+
+
+@dataclass(frozen=True)
+class Model:
+    """One row of the table: `name` (its model column), `checkpoint` (URL or ground_truth), `folder` under out."""
+
+    name: str
+    checkpoint: str
+    folder: str
+
+
+def models_from(specs: list[str]) -> list[Model]:
+    """`[name=]checkpoint` items -> models. Unnamed checkpoints are named by the shortest path
+    suffix that tells them apart (runs/a/model.pt, runs/b/model.pt -> a/model.pt, b/model.pt)."""
+    named, paths = {}, {}
+    for i, spec in enumerate(specs):
+        label, _, url = spec.partition("=") if re.match(r"^[\w.-]+=", spec) else ("", "", spec)
+        if url == GROUND_TRUTH:
+            named[i] = (label or "ground truth", url)
+        elif label:
+            named[i] = (label, url)
+        else:
+            paths[i] = url.rstrip("/").split("/")
+    depth = 1
+    while True:
+        names = {i: "/".join(parts[-depth:]) for i, parts in paths.items()}
+        clashes = [n for n in names.values() if list(names.values()).count(n) > 1]
+        if not clashes or depth > max((len(p) for p in paths.values()), default=0):
+            break
+        depth += 1
+    models = [Model(*named[i], "") if i in named else Model(names[i], specs[i], "") for i in range(len(specs))]
+    models = [Model(m.name, m.checkpoint, re.sub(r"[^\w.-]+", "_", m.name)) for m in models]
+    folders = [m.folder for m in models]
+    if len(set(folders)) < len(folders):
+        raise ConfigError(f"checkpoints={','.join(specs)!r} gives two models one name ({', '.join(folders)}); "
+                          "allowed: distinct checkpoints, or name them as <name>=<url>")
+    return models
 
 
 class InstrumentScorer:
@@ -53,89 +100,111 @@ class InstrumentScorer:
         self.embedder = Embedder(cfg.metrics, self.clap)
 
     def score(self, instrument: TestInstrument, out: str) -> dict:
-        """Scores `instrument`, writes its arrays and figures under `out`; returns the JSON row."""
-        row = evaluate_instrument(self.cfg, instrument, self.lm, self.codec, self.clap, self.embedder)
-        arrays = {key: row.pop(key) for key in ARRAYS}
+        """Scores `instrument`, writes its arrays and figures under `out`; returns its JSON row."""
+        scores = evaluate_instrument(self.cfg, instrument, self.lm, self.codec, self.clap, self.embedder)
         buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
+        np.savez(buffer, **scores.arrays())
         storage.write_bytes(storage.join(out, "instruments", f"{instrument.name}.npz"), buffer.getvalue())
         storage.write_bytes(storage.join(out, "figures", f"{instrument.name}_tc.png"),
-                            tc_matrix_figure(arrays["tc_matrix"], row["pitches"], row["velocities"],
-                                             f"{instrument.name}: TC {row['tc']:.3f}"))
-        errors = row.pop("pitch_errors")
+                            tc_matrix_figure(scores.tc_matrix, scores.pitches, scores.velocities,
+                                             f"{instrument.name}: TC {scores.tc:.3f}"))
         storage.write_bytes(storage.join(out, "figures", f"{instrument.name}_pitch.png"),
-                            pitch_error_figure(np.array(row["pitches"]), errors,
-                                               f"{instrument.name}: MAD_pitch {score_cell(row['mad_pitch'])}"))
-        row["pitch_errors"] = [None if not np.isfinite(e) else float(e) for e in errors]
+                            pitch_error_figure(np.array(scores.pitches), scores.pitch_errors,
+                                               f"{instrument.name}: MAD_pitch {score_cell(scores.mad_pitch)}"))
+        row = scores.json_row()
         storage.write_json(storage.join(out, "instruments", f"{instrument.name}.json"), row)  # last: done
         return row
 
 
-def parse_args(argv: list[str]) -> tuple[Config, str, str, int, int]:
-    """`checkpoint=`, `out=`, `actors=`, `max_instruments=` and config overrides -> (cfg, checkpoint, out, actors, max_instruments)."""
-    own = {key: "" for key in ("checkpoint", "out", "actors", "max_instruments")}
-    rest = []
-    for arg in argv:
-        key = arg.split("=", 1)[0]
-        if key in own and "=" in arg:
-            own[key] = arg.split("=", 1)[1]
-        else:
-            rest.append(arg)
-    for key in ("checkpoint", "out"):
-        if not own[key]:
-            raise ConfigError(f"{key}= is required; allowed: checkpoint=<exported .pt path or URL> or "
-                              f"checkpoint={GROUND_TRUTH}, out=<folder or URL>")
+def check_checkpoint(url: str) -> None:
+    """`ConfigError` in one line unless `url` is ground_truth or loads as an InstrumentLM."""
+    from instrumentgen.model.lm import InstrumentLM, LMError
+
+    if url == GROUND_TRUTH:
+        return
+    if not storage.exists(url):
+        raise ConfigError(f"checkpoint={url!r} does not exist; allowed: {CHECKPOINT}")
+    try:
+        InstrumentLM.load(url)
+    except (LMError, RuntimeError, KeyError, TypeError) as e:  # torch's reasons run to many lines
+        raise ConfigError(f"checkpoint={url!r} is not an InstrumentLM checkpoint ({type(e).__name__}); "
+                          "allowed: a file written by InstrumentLM.save, e.g. <run>/model.pt of jobs.train") from None
+
+
+def parse_args(argv: list[str]) -> tuple[Config, list[str], str, int, int]:
+    """Own arguments (`REQUIRED`, `OPTIONAL`) and config overrides -> (cfg, checkpoints, out, actors,
+    max_instruments)."""
+    own, cfg = parse_job_args(argv, REQUIRED, OPTIONAL)
+    if own["checkpoint"] and own["checkpoints"]:
+        raise ConfigError("checkpoint= and checkpoints= are both given; allowed: one of them")
+    specs = (own["checkpoints"] or own["checkpoint"] or "").split(",")
+    if not any(specs):
+        raise ConfigError(f"checkpoints= is required; allowed: checkpoints={OPTIONAL['checkpoints']}")
     for key in ("actors", "max_instruments"):
-        if own[key] and not own[key].isdigit():
+        if own[key] is not None and not own[key].isdigit():
             raise ConfigError(f"{key}={own[key]!r} is not allowed; allowed: a whole number")
-    name, overrides = split_overrides(rest)
-    cfg = load_config(name, overrides)
     if not cfg.data.source:
-        raise ConfigError("data.source is empty; allowed: an NSynth-format test set (json/wav folder or TFRecord, path or URL)")
-    if own["checkpoint"] != GROUND_TRUTH and not storage.exists(own["checkpoint"]):
-        raise ConfigError(f"checkpoint={own['checkpoint']!r} does not exist; allowed: an exported checkpoint or {GROUND_TRUTH}")
-    return cfg, own["checkpoint"], own["out"], int(own["actors"] or 0), int(own["max_instruments"] or 0)
+        raise ConfigError("data.source is empty; allowed: an NSynth-format test set (json/wav folder or TFRecord, "
+                          "path or URL)")
+    check_sources_exist(cfg.data, {"test": cfg.data.source})
+    models = models_from(specs)
+    for model in models:
+        check_checkpoint(model.checkpoint)
+    return cfg, specs, own["out"], int(own["actors"] or 0), int(own["max_instruments"] or 0)
 
 
-def run(cfg: Config, checkpoint: str, out: str, actors: int = 0, max_instruments: int = 0) -> dict:
-    """Scores every test instrument not yet scored under `out`, then writes the tables; returns results.json."""
-    instruments = load_test_instruments(cfg, max_instruments)
-    if not instruments:
-        raise ConfigError(f"data.source={cfg.data.source!r} has no valid notes")
+def score_model(cfg: Config, model: Model, instruments: list[TestInstrument], out: str, actors: int) -> list[dict]:
+    """The JSON rows of `instruments` for one model, scoring those not yet scored under `out`."""
     rows = {}
     for instrument in instruments:
         url = storage.join(out, "instruments", f"{instrument.name}.json")
         if storage.exists(url):
             rows[instrument.name] = storage.read_json(url)
     todo = [i for i in instruments if i.name not in rows]
-    print(f"{len(instruments)} test instruments, {len(rows)} already scored in {out}", flush=True)
+    print(f"{model.name}: {len(instruments)} test instruments, {len(rows)} already scored in {out}", flush=True)
     if todo:
         size = min(len(todo), actors or max(1, int(ray.cluster_resources().get("CPU", 1))))
         gpus = 1 if cfg.codec.device.startswith("cuda") else 0
         scorer_class = ray.remote(num_cpus=1, num_gpus=gpus)(InstrumentScorer)
-        scorers = [scorer_class.remote(cfg, checkpoint) for _ in range(size)]
+        scorers = [scorer_class.remote(cfg, model.checkpoint) for _ in range(size)]
         try:
             ray.get([scorer.__ray_ready__.remote() for scorer in scorers])
+            pool = ray.util.ActorPool(scorers)
+            results = pool.map_unordered(lambda actor, inst: actor.score.remote(inst, out), todo)
+            for row in tqdm(results, total=len(todo), desc=f"{model.name}: instruments", unit="instrument"):
+                rows[row["name"]] = row
         except ray.exceptions.ActorDiedError as e:
             if not e.actor_init_failed:
                 raise
-            # The scorer's own error (missing weights, a bad checkpoint) is the last line of Ray's.
+            # The scorer's own error (missing weights) is the last line of Ray's.
             raise ConfigError(str(e).strip().splitlines()[-1].split(": ", 1)[-1]) from None
-        pool = ray.util.ActorPool(scorers)
-        results = pool.map_unordered(lambda actor, inst: actor.score.remote(inst, out), todo)
-        for row in tqdm(results, total=len(todo), desc="instruments", unit="instrument"):
-            rows[row["name"]] = row
-    ordered = [rows[i.name] for i in instruments]
-    embeddings = [np.load(io.BytesIO(storage.read_bytes(storage.join(out, "instruments", f"{i.name}.npz"))))
+        finally:
+            for scorer in scorers:  # the next model's pool needs their CPUs
+                ray.kill(scorer)
+    return [rows[i.name] for i in instruments]
+
+
+def run(cfg: Config, checkpoints: list[str], out: str, actors: int = 0, max_instruments: int = 0) -> dict:
+    """Scores every model of `checkpoints` (`[name=]url` or ground_truth) on the test set, each
+    resuming under `out/<model folder>`, then writes one table for all; returns results.json."""
+    models = models_from(checkpoints)
+    instruments = load_test_instruments(cfg, max_instruments)
+    if not instruments:
+        raise ConfigError(f"data.source={cfg.data.source!r} has no valid notes")
+    model_rows = []
+    for model in models:
+        folder = storage.join(out, model.folder)
+        rows = score_model(cfg, model, instruments, folder, actors)
+        arrays = [np.load(io.BytesIO(storage.read_bytes(storage.join(folder, "instruments", f"{i.name}.npz"))))
                   for i in instruments]
-    generated = np.concatenate([e["embeddings"] for e in embeddings])
-    real = np.concatenate([e["real_embeddings"] for e in embeddings])
-    model = "ground truth" if checkpoint == GROUND_TRUTH else checkpoint.rstrip("/").rsplit("/", 1)[-1]
-    results, table = summary_table(ordered, fad(generated, real), model, cfg.metrics.fad_embedder)
-    all_pitches = np.concatenate([r["pitches"] for r in ordered])
-    all_errors = np.array([np.nan if e is None else e for r in ordered for e in r["pitch_errors"]])
-    storage.write_bytes(storage.join(out, "figures", "pitch_error.png"),
-                        pitch_error_figure(all_pitches, all_errors, f"{model}: pitch error, all test notes"))
+        fad_value = fad(np.concatenate([a["embeddings"] for a in arrays]),
+                        np.concatenate([a["real_embeddings"] for a in arrays]))
+        all_errors = np.array([np.nan if e is None else e for r in rows for e in r["pitch_errors"]])
+        storage.write_bytes(storage.join(folder, "figures", "pitch_error.png"),
+                            pitch_error_figure(np.concatenate([r["pitches"] for r in rows]), all_errors,
+                                               f"{model.name}: pitch error, all test notes"))
+        model_rows.append(model_row(model.name, model.checkpoint, rows, fad_value))
+    results, table = summary_table(model_rows, cfg.metrics.fad_embedder)
     storage.write_bytes(storage.join(out, "results.md"), table.encode())
     storage.write_json(storage.join(out, RESULTS), results)
     print(table, flush=True)
@@ -143,6 +212,7 @@ def run(cfg: Config, checkpoint: str, out: str, actors: int = 0, max_instruments
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The job's command line (see the module docstring)."""
     return job_main(argv, parse_args, run)
 
 

@@ -7,7 +7,7 @@
 
 Ray Data pipeline: units of input records -> read + validate + crop + resample 16 kHz -> 44.1 kHz
 (CPU tasks, one per unit) -> DAC codes + CLAP embedding (actor pool, `data.encoder_*` sizes
-and GPUs) -> the driver commits each unit's shards (`instrumentgen.shards.ShardWriter`).
+and GPUs) -> the driver commits each unit's shards (`instrumentgen.shard_writer.ShardWriter`).
 Re-running with the same `data.shards` finishes what is missing; see docs/preprocess.md.
 """
 from __future__ import annotations
@@ -20,6 +20,8 @@ import ray
 
 from instrumentgen import preprocess, shards, storage
 from instrumentgen.config import Config
+from instrumentgen.faults import Fault
+from instrumentgen.shard_writer import ShardWriter
 from jobs.entry import config_from_argv, job_main
 
 
@@ -38,25 +40,25 @@ def build_dataset(cfg: Config, units: list[dict]) -> ray.data.Dataset:
                           num_cpus=data.encoder_num_cpus, num_gpus=data.encoder_num_gpus)
 
 
-def run(cfg: Config, fail_after_units: int | None = None) -> dict:
+def run(cfg: Config, fault: Fault | None = None) -> dict:
     """Preprocess every split of `cfg.data` into `cfg.data.shards`; returns the manifest.
 
     Units already committed by an earlier run with the same settings are skipped.
-    `fail_after_units` is a test hook (see `ShardWriter`)."""
+    `fault`: a test's failure at "preprocess.unit" (see `instrumentgen.shard_writer`)."""
     sources = preprocess.split_sources(cfg.data)
     out_hash = preprocess.output_hash(cfg, sources)
     manifest_url = storage.join(cfg.data.shards, storage.MANIFEST)
     if storage.exists(manifest_url):
         manifest = storage.read_json(manifest_url)
         if manifest["config_hash"] != out_hash:
-            raise shards.ShardError(f"data.shards={cfg.data.shards!r} is complete with config hash {manifest['config_hash']}, "
-                                    f"this run has {out_hash}; use a fresh data.shards")
+            raise shards.ShardError(f"data.shards={cfg.data.shards!r} is complete with config hash "
+                                    f"{manifest['config_hash']}, this run has {out_hash}; use a fresh data.shards")
         print(f"{cfg.data.shards} is already complete: {manifest['kept']} notes kept", flush=True)
         return manifest
 
     start = time.perf_counter()
     units = preprocess.plan_units(sources, cfg.data.format, cfg.data.notes_per_shard)
-    writer = shards.ShardWriter(cfg.data.shards, out_hash, sources, fail_after_units)
+    writer = ShardWriter(cfg.data.shards, out_hash, sources, fault)
     done = writer.completed_units()
     todo = [u for u in units if (u["source_split"], u["unit"]) not in done]
     print(f"{len(units)} units of up to {cfg.data.notes_per_shard} records in {', '.join(sources)}; "
@@ -72,6 +74,7 @@ def run(cfg: Config, fail_after_units: int | None = None) -> dict:
 
 
 def summary(manifest: dict, kept_this_run: int, elapsed_s: float) -> str:
+    """The lines the job ends with: notes written, kept and skipped counts, code shape and models."""
     skipped = Counter(manifest["skipped"])
     return "\n".join([
         f"wrote {sum(manifest['kept'].values())} notes ({kept_this_run} in this run, "
@@ -83,8 +86,14 @@ def summary(manifest: dict, kept_this_run: int, elapsed_s: float) -> str:
     ])
 
 
+def check(cfg: Config) -> None:
+    """The settings and the sources, before Ray starts: a missing source is one line, not a traceback."""
+    preprocess.check_sources_exist(cfg.data, preprocess.split_sources(cfg.data))
+
+
 def main(argv: list[str] | None = None) -> int:
-    return job_main(argv, lambda args: config_from_argv(args, lambda cfg: preprocess.split_sources(cfg.data)), run)
+    """The job's command line: config=<name> and config overrides (see the module docstring)."""
+    return job_main(argv, lambda args: config_from_argv(args, check), run)
 
 
 if __name__ == "__main__":

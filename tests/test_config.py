@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from instrumentgen.config import ConfigError, config_hash, load_config, split_overrides
@@ -10,6 +12,14 @@ def test_tiny_and_paper_load_with_their_values():
     assert (paper.model.num_layers, paper.model.num_heads, paper.model.dim) == (12, 16, 512)
     assert (paper.model.n_q, paper.model.card, paper.train.batch_size, paper.train.lr) == (4, 1024, 32, 1e-3)
     assert paper.train.max_steps == 1_000_000 and paper.model.family_dropout == 0.7
+
+
+def test_paper_metadata_is_the_paper_model_conditioned_on_family_and_source():
+    paper, metadata = load_config("paper"), load_config("paper_metadata")
+    assert metadata.model.conditioning == "metadata" and paper.model.conditioning == "clap"
+    assert metadata.name == "paper_metadata"
+    as_clap = dataclasses.replace(metadata.model, conditioning="clap")
+    assert dataclasses.replace(metadata, name="paper", model=as_clap) == paper
 
 
 def test_overrides_apply_and_are_typed():
@@ -38,7 +48,7 @@ def test_bad_overrides_fail_with_one_line_naming_the_key(override, message):
 
 
 def test_unknown_config_name_lists_the_known_ones():
-    with pytest.raises(ConfigError, match=r"config='huge' not found; allowed: base, paper, tiny"):
+    with pytest.raises(ConfigError, match=r"config='huge' not found; allowed: base, paper, paper_metadata, tiny"):
         load_config("huge")
 
 

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from instrumentgen import nsynth, preprocess, shards, storage, tfrecord
+from instrumentgen import nsynth, preprocess, shard_writer, shards, storage, tfrecord
 from instrumentgen.audio import crop_and_resample
 from instrumentgen.config import ConfigError, load_config
+from instrumentgen.faults import Fault, InjectedFault
 from instrumentgen.testing import bad_records, write_fixture_nsynth
 from jobs import preprocess as job
 
@@ -70,7 +71,8 @@ def test_plan_units_blocks_records_per_split(local_data):
     assert [len(s["rows"]) for s in train] == [5, 5, 2]  # 8 good + 4 bad records
     valid = [(u["unit"], json.loads(u["spec"])) for u in units if u["source_split"] == "valid"]
     assert [unit for unit, _ in valid] == list(range(len(valid)))
-    assert valid[0][1]["start"] == 0 and valid[-1][1]["end"] == storage.filesystem(local_data["tfrecord"])[0].size(local_data["tfrecord"])
+    size = storage.filesystem(local_data["tfrecord"])[0].size(local_data["tfrecord"])
+    assert valid[0][1]["start"] == 0 and valid[-1][1]["end"] == size
     assert all(a["end"] == b["start"] for (_, a), (_, b) in zip(valid, valid[1:]))
 
 
@@ -79,12 +81,13 @@ def test_read_unit_gives_one_row_per_record_and_names_each_rejection(local_data)
     batches = list(preprocess.read_unit({k: np.array([v]) for k, v in units[0].items()}, holdout_fraction=HOLDOUT))
     rows = [dict(zip(b, values)) for b in batches for values in zip(*b.values())]
     end = rows.pop()
-    assert end["reason"] == shards.UNIT_END and end["position"] == len(rows) == 12
+    assert end["reason"] == shard_writer.UNIT_END and end["position"] == len(rows) == 12
     assert sorted(r["position"] for r in rows) == list(range(12))
     expected = {meta.get("note_str"): reason for meta, *_, reason in bad_records()}
     assert {r["note_str"]: r["reason"] for r in rows if r["reason"]} == expected
     kept = [r for r in rows if not r["reason"]]
-    assert {(r["instrument_str"], r["split"]) for r in kept} == {("bass_acoustic_000", "holdout"), ("brass_electronic_001", "train")}
+    assert {(r["instrument_str"], r["split"]) for r in kept} == {("bass_acoustic_000", "holdout"),
+                                                                  ("brass_electronic_001", "train")}
     assert all(len(r["audio"]) == 64000 * 4 for r in kept) and all(r["audio"] == b"" for r in rows if r["reason"])
 
 
@@ -116,7 +119,8 @@ def test_held_out_is_a_stable_fraction_of_instruments():
 def test_job_keeps_exactly_the_good_records(clean_run):
     out, manifest = clean_run
     rows = shard_rows(out)
-    good = {f"{i}-{p:03d}-{v:03d}" for i in ("bass_acoustic_000", "brass_electronic_001") for p in PITCHES for v in VELOCITIES}
+    good = {f"{i}-{p:03d}-{v:03d}" for i in ("bass_acoustic_000", "brass_electronic_001")
+            for p in PITCHES for v in VELOCITIES}
     assert set(rows["train"]) | set(rows["holdout"]) == good
     assert set(rows["valid"]) == good
     assert {r["instrument_str"] for r in rows["holdout"].values()} == {"bass_acoustic_000"}
@@ -124,7 +128,8 @@ def test_job_keeps_exactly_the_good_records(clean_run):
     reasons = Counter(reason for *_, reason in bad_records())
     tf_reasons = reasons - Counter(["unreadable_audio"]) + Counter(["wrong_length"])  # as the TFRecord fixture has it
     assert manifest["skipped"] == dict(reasons + tf_reasons)
-    rejected = [json.loads(line) for line in storage.read_bytes(storage.join(out, shards.REJECTED)).decode().splitlines()]
+    rejected = [json.loads(line)
+                for line in storage.read_bytes(storage.join(out, shards.REJECTED)).decode().splitlines()]
     assert {(r["split"], r["note_str"], r["reason"]) for r in rejected if r["split"] == "train"} == \
         {("train", meta.get("note_str"), reason) for meta, *_, reason in bad_records()}
     assert manifest["n_codebooks"] == 4 and manifest["n_frames"] == 44  # 0.5 s at 44.1 kHz, hop 512
@@ -177,8 +182,8 @@ def test_a_failed_run_resumes_to_the_rows_of_a_clean_run(clean_run, local_data, 
     out, manifest = clean_run
     resumed = str(tmp_path / "shards")
     cfg = tiny_config(local_data, resumed)
-    with pytest.raises(RuntimeError, match="injected failure"):
-        job.run(cfg, fail_after_units=2)
+    with pytest.raises(InjectedFault, match="preprocess.unit=2"):
+        job.run(cfg, Fault("preprocess.unit", at=2, marker=str(tmp_path / "fired"), action="raise"))
     assert not storage.exists(storage.join(resumed, "manifest.json"))
     committed = storage.list_files(storage.join(resumed, shards.PROGRESS), ".json")
     assert len(committed) == 2
@@ -208,7 +213,8 @@ def test_a_killed_driver_resumes_to_the_rows_of_a_clean_run(clean_run, local_dat
     out, _ = clean_run
     resumed = str(tmp_path / "shards")
     args = [sys.executable, "-m", "jobs.preprocess", "config=tiny", f"data.splits.train={local_data['jsonwav']}",
-            f"data.splits.valid={local_data['tfrecord']}", f"data.shards={resumed}", *SETTINGS, "data.notes_per_shard=1"]
+            f"data.splits.valid={local_data['tfrecord']}", f"data.shards={resumed}", *SETTINGS,
+            "data.notes_per_shard=1"]
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
     driver = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     markers = storage.join(resumed, shards.PROGRESS)

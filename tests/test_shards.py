@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from instrumentgen import shards, storage
-from instrumentgen.shards import ShardError, ShardWriter, collate, shard_table
+from instrumentgen import shard_writer, shards, storage
+from instrumentgen.faults import Fault, InjectedFault
+from instrumentgen.shard_writer import ShardWriter
+from instrumentgen.shards import ShardError, collate, shard_table
 
 K, N = 4, 6
 
@@ -25,7 +27,7 @@ def encoded_rows(source_split, unit, positions, reasons=None, split=None, unit_s
                      "clap_embedding": np.full(512, position / 10 if kept else 0, np.float16),
                      "codec_model_id": "dac-test", "clap_model_id": "clap-test"})
     if unit_size is not None:
-        end = {**rows[0], "position": unit_size, "reason": shards.UNIT_END, "detail": "",
+        end = {**rows[0], "position": unit_size, "reason": shard_writer.UNIT_END, "detail": "",
                "codes": np.zeros((K, N), np.int16), "clap_embedding": np.zeros(512, np.float16)}
         rows.append(end)
     return rows
@@ -60,7 +62,8 @@ def test_shard_table_round_trips_through_parquet_and_collate(tmp_path):
 def test_collate_rejects_mixed_code_shapes():
     batch = to_batch(encoded_rows("train", 0, [0, 1]))
     table = shard_table(batch).to_pydict()
-    table = {k: np.array(v, dtype=object) if k in ("codes", "clap_embedding") else np.array(v) for k, v in table.items()}
+    table = {k: np.array(v, dtype=object) if k in ("codes", "clap_embedding") else np.array(v)
+             for k, v in table.items()}
     table["n_frames"] = np.array([N, N + 1])
     with pytest.raises(ShardError, match=r"n_frames \[6, 7\]"):
         collate(table)
@@ -100,16 +103,18 @@ def test_writer_commits_a_unit_only_when_all_its_rows_arrived(tmp_path):
                                  "train": ["train/train-00000.parquet", "train/train-00001.parquet"]}
     assert (manifest["n_codebooks"], manifest["n_frames"], manifest["codec_model_id"]) == (K, N, "dac-test")
     assert manifest["records"] == 6 and manifest["note_duration_s"] == 0.5
-    rejected = [json.loads(line) for line in storage.read_bytes(storage.join(url, shards.REJECTED)).decode().splitlines()]
+    rejected = [json.loads(line)
+                for line in storage.read_bytes(storage.join(url, shards.REJECTED)).decode().splitlines()]
     assert [r["reason"] for r in rejected] == ["pitch_out_of_range"]
     assert shards.shard_files(url, "train") == [storage.join(url, "train", f"train-0000{i}.parquet") for i in (0, 1)]
 
 
 def test_a_crash_before_the_marker_leaves_the_unit_incomplete(tmp_path):
     url = str(tmp_path / "out")
-    writer = ShardWriter(url, "hash1", {"train": "/data"}, fail_after_units=1)
+    fault = Fault("preprocess.unit", at=1, marker=str(tmp_path / "fired"), action="raise")
+    writer = ShardWriter(url, "hash1", {"train": "/data"}, fault)
     writer.add(to_batch(encoded_rows("train", 0, [0], unit_size=1)))
-    with pytest.raises(RuntimeError, match="injected failure before the marker of unit train-00001"):
+    with pytest.raises(InjectedFault, match=r"injected failure at preprocess.unit=1"):
         writer.add(to_batch(encoded_rows("train", 1, [0, 1], unit_size=2)))
     assert storage.exists(storage.join(url, "train", "train-00001.parquet"))  # the file is whole ...
     assert writer.completed_units() == {("train", 0)}  # ... but the unit does not count

@@ -16,6 +16,7 @@ import torch
 from instrumentgen import nsynth, shards, storage
 from instrumentgen.audio import crop_and_resample
 from instrumentgen.config import Config, load_config
+from instrumentgen.shard_writer import STORED_COLUMNS
 from instrumentgen.testing import write_fixture_nsynth
 from instrumentgen.vocab import NSYNTH_SAMPLE_RATE_HZ, PITCHES
 from jobs.entry import local_ray
@@ -30,7 +31,7 @@ def serial_loop(cfg: Config) -> int:
     from instrumentgen.codec import Codec
 
     codec, clap = Codec.load(cfg.codec.weights), Clap.load(cfg.clap)
-    columns = {name: [] for name in (*shards.METADATA_COLUMNS, "codes", "clap_embedding")}
+    columns = {name: [] for name in STORED_COLUMNS}
     for note in nsynth.iter_notes(cfg.data.source):
         audio = torch.from_numpy(crop_and_resample(note.audio[None], cfg.data.note_duration_s, NSYNTH_SAMPLE_RATE_HZ,
                                                    cfg.data.sample_rate_hz))
