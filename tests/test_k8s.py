@@ -127,3 +127,10 @@ def test_render_rayservice_replaces_only_the_serve_block():
     rendered = render_rayservice().with_serve_config(manifest, "# comment\napplications:\n  - name: a\n")
     assert rendered == ("spec:\n  serveConfigV2: |\n    # comment\n    applications:\n      - name: a\n"
                         "  rayClusterConfig:\n    rayVersion: x\n")
+
+
+def test_render_job_reads_the_model_the_train_job_exports():
+    entrypoints = {name: shlex.split(job["spec"]["entrypoint"])[3:] for name, job in RAY_JOBS}
+    _, overrides = split_overrides(entrypoints["train.rayjob.yaml"])
+    train = load_config("paper", overrides).train
+    assert f"checkpoint={train.storage_path}/{train.run_name}/model.pt" in entrypoints["render.rayjob.yaml"]
