@@ -14,14 +14,13 @@ same as the notes one by one (measured), so there is no claim to back.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 
 import numpy as np
 import torch
 
 from instrumentgen.testing import synth_note, timbre_for
+from jobs.benchmarks import private_weights_cache
 
 CODEC_HZ = 44100
 
@@ -67,18 +66,11 @@ def _dac_row(quick: bool) -> dict:
     return {"benchmark": f"DAC encode {count} notes x {duration_s:g} s ({model_name})",
             "baseline": "DAC.compress per note (upstream API)", "ours": f"Codec.encode, batches of {batch}",
             "baseline_s": baseline_s, "ours_s": ours_s, "ratio": baseline_s / ours_s,
+            "goal": "none: not a speed claim",
             "note": f"{count / ours_s:.2f} vs {count / baseline_s:.2f} notes/s; compress also normalises loudness"}
 
 
 def run(quick: bool) -> list[dict]:
-    # A private weights cache: the tiny models are built here, not in the user's cache.
-    with tempfile.TemporaryDirectory() as cache:
-        old = os.environ.get("INSTRUMENTGEN_CACHE")
-        os.environ["INSTRUMENTGEN_CACHE"] = cache
-        try:
-            return [_dac_row(quick)]
-        finally:
-            if old is None:
-                os.environ.pop("INSTRUMENTGEN_CACHE")
-            else:
-                os.environ["INSTRUMENTGEN_CACHE"] = old
+    """Full: the release architecture; `--quick`: the tiny DAC."""
+    with private_weights_cache():
+        return [_dac_row(quick)]

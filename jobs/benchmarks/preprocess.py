@@ -83,10 +83,12 @@ def run(quick: bool) -> list[dict]:
     return [
         {"benchmark": f"preprocess {n_notes} NSynth notes -> token shards, end to end (tiny DAC + CLAP, 0.5 s notes)",
          "baseline": "serial Python loop, one note at a time", "ours": ours, "baseline_s": baseline_s, "ours_s": ours_s,
-         "ratio": baseline_s / ours_s, "note": f"{n_notes / ours_s:.1f} vs {n_notes / baseline_s:.1f} notes/s, "
-         f"model loading and worker start-up included; {os.cpu_count()} cores"},
-        {"benchmark": f"preprocess, steady state: the extra {extra} notes of the {n_notes}-note run over the {small[0]}-note run",
+         "ratio": baseline_s / ours_s, "goal": 1.5,
+         "note": f"{n_notes / ours_s:.1f} vs {n_notes / baseline_s:.1f} notes/s, "
+                 f"model loading and worker start-up included; {os.cpu_count()} cores"},
+        {"benchmark": f"preprocess, steady state: the extra {extra} notes of the {n_notes}-note run "
+                      f"over the {small[0]}-note run",
          "baseline": "serial Python loop", "ours": ours, "baseline_s": marginal_baseline_s, "ours_s": marginal_ours_s,
-         "ratio": marginal_baseline_s / marginal_ours_s,
+         "ratio": marginal_baseline_s / marginal_ours_s, "goal": None,
          "note": f"{extra / marginal_ours_s:.1f} vs {extra / marginal_baseline_s:.1f} notes/s"},
     ]
