@@ -25,7 +25,7 @@ def test_demo_runs_the_whole_loop_then_reuses_it(ray_local, cache, tmp_path, cap
     assert sf.info(str(wav)).samplerate == 44_100
     assert (out / "instrument" / manifest["sfz"]).exists() and (out / "instrument" / manifest["dspreset"]).exists()
     results = json.loads((out / "eval" / "results.json").read_text())
-    assert len(results["instruments"]) == 2
+    assert len(results["models"][0]["instruments"]) == 2
     assert "2 test instruments, 0 already scored" in first
     assert first.count("CLAP cue -> RVQ codes") == 2
 
