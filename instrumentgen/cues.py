@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from instrumentgen.vocab import PITCHES, VELOCITIES, check_pitch, check_velocity, family_id, source_id
+from instrumentgen.vocab import PITCHES, VELOCITIES, VocabError, check_pitch, check_velocity, family_id, source_id
 
 NOT_GIVEN = -1
 
@@ -58,7 +58,8 @@ def make_cues(
     Raises `VocabError` naming the bad value and the allowed ones.
     """
     if len(pitches) != len(velocities):
-        raise ValueError(f"pitches ({len(pitches)}) and velocities ({len(velocities)}) differ in length")
+        raise VocabError(f"pitches ({len(pitches)}) and velocities ({len(velocities)}) differ in length; "
+                         "allowed: one velocity per pitch")
     pitch = torch.tensor([check_pitch(p) for p in pitches], dtype=torch.long)
     velocity = torch.tensor([check_velocity(v) for v in velocities], dtype=torch.long)
     n = len(pitches)
