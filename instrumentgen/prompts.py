@@ -30,7 +30,7 @@ from instrumentgen.vocab import FAMILIES, PITCH_MAX, PITCH_MIN, SOURCES, VELOCIT
 
 FIELDS = ("prompt", "family", "source", "reference_audio", "name", "seed", "variations", "keys", "velocities",
           "candidates")
-MAX_SEED = 2**31 - 1  # seeds are hashed as int64 with offsets added: keep them well inside
+MAX_SEED = 2**32 - 1  # the range of derived seeds (mix_seed); hashed as int64, so far from overflow
 
 
 class PromptError(UserError):
@@ -208,12 +208,18 @@ def _lines(text: str, fmt: str):
             yield reader.line_num, e
 
 
-def read_prompts(url: str, default_seed: int = 0, max_variations: int = 16,
-                 max_candidates: int = 8) -> tuple[list[RenderRequest], list[PromptFailure]]:
-    """A JSONL or CSV prompt file (path or fsspec URL) -> (requests in file order, failures by line)."""
+def prompt_format(url: str) -> str:
+    """"jsonl" or "csv", from the file's extension; `PromptError` for any other."""
     fmt = url.rsplit(".", 1)[-1].lower()
     if fmt not in ("jsonl", "csv"):
         raise PromptError(f"prompts={url!r} has an unknown extension; allowed: .jsonl or .csv")
+    return fmt
+
+
+def read_prompts(url: str, default_seed: int = 0, max_variations: int = 16,
+                 max_candidates: int = 8) -> tuple[list[RenderRequest], list[PromptFailure]]:
+    """A JSONL or CSV prompt file (path or fsspec URL) -> (requests in file order, failures by line)."""
+    fmt = prompt_format(url)
     if not storage.exists(url):
         raise PromptError(f"prompts={url!r} does not exist; allowed: a .jsonl or .csv file (path or URL)")
     text = storage.read_bytes(url).decode("utf-8-sig")

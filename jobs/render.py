@@ -26,7 +26,7 @@ from instrumentgen import library, storage
 from instrumentgen.config import Config, ConfigError, load_config, split_overrides
 from instrumentgen.errors import UserError
 from instrumentgen.faults import Fault
-from instrumentgen.prompts import RenderRequest, expand_variations, instrument_id, read_prompts
+from instrumentgen.prompts import RenderRequest, expand_variations, instrument_id, prompt_format, read_prompts
 from instrumentgen.render import Renderer, checkpoint_id, render_settings
 from jobs.entry import job_main
 
@@ -74,6 +74,7 @@ def parse_args(argv: list[str]) -> tuple[Config, str, str, str, bool]:
             raise ConfigError(f"{key}= is required; allowed: {key}=<{allowed}>")
     if own["report"].lower() not in ("", "true", "false"):
         raise ConfigError(f"report={own['report']!r} is not allowed; allowed: true, false")
+    prompt_format(own["prompts"])
     name, overrides = split_overrides(rest)
     return load_config(name, overrides), own["checkpoint"], own["prompts"], own["out"], own["report"].lower() == "true"
 
