@@ -144,6 +144,22 @@ class MetricsConfig:
 
 
 @dataclass
+class RenderConfig:
+    """jobs.render: the actor pool, the quality gate and the limits on a prompt line (docs/batch.md)."""
+
+    actors: int = bounded(2, 1)  # render actors: each keeps the LM, codec and CLAP loaded
+    num_gpus: float = bounded(0.0, 0.0)  # GPUs per render actor (0: CPU)
+    num_cpus: float = bounded(1.0, 0.1)  # CPUs per render actor; a CPU actor uses this many torch threads
+    max_tc: float = bounded(0.0, 0.0)  # quality gate on TC (normalised); 0: no gate
+    max_mad_pitch: float = bounded(0.0, 0.0)  # quality gate on MAD_pitch (semitones); 0: no gate
+    retries: int = bounded(2, 0)  # new seeds for an instrument that fails the gate
+    on_fail: str = choice("keep", "keep", "drop")  # after the retries: keep it flagged, or write nothing
+    max_candidates: int = bounded(8, 1)  # the largest `candidates` a prompt line may ask for
+    max_variations: int = bounded(16, 1)  # the largest `variations` a prompt line may ask for
+    audio_format: str = choice("wav24", "wav24", "wav16", "flac")
+
+
+@dataclass
 class Config:
     name: str = "base"
     seed: int = 0
@@ -154,6 +170,7 @@ class Config:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
 
 
 def _check_values(node: Any, prefix: str = "") -> None:

@@ -55,3 +55,16 @@ def loss_figure(history: list[dict], title: str) -> bytes:
     ax.grid(alpha=0.3)
     ax.legend()
     return _png(fig)
+
+
+def tc_per_prompt_figure(names: list[str], tc_values: list[float], tc_without_selection: list[float],
+                         title: str) -> bytes:
+    """TC of each prompt's instrument (bars), with the TC plain generation gave (dots) where they differ."""
+    fig, ax = plt.subplots(figsize=(max(6.5, 0.22 * len(names) + 2), 4.5))
+    x = np.arange(len(names))
+    ax.bar(x, tc_values, color="tab:blue", label="TC (kept notes)")
+    ax.scatter(x, tc_without_selection, color="black", s=12, zorder=3, label="TC without selection")
+    ax.set_xticks(x, [n if len(n) <= 28 else n[:27] + "…" for n in names], rotation=75, ha="right", fontsize=7)
+    ax.set(ylabel="TC (mean |y_i - y_j|) ↓", title=title)
+    ax.legend(fontsize=8)
+    return _png(fig)

@@ -1,0 +1,312 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from instrumentgen import library, storage
+from instrumentgen.audio import encode_audio
+from instrumentgen.config import load_config
+from instrumentgen.faults import Fault
+from instrumentgen.instrument import Instrument
+from instrumentgen.metrics.clap_score import clap_score
+from instrumentgen.metrics.pitch import pitch_report
+from instrumentgen.metrics.tc import scales_from_config, tc
+from instrumentgen.model.lm import InstrumentLM
+from instrumentgen.prompts import expand_variations, instrument_id, read_prompts
+from instrumentgen.render import Renderer, retry_seed
+from instrumentgen.testing import synth_note, timbre_for
+from jobs import render as job
+
+SMALL = {"keys": [60, 63], "velocities": [100]}  # 4 notes: instruments render in well under a second
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, cache):
+    torch.manual_seed(0)
+    return InstrumentLM(load_config("tiny").model).save(str(tmp_path_factory.mktemp("ckpt") / "model.pt"))
+
+
+def write_lines(url, lines):
+    storage.write_bytes(url, ("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n")
+                        .encode())
+    return url
+
+
+def args(checkpoint, prompts, out, *extra):
+    return ["config=tiny", f"checkpoint={checkpoint}", f"prompts={prompts}", f"out={out}", *extra]
+
+
+def folder_files(out, instrument):
+    """{relative path: bytes} of one instrument folder; the manifest without its timings (they differ per run)."""
+    root = storage.join(out, instrument)
+    files = {}
+    for url in storage.list_files(root):
+        rel = url[len(root) + 1:] if url.startswith(root) else url.split(f"/{instrument}/", 1)[1]
+        data = storage.read_bytes(url)
+        if rel == storage.MANIFEST:
+            manifest = json.loads(data)
+            manifest.pop("timings")
+            data = json.dumps(manifest, sort_keys=True).encode()
+        files[rel] = data
+    return files
+
+
+def assert_consistent_library(out, ids):
+    """Every manifest sits over all its notes; the index lists exactly the complete folders."""
+    manifests = library.read_manifests(out)
+    for instrument, manifest in manifests.items():
+        for note in manifest["notes"]:
+            assert storage.exists(storage.join(out, instrument, note["file"])), (instrument, note)
+    assert sorted(library.read_index(out).column("id").to_pylist()) == sorted(manifests) == sorted(ids)
+
+
+# ---- the prompt file: no Ray, no models
+
+
+def test_prompt_lines_are_validated_with_line_numbers_and_reasons(tmp_path):
+    reference = str(tmp_path / "ref.wav")
+    storage.write_bytes(reference, encode_audio(synth_note(60, 100, timbre_for(1), 16_000, 0.5), 16_000))
+    lines = [{"prompt": "warm analog brass", "seed": 3, "variations": 2, **SMALL},
+             {"family": "bass", "source": 2},
+             "",
+             {"reference_audio": reference, "name": "my ref", "candidates": 2},
+             "{not json",
+             {"prompt": "   "},
+             {"prompt": "x", "colour": "red"},
+             {"prompt": "x", "keys": [20, 30]},
+             {"prompt": "x", "velocities": [100, 90]},
+             {"prompt": "x", "candidates": 9},
+             {"prompt": "x", "variations": 0},
+             {"reference_audio": str(tmp_path / "missing.wav")},
+             {"name": "no cue"},
+             {"family": "kazoo"}]
+    requests, failures = read_prompts(write_lines(str(tmp_path / "p.jsonl"), lines), max_candidates=8)
+    assert [(r.line, r.name, r.seed) for r in requests] == [(1, "warm analog brass", 3), (2, "synthetic bass", 0),
+                                                           (4, "my ref", 0)]
+    assert requests[0].slots() == [(60, 100), (61, 100), (62, 100), (63, 100)]
+    assert requests[1].family == "bass" and requests[1].source == "synthetic" and len(requests[1].slots()) == 440
+    assert [(f.line, f.reason) for f in failures] == [
+        (5, "bad_json"), (6, "empty_prompt"), (7, "unknown_field"), (8, "out_of_range"), (9, "out_of_range"),
+        (10, "out_of_range"), (11, "out_of_range"), (12, "unreachable_reference"), (13, "missing_cue"),
+        (14, "bad_value")]
+    messages = {f.line: f.message for f in failures}
+    assert "unknown field 'colour'; allowed: prompt, family" in messages[7]
+    assert "keys=[20, 30] is out of range; allowed: [low, high] with MIDI 21" in messages[8]
+    assert "candidates=9 is out of range; allowed: 1..8" in messages[10]
+    assert "family='kazoo' is unknown; allowed: 0=bass" in messages[14]
+    variations = expand_variations(requests[0])
+    assert [(v.seed, v.variation) for v in variations] == [(3, 0), (4, 1)]
+
+
+def test_csv_lines_read_like_jsonl(tmp_path):
+    csv_url = str(tmp_path / "p.csv")
+    storage.write_bytes(csv_url, b"prompt,family,seed,keys,velocities,candidates\n"
+                                 b"warm analog brass,,3,60-63,100,\n"
+                                 b",brass,,,50 127,2\n"
+                                 b"dark pad,,x,,,\n")
+    requests, failures = read_prompts(csv_url)
+    assert [(r.line, r.prompt, r.family, r.seed, r.keys, r.velocities, r.candidates) for r in requests] == [
+        (2, "warm analog brass", None, 3, (60, 63), (100,), 1), (3, None, "brass", 0, (21, 108), (50, 127), 2)]
+    assert [(f.line, f.reason) for f in failures] == [(4, "bad_value")]
+
+
+def test_instrument_ids_hash_the_normalised_cue_never_the_raw_text(tmp_path):
+    lines = [{"prompt": "Warm  Analog brass", **SMALL}, {"prompt": "warm analog brass", **SMALL},
+             {"prompt": "warm analog brass", "seed": 1, **SMALL}, {"prompt": "warm analog brass", "velocities": [50]}]
+    requests, _ = read_prompts(write_lines(str(tmp_path / "p.jsonl"), lines))
+    ids = [instrument_id(r, "ckpt-a", {"cfg_coef": 3.0}) for r in requests]
+    assert ids[0] == ids[1] and len(set(ids[1:])) == 3
+    assert instrument_id(requests[0], "ckpt-b", {"cfg_coef": 3.0}) != ids[0]
+    assert instrument_id(requests[0], "ckpt-a", {"cfg_coef": 2.0}) != ids[0]
+    assert all(len(i) == 16 and "warm" not in i for i in ids)
+
+
+# ---- one instrument, no Ray: consistency selection and the quality gate
+
+
+@pytest.fixture(scope="module")
+def renderer(checkpoint):
+    loaded = Renderer(load_config("tiny"), checkpoint)
+
+    def with_settings(*overrides):  # one set of loaded models, the render settings of `overrides`
+        loaded.cfg = load_config("tiny", list(overrides))
+        return loaded
+    return with_settings
+
+
+def small_request(tmp_path, **fields):
+    requests, _ = read_prompts(write_lines(str(tmp_path / "one.jsonl"), [{"prompt": "glassy bell", **SMALL, **fields}]))
+    return requests[0]
+
+
+def test_the_quality_gate_resamples_then_flags_or_drops(renderer, tmp_path):
+    request = small_request(tmp_path, seed=5)
+    plain = renderer().render(request, "a", str(tmp_path / "a"))
+    assert (plain["attempts"], plain["quality"], plain["used_seed"]) == (1, "passed", 5)
+    strict = renderer("render.max_tc=1e-6", "render.retries=2").render(request, "b", str(tmp_path / "b"))
+    manifest = storage.read_json(str(tmp_path / "b" / storage.MANIFEST))
+    assert (strict["attempts"], strict["quality"]) == (manifest["attempts"], manifest["quality"]) == (3, "flagged")
+    assert manifest["seed"] in [retry_seed(5, a) for a in range(3)] and len({retry_seed(5, a) for a in range(3)}) == 3
+    assert manifest["requested_seed"] == 5 and manifest["tc"] == strict["tc"] > 1e-6
+    dropped = renderer("render.max_tc=1e-6", "render.retries=0", "render.on_fail=drop").render(request, "d",
+                                                                                             str(tmp_path / "d"))
+    assert (dropped["status"], dropped["reason"], dropped["attempts"]) == ("failed", "quality_gate", 1)
+    assert not storage.exists(str(tmp_path / "d"))
+
+
+def test_consistency_selection_keeps_one_candidate_note_per_slot(renderer, tmp_path):
+    import dataclasses
+
+    from instrumentgen.generate import InstrumentCue, generate_instrument
+    from instrumentgen.selection import candidate_seeds
+
+    request = small_request(tmp_path, seed=2, candidates=3)
+    loaded = renderer()
+    row = loaded.render(request, "k", str(tmp_path / "k"))
+    assert sum(row["candidates_kept"]) == 4 and len(row["candidates_kept"]) == 3
+    gain = storage.read_json(str(tmp_path / "k" / storage.MANIFEST))["gain"]
+    kept = Instrument.read(str(tmp_path / "k")).audio / gain
+    cfg = load_config("tiny")
+    candidates = [generate_instrument(loaded.lm, loaded.codec, loaded.clap, InstrumentCue(prompt="glassy bell"),
+                                      dataclasses.replace(cfg.generate, seed=seed), cfg.data.note_duration_s,
+                                      request.slots()).audio for seed in candidate_seeds(2, 3)]
+    picked = [int(np.argmin([float((kept[slot] - c[slot]).abs().max()) for c in candidates])) for slot in range(4)]
+    for slot, c in enumerate(picked):  # every kept note is that slot's note of one candidate (24-bit rounding apart)
+        assert float((kept[slot] - candidates[c][slot]).abs().max()) < 1e-5
+    assert np.bincount(picked, minlength=3).tolist() == row["candidates_kept"]
+    assert row["tc_without_selection"] == pytest.approx(
+        tc(candidates[0], 44100, scales_from_config(cfg.metrics)).normalised.item(), rel=1e-4)
+
+
+# ---- the job on a local Ray and a real S3 server
+
+
+def test_twenty_lines_three_bad_then_a_rerun_renders_nothing(checkpoint, s3_bucket, ray_local, capsys):
+    good = [{"prompt": f"test prompt number {i}", **SMALL} for i in range(15)]
+    good.append({"family": "mallet", "source": "acoustic", **SMALL})
+    good.append({"prompt": "two of these", "seed": 7, "variations": 2, **SMALL})
+    bad = ["{broken", {"prompt": "x", "velocities": [99]}, {"prompt": "x", "unknown": 1}]
+    lines = good[:5] + [bad[0]] + good[5:12] + [bad[1]] + good[12:] + [bad[2]]  # bad lines 6, 14, 20
+    assert len(lines) == 20
+    prompts = write_lines(storage.join(s3_bucket, "prompts.jsonl"), lines)
+    out = storage.join(s3_bucket, "library")
+    assert job.main(args(checkpoint, prompts, out)) == 0
+    stats = storage.read_json(storage.join(out, "summary.json"))
+    assert (stats["instruments"], stats["rendered"], stats["skipped"], stats["failed"]) == (18, 18, 0, 3)
+    failures = storage.read_bytes(storage.join(out, "failures.jsonl")).decode().splitlines()
+    assert [(json.loads(f)["line"], json.loads(f)["reason"]) for f in failures] == [
+        (6, "bad_json"), (14, "out_of_range"), (20, "unknown_field")]
+    planned, _ = job.plan(load_config("tiny"), checkpoint, prompts)
+    assert len(planned) == 18
+    assert_consistent_library(out, [i for i, _ in planned])
+    manifests = library.read_manifests(out)
+    twins = sorted((m["seed"], m["variation"]) for m in manifests.values() if m["prompt"] == "two of these")
+    assert twins == [(7, 0), (8, 1)]
+    assert not np.array_equal(*[Instrument.read(storage.join(out, i)).audio.numpy() for i, m in manifests.items()
+                                if m["prompt"] == "two of these"])
+    index = library.read_index(out).to_pylist()
+    assert {r["id"]: r["tc"] for r in index} == {i: m["tc"] for i, m in manifests.items()}
+    capsys.readouterr()
+    assert job.main(args(checkpoint, prompts, out)) == 0
+    assert "nothing to render: every instrument of the list is already complete" in capsys.readouterr().out
+    stats = storage.read_json(storage.join(out, "summary.json"))
+    assert (stats["rendered"], stats["skipped"]) == (0, 18)
+
+
+def test_table2_report_matches_the_metric_functions(checkpoint, s3_bucket, ray_local):
+    from instrumentgen.clap import Clap
+
+    lines = [{"prompt": p, "keys": [57, 60], "velocities": [75, 127]} for p in ("warm analog brass", "glassy bell",
+                                                                                 "dark plucked bass")]
+    out = storage.join(s3_bucket, "table2")
+    assert job.main(args(checkpoint, write_lines(storage.join(s3_bucket, "t2.jsonl"), lines), out, "report=true")) == 0
+    results = storage.read_json(storage.join(out, "results.json"))
+    markdown = storage.read_bytes(storage.join(out, "results.md")).decode()
+    assert "| Model | CLAP ↑ | MAD_pitch ↓ | TC ↓ | MOS_quality ↑ | MOS_text ↑ | MOS_TC ↑ |" in markdown
+    assert storage.read_bytes(storage.join(out, "figures", "tc_per_prompt.png"))[:4] == b"\x89PNG"
+    cfg = load_config("tiny")
+    clap = Clap.load(cfg.clap)
+    assert [p["prompt"] for p in results["prompts"]] == [line["prompt"] for line in lines]
+    for row in results["prompts"]:
+        instrument = Instrument.read(storage.join(out, row["id"]))
+        audio = instrument.audio
+        assert row["tc"] == pytest.approx(tc(audio, 44100, scales_from_config(cfg.metrics)).normalised.item(), rel=1e-3)
+        mad = pitch_report(audio, 44100, instrument.pitches).mad_pitch
+        assert (row["mad_pitch"] is None and np.isnan(mad)) or row["mad_pitch"] == pytest.approx(mad, abs=1e-3)
+        expected = clap_score(clap.embed_text([row["prompt"]])[0], clap.embed_audio(audio, 44100))
+        assert row["clap_score"] == pytest.approx(expected, abs=1e-3)
+        assert f"| {row['prompt']} | 0 | {row['clap_score']:.3f} |" in markdown
+    assert results["mean_tc"] == pytest.approx(np.mean([r["tc"] for r in results["prompts"]]))
+    assert results["mean_clap_score"] == pytest.approx(np.mean([r["clap_score"] for r in results["prompts"]]))
+
+
+def test_bad_arguments_are_one_line(checkpoint, tmp_path, capsys):
+    assert job.main(["config=tiny", f"checkpoint={checkpoint}", f"out={tmp_path}"]) == 2
+    assert "prompts= is required" in capsys.readouterr().err
+    assert job.main(args(checkpoint, str(tmp_path / "p.txt"), str(tmp_path))) == 2
+    assert "allowed: .jsonl or .csv" in capsys.readouterr().err
+    assert job.main(args(checkpoint, str(tmp_path / "p.jsonl"), str(tmp_path), "render.on_fail=maybe")) == 2
+    assert "render.on_fail='maybe' is not allowed; allowed: 'keep', 'drop'" in capsys.readouterr().err
+
+
+# ---- killed runs resume to a clean run's library
+
+
+KILL_LINES = [{"prompt": f"kill test {i}", "seed": i, "keys": [48, 55], "velocities": [50, 100]} for i in range(10)]
+
+
+@pytest.fixture(scope="module")
+def clean_library(checkpoint, s3_server, ray_local, tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("clean"))
+    prompts = write_lines(os.path.join(root, "kill.jsonl"), KILL_LINES)
+    job.run(load_config("tiny"), checkpoint, prompts, os.path.join(root, "library"))
+    return prompts, os.path.join(root, "library")
+
+
+def assert_same_as_clean(out, clean):
+    ids = sorted(library.read_manifests(clean))
+    assert len(ids) == len(KILL_LINES)
+    assert_consistent_library(out, ids)
+    for instrument in ids:
+        assert folder_files(out, instrument) == folder_files(clean, instrument), instrument
+
+
+@pytest.mark.slow
+def test_a_killed_driver_resumes_to_the_clean_library(checkpoint, clean_library, s3_bucket, ray_local):
+    prompts, clean = clean_library
+    out = storage.join(s3_bucket, "library")
+    argv = [sys.executable, "-m", "jobs.render", *args(checkpoint, prompts, out)]
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    driver = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not library.read_manifests(out) and time.time() < deadline and driver.poll() is None:
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    complete = library.read_manifests(out)
+    assert 1 <= len(complete) < len(KILL_LINES), f"killed with {len(complete)} instruments complete; needs mid-run"
+    for instrument, manifest in complete.items():  # no complete manifest over missing notes
+        assert all(storage.exists(storage.join(out, instrument, n["file"])) for n in manifest["notes"])
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"{len(complete)} already complete" in done.stdout
+    assert_same_as_clean(out, clean)
+
+
+@pytest.mark.slow
+def test_a_killed_actor_resumes_to_the_clean_library(checkpoint, clean_library, s3_bucket, ray_local):
+    prompts, clean = clean_library
+    out = storage.join(s3_bucket, "library")
+    marker = storage.join(s3_bucket, "fault-fired")
+    fault = Fault("render.instrument", at=3, marker=marker, action="kill")
+    job.run(load_config("tiny"), checkpoint, prompts, out, fault=fault)  # Ray restarts the actor and retries
+    assert storage.exists(marker)
+    job.run(load_config("tiny"), checkpoint, prompts, out)  # the re-submission
+    assert storage.read_json(storage.join(out, "summary.json"))["skipped"] == len(KILL_LINES)
+    assert_same_as_clean(out, clean)
