@@ -120,7 +120,7 @@ class Renderer:
         audio = torch.stack([made[c].audio[s] for s, c in enumerate(chosen.tolist())])  # [S, L]
         plain_tc = tc(made[0].audio, rate, self.scale, power).normalised.item()
         pitch = pitch_report(audio, rate, made[0].pitches, self.cfg.metrics.pitch_estimator)
-        embedding = cue_embedding(cue, self.clap, self.lm.cfg.conditioning)
+        embedding = cue_embedding(cue, self.clap, self.lm.cfg)
         cue_score = None if embedding is None else clap_score(embedding, self.clap.embed_audio(audio, rate).cpu())
         scores = {"tc": tc(audio, rate, self.scale, power).normalised.item(), "tc_without_selection": plain_tc,
                   "mad_pitch": _finite(pitch.mad_pitch), "unvoiced": pitch.unvoiced,

@@ -23,14 +23,15 @@ import ray
 from tqdm import tqdm
 
 from instrumentgen import library, storage
-from instrumentgen.config import Config, ConfigError, load_config, split_overrides
+from instrumentgen.config import Config, ConfigError
 from instrumentgen.errors import UserError
 from instrumentgen.faults import Fault
 from instrumentgen.prompts import RenderRequest, expand_variations, instrument_id, prompt_format, read_prompts
 from instrumentgen.render import Renderer, checkpoint_id, render_settings
-from jobs.entry import job_main
+from jobs.entry import job_main, parse_job_args
 
-OWN_KEYS = ("checkpoint", "prompts", "out", "report")
+REQUIRED_KEYS = {"checkpoint": "<exported checkpoint, path or URL>", "prompts": "<a .jsonl or .csv file>",
+                 "out": "<the library folder, path or URL>"}
 
 
 class RenderActor:
@@ -61,22 +62,12 @@ class RenderActor:
 # a job's own keys + config overrides that jobs/entry.py is getting.
 def parse_args(argv: list[str]) -> tuple[Config, str, str, str, bool]:
     """`checkpoint=`, `prompts=`, `out=`, `report=` and config overrides -> (cfg, checkpoint, prompts, out, report)."""
-    own, rest = {key: "" for key in OWN_KEYS}, []
-    for arg in argv:
-        key = arg.split("=", 1)[0]
-        if key in own and "=" in arg:
-            own[key] = arg.split("=", 1)[1]
-        else:
-            rest.append(arg)
-    for key, allowed in (("checkpoint", "an exported checkpoint (path or URL)"), ("prompts", "a .jsonl or .csv file"),
-                         ("out", "the library folder (path or URL)")):
-        if not own[key]:
-            raise ConfigError(f"{key}= is required; allowed: {key}=<{allowed}>")
-    if own["report"].lower() not in ("", "true", "false"):
+    own, cfg = parse_job_args(argv, REQUIRED_KEYS, {"report": "true|false"})
+    report = (own["report"] or "false").lower()
+    if report not in ("true", "false"):
         raise ConfigError(f"report={own['report']!r} is not allowed; allowed: true, false")
     prompt_format(own["prompts"])
-    name, overrides = split_overrides(rest)
-    return load_config(name, overrides), own["checkpoint"], own["prompts"], own["out"], own["report"].lower() == "true"
+    return cfg, own["checkpoint"], own["prompts"], own["out"], report == "true"
 
 
 def plan(cfg: Config, checkpoint: str, prompts: str) -> tuple[list[tuple[str, RenderRequest]], list[dict]]:
