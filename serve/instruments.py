@@ -64,6 +64,7 @@ class Job:
     request: dict  # normalised, JSON-serialisable (stored in status.json)
     cue: dict  # for Generator.embed: prompt / reference_audio (bytes) / family / source
     slots: list[tuple[int, int]]
+    retries: int = 0  # Generator calls tried again (a replica died): reported in status.json
 
 
 def read_reference(url: str, max_bytes: int) -> bytes:
@@ -122,8 +123,7 @@ class InstrumentService:
     def __init__(self, cfg: Config, generator, scorer):
         self.cfg, self.limits = cfg, cfg.serve
         self.generator, self.scorer = generator, scorer
-        self.tasks: dict[str, asyncio.Task] = {}
-        self.jobs: dict[str, Job] = {}
+        self.tasks: dict[str, asyncio.Task | None] = {}  # None: accepted, its task about to start
         self._info: dict | None = None
         self._status_lock = asyncio.Lock()
 
@@ -164,8 +164,12 @@ class InstrumentService:
                        f"(serve.max_instruments_in_flight={self.limits.max_instruments_in_flight}); retry later",
                        retry_after_s=10)
         job = Job(instrument, self.url(instrument), seed, request, cue, request_slots(request))
-        await self._write_status(job, "queued", 0)
-        self.jobs[instrument] = job
+        self.tasks[instrument] = None  # the place is taken before the next await: the cap holds under concurrency
+        try:
+            await self._write_status(job, "queued", 0)
+        except BaseException:
+            self.tasks.pop(instrument, None)
+            raise
         self.tasks[instrument] = asyncio.create_task(self._run(job))
         return 202, {**answer, "status": "queued"}
 
@@ -213,7 +217,7 @@ class InstrumentService:
 
     async def _write_status(self, job: Job, state: str, notes_done: int, error: str | None = None) -> None:
         status = {"id": job.id, "status": state, "seed": job.seed, "request": job.request, "notes_done": notes_done,
-                  "notes_total": len(job.slots), "updated_at": time.time(), "error": error}
+                  "notes_total": len(job.slots), "retries": job.retries, "updated_at": time.time(), "error": error}
         async with self._status_lock:
             await asyncio.to_thread(storage.write_json, storage.join(job.url, STATUS), status)
 
@@ -221,7 +225,7 @@ class InstrumentService:
         """The background work of one instrument: embed once, fan shards out, gather in slot order, finish."""
         try:
             await self._write_status(job, "running", 0)
-            cue = await self._call("embed", job.cue)
+            cue = await self._call(job, "embed", job.cue)
             request = job.request
             gen = dataclasses.replace(self.cfg.generate, seed=job.seed, cfg_coef=request["cfg_coef"],
                                       top_k=request["top_k"], temperature=request["temperature"])
@@ -231,9 +235,9 @@ class InstrumentService:
 
             async def shard(slots: list[tuple[int, int]]):
                 nonlocal done
-                result = await self._call("generate_shard", {"cue": cue, "gen": gen, "slots": slots, "url": job.url,
-                                                             "format": request["format"],
-                                                             "candidates": request["candidates"]})
+                result = await self._call(job, "generate_shard", {
+                    "cue": cue, "gen": gen, "slots": slots, "url": job.url, "format": request["format"],
+                    "candidates": request["candidates"]})
                 done += len(slots)
                 await self._write_status(job, "running", done)
                 return result
@@ -264,9 +268,8 @@ class InstrumentService:
             await self._write_status(job, "failed", 0, _short(e))
         finally:
             self.tasks.pop(job.id, None)
-            self.jobs.pop(job.id, None)
 
-    async def _call(self, method: str, payload: dict):
+    async def _call(self, job: Job, method: str, payload: dict):
         """One Generator call with bounded retries: a replica that dies (ray.kill, a lost node) is
         replaced by Serve and the call goes to another; a full queue waits without using a retry.
         A `UserError` is the request's fault and is not retried."""
@@ -285,6 +288,7 @@ class InstrumentService:
                 await asyncio.sleep(1.0)
             except Exception as e:
                 failures += 1
+                job.retries += 1
                 log.warning("Generator.%s failed (try %d of %d): %s", method, failures,
                             self.limits.shard_retries + 1, _short(e))
                 if failures > self.limits.shard_retries:
@@ -294,7 +298,7 @@ class InstrumentService:
 
     async def shutdown(self) -> None:
         """Cancel in-flight instruments (each ends `failed`, 'interrupted'); their manifests were never written."""
-        tasks = list(self.tasks.values())
+        tasks = [task for task in self.tasks.values() if task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
