@@ -70,8 +70,8 @@ def request_model(cfg: Config) -> type[BaseModel]:
         top_k: int = Field(defaults.top_k, ge=0, le=cfg.model.card, description="0: the whole vocabulary")
         temperature: float = Field(defaults.temperature, ge=0.0, le=10.0, description="0: greedy")
         keys: KeyRange = Field(default_factory=KeyRange)
-        velocities: list[Literal[VELOCITIES]] = Field(list(VELOCITIES), min_length=1, max_length=len(VELOCITIES),
-                                                      description="velocity layers, each at most once")
+        velocities: list[int] = Field(list(VELOCITIES), min_length=1, max_length=len(VELOCITIES),
+                                      description=f"velocity layers, each at most once, of {list(VELOCITIES)}")
         candidates: int = Field(1, ge=1, le=limits.max_candidates,
                                 description="k > 1: k candidates per note, the most consistent kept")
         format: Literal[tuple(AUDIO_FORMATS)] = Field("wav24", description="audio format of the notes")
@@ -85,7 +85,10 @@ def request_model(cfg: Config) -> type[BaseModel]:
 
         @field_validator("velocities")
         @classmethod
-        def _distinct(cls, velocities: list[int]) -> list[int]:
+        def _layers(cls, velocities: list[int]) -> list[int]:
+            unknown = [v for v in velocities if v not in VELOCITIES]
+            if unknown:
+                raise ValueError(f"velocities {unknown} are not velocity layers; allowed: {list(VELOCITIES)}")
             if len(set(velocities)) != len(velocities):
                 raise ValueError(f"velocities repeat a layer; allowed: distinct values of {list(VELOCITIES)}")
             return sorted(velocities)
