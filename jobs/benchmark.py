@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-AREAS = ("codec", "generation", "metrics", "preprocess", "training")
+AREAS = ("codec", "generation", "metrics", "preprocess", "serve", "training")
 COLUMNS = ("benchmark", "baseline", "ours", "baseline_s", "ours_s", "ratio", "note")
 
 
