@@ -14,6 +14,7 @@ from instrumentgen.model.lm import InstrumentLM
 def checkpoint(tmp_path_factory):
     """An untrained tiny InstrumentLM saved like jobs.train exports it; tiny codec/CLAP files made once."""
     cfg = load_config("tiny")
-    Codec.load(cfg.codec.weights), Clap.load(cfg.clap)  # write the tiny weight files before replicas race for them
+    Codec.load(cfg.codec.weights)  # write the tiny weight files before the replicas race for them
+    Clap.load(cfg.clap)
     torch.manual_seed(0)
     return InstrumentLM(cfg.model).save(str(tmp_path_factory.mktemp("ckpt") / "model.pt"))
