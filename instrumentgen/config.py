@@ -160,6 +160,36 @@ class RenderConfig:
 
 
 @dataclass
+class ServeConfig:
+    """The HTTP application (serve/): model, storage, replicas, queues and request limits."""
+
+    checkpoint: str = "runs/instrumentgen/model.pt"  # InstrumentLM.save file: path or fsspec URL
+    storage: str = "instruments"  # root of the served instruments: local folder or fsspec URL (s3://...)
+    shard_size: int = bounded(88, 1)  # slots per Generator call: the unit of fan-out and of retry
+    min_replicas: int = bounded(1, 0)  # Generator autoscaling
+    max_replicas: int = bounded(4, 1)
+    target_ongoing_requests: float = bounded(1.0, 0.1)
+    max_ongoing_requests: int = bounded(1, 1)  # shards one Generator replica works on at once
+    max_queued_requests: int = bounded(256, 1)  # shards waiting for a Generator; then the shard backs off
+    ingress_replicas: int = bounded(1, 1)
+    ingress_num_cpus: float = bounded(0.5, 0.0)
+    scorer_num_cpus: float = bounded(0.5, 0.0)
+    max_instruments_in_flight: int = bounded(8, 1)  # per ingress replica; past it POST answers 503
+    num_gpus: float = bounded(0.0, 0.0)  # per Generator replica
+    num_cpus: float = bounded(1.0, 0.0)  # per Generator replica; also its torch threads (at least 1)
+    max_candidates: int = bounded(4, 1)  # cap of the request's `candidates` (consistency selection)
+    max_prompt_chars: int = bounded(500, 1)
+    max_reference_bytes: int = bounded(20_000_000, 1)
+    max_reference_seconds: float = bounded(30.0, 0.1)
+    max_body_bytes: int = bounded(65_536, 1024)  # larger request bodies get 413
+    shard_retries: int = bounded(2, 0)  # extra tries of a shard whose Generator replica died
+    stale_after_s: float = bounded(900.0, 1.0)  # a running instrument without progress this long may be restarted
+    api_keys: list[str] = field(default_factory=list)  # empty: no key needed; also INSTRUMENTGEN_API_KEYS
+    host: str = "127.0.0.1"
+    port: int = bounded(8000, 1, 65535)
+
+
+@dataclass
 class Config:
     name: str = "base"
     seed: int = 0
@@ -171,6 +201,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
 
 def _check_values(node: Any, prefix: str = "") -> None:

@@ -93,6 +93,13 @@ def generate_codes(lm: InstrumentLM, cues: Cues, num_frames: int, gen_cfg: Gener
     return torch.cat(codes)
 
 
+def decode_notes(codec, codes: torch.Tensor, duration_s: float, batch_size: int) -> torch.Tensor:
+    """codes [S, K, N] -> audio [S, duration_s * codec rate] on the CPU, `batch_size` notes per decode."""
+    num_samples = round(duration_s * codec.sample_rate_hz)
+    return torch.cat([codec.decode(codes[i: i + batch_size])[:, 0, :num_samples].cpu()
+                      for i in range(0, len(codes), batch_size)])
+
+
 def instrument_cues(cue: InstrumentCue, clap_embedding: torch.Tensor | None,
                     slots: list[tuple[int, int]] | None = None) -> Cues:
     """The cue expanded to its (pitch, velocity) slots (default: the 440 of a full instrument)."""
@@ -109,9 +116,7 @@ def generate_instrument(lm: InstrumentLM, codec, clap, cue: InstrumentCue, gen_c
     cues = instrument_cues(cue, cue_embedding(cue, clap, lm.cfg), slots)
     num_frames = codec.frames_for(duration_s)
     codes = generate_codes(lm, cues, num_frames, gen_cfg, progress)
-    num_samples = round(duration_s * codec.sample_rate_hz)
-    audio = torch.cat([codec.decode(codes[i: i + gen_cfg.batch_size])[:, 0, :num_samples].cpu()
-                       for i in range(0, len(codes), gen_cfg.batch_size)])
+    audio = decode_notes(codec, codes, duration_s, gen_cfg.batch_size)
     metadata = {**cue.describe(), "seed": gen_cfg.seed, "model_id": lm.model_id, "codec_model_id": codec.model_id,
                 "clap_model_id": getattr(clap, "model_id", None), "generate": config_hash(vars(gen_cfg)),
                 "duration_s": duration_s, "num_frames": num_frames}

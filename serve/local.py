@@ -1,0 +1,47 @@
+"""The application on this machine (tests, benchmarks): Serve on a free loopback port, and a client-side wait."""
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from typing import Iterator
+
+import requests
+from ray import serve
+
+from instrumentgen.config import Config
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(cfg: Config, name: str = "instrumentgen") -> Iterator[str]:
+    """Serve `build_app(cfg)` on 127.0.0.1 (a free port) in the running Ray; yields the base URL and
+    shuts Serve down afterwards."""
+    from serve.app import build_app
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(build_app(cfg), name=name, route_prefix="/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+
+
+def wait_done(base: str, instrument: str, timeout_s: float = 300, headers: dict | None = None,
+              poll_s: float = 0.5) -> dict:
+    """Poll GET /v1/instruments/{id} until done or failed; `TimeoutError` after `timeout_s`."""
+    deadline = time.time() + timeout_s
+    status = None
+    while time.time() < deadline:
+        status = requests.get(f"{base}/v1/instruments/{instrument}", headers=headers, timeout=30).json()
+        if status["status"] in ("done", "failed"):
+            return status
+        time.sleep(poll_s)
+    raise TimeoutError(f"instrument {instrument} not finished after {timeout_s} s: {status}")

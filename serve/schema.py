@@ -1,0 +1,132 @@
+"""The HTTP API's request model and its errors: every invalid field is a 422 naming the field and what is allowed.
+
+The request model is built from the config (`request_model(cfg)`), so the limits a deployment
+sets (`serve.max_prompt_chars`, `serve.max_candidates`, the model's codebook size) are the
+constraints of its OpenAPI schema at `/openapi.json`, which clients and fuzzers read.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from instrumentgen.audio import AUDIO_FORMATS
+from instrumentgen.config import Config
+from instrumentgen.errors import UserError
+from instrumentgen.vocab import FAMILIES, PITCH_MAX, PITCH_MIN, SOURCES, VELOCITIES
+
+SEED_MAX = 2**32 - 1  # per-note streams mix 32-bit seeds
+REFERENCE_SCHEMES = ("http://", "https://", "s3://")  # never file paths of the server itself
+CUE_FIELDS = "prompt, reference_audio_url, or family/source"
+ALLOWED_CONTEXT = ("ge", "le", "gt", "lt", "min_length", "max_length", "expected", "pattern")  # pydantic's limits
+
+
+class RequestError(UserError):
+    """A request the API refuses with 422; `field` names the offending field."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+
+class KeyRange(BaseModel):
+    """The instrument's keys: MIDI low..high, both included."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    low: int = Field(PITCH_MIN, ge=PITCH_MIN, le=PITCH_MAX, description="lowest MIDI key")
+    high: int = Field(PITCH_MAX, ge=PITCH_MIN, le=PITCH_MAX, description="highest MIDI key")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "KeyRange":
+        if self.low > self.high:
+            raise ValueError(f"keys.low={self.low} is above keys.high={self.high}; "
+                             f"allowed: {PITCH_MIN} <= low <= high <= {PITCH_MAX}")
+        return self
+
+
+def request_model(cfg: Config) -> type[BaseModel]:
+    """The POST /v1/instruments body, with this deployment's limits."""
+    limits, defaults = cfg.serve, cfg.generate
+
+    class InstrumentRequest(BaseModel):
+        """Exactly one cue (prompt, reference_audio_url, or family/source) and optional generation settings."""
+
+        model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
+            "examples": [{"prompt": "warm analog brass", "seed": 7, "keys": {"low": 48, "high": 72},
+                          "velocities": [50, 100]}]})
+        prompt: str | None = Field(None, min_length=1, max_length=limits.max_prompt_chars,
+                                   description="text description of the timbre")
+        reference_audio_url: str | None = Field(
+            None, min_length=8, max_length=2048, pattern=r"^(https?|s3)://[^\s]+$",
+            description=f"a recording to imitate ({', '.join(REFERENCE_SCHEMES)}; at most "
+                        f"{limits.max_reference_bytes} bytes and {limits.max_reference_seconds} s)")
+        family: Literal[FAMILIES] | None = Field(None, description="NSynth instrument family")
+        source: Literal[SOURCES] | None = Field(None, description="NSynth instrument source")
+        seed: int | None = Field(None, ge=0, le=SEED_MAX, description="drawn and reported when omitted")
+        cfg_coef: float = Field(defaults.cfg_coef, ge=0.0, le=20.0, description="classifier-free guidance")
+        top_k: int = Field(defaults.top_k, ge=0, le=cfg.model.card, description="0: the whole vocabulary")
+        temperature: float = Field(defaults.temperature, ge=0.0, le=10.0, description="0: greedy")
+        keys: KeyRange = Field(default_factory=KeyRange)
+        velocities: list[int] = Field(list(VELOCITIES), min_length=1, max_length=len(VELOCITIES),
+                                      description=f"velocity layers, each at most once, of {list(VELOCITIES)}")
+        candidates: int = Field(1, ge=1, le=limits.max_candidates,
+                                description="k > 1: k candidates per note, the most consistent kept")
+        format: Literal[tuple(AUDIO_FORMATS)] = Field("wav24", description="audio format of the notes")
+
+        @field_validator("prompt")
+        @classmethod
+        def _prompt_has_words(cls, prompt: str | None) -> str | None:
+            if prompt is not None and not prompt.strip():
+                raise ValueError("prompt is blank; allowed: a description such as 'warm analog brass'")
+            return prompt if prompt is None else " ".join(prompt.split())
+
+        @field_validator("velocities")
+        @classmethod
+        def _layers(cls, velocities: list[int]) -> list[int]:
+            unknown = [v for v in velocities if v not in VELOCITIES]
+            if unknown:
+                raise ValueError(f"velocities {unknown} are not velocity layers; allowed: {list(VELOCITIES)}")
+            if len(set(velocities)) != len(velocities):
+                raise ValueError(f"velocities repeat a layer; allowed: distinct values of {list(VELOCITIES)}")
+            return sorted(velocities)
+
+        @model_validator(mode="after")
+        def _one_cue(self) -> "InstrumentRequest":
+            given = [name for name in ("prompt", "reference_audio_url") if getattr(self, name) is not None]
+            if self.family is not None or self.source is not None:
+                given.append("family/source")
+            if len(given) != 1:
+                raise ValueError(f"the request gives {' and '.join(given) or 'no cue'}; "
+                                 f"allowed: exactly one of {CUE_FIELDS}")
+            return self
+
+    return InstrumentRequest
+
+
+def error_body(field: str, message: str, details: list[dict] | None = None) -> dict:
+    """The JSON of every 4xx answer: one line naming the field, and the details behind it."""
+    return {"error": f"{field}: {message}", "field": field, "detail": details or [{"field": field, "message": message}]}
+
+
+def _field(location: tuple) -> str:
+    parts = [str(part) for part in location if part != "body"]
+    return ".".join(parts) or "body"
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's validation errors as `error_body`: field path, message, allowed values (from pydantic's context)."""
+    details = [{"field": _field(tuple(e.get("loc", ()))), "message": e.get("msg", "invalid"),
+                "allowed": {k: v for k, v in e.get("ctx", {}).items() if k in ALLOWED_CONTEXT}}
+               for e in exc.errors()]
+    first = details[0] if details else {"field": "body", "message": "invalid request"}
+    return JSONResponse(error_body(first["field"], first["message"], details), status_code=422)
+
+
+async def user_error(request: Request, exc: UserError) -> JSONResponse:
+    """Any `UserError` raised while answering (bad reference audio, a prompt for a metadata model): 422."""
+    field = exc.field if isinstance(exc, RequestError) else "body"
+    message = exc.message if isinstance(exc, RequestError) else str(exc)
+    return JSONResponse(error_body(field, message), status_code=422)

@@ -1,0 +1,84 @@
+"""The audition page in a real headless Chromium: submit a prompt, wait, press a key, hear a note."""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from instrumentgen.config import load_config
+from serve.local import serving
+
+SCREENSHOT = Path(__file__).parents[2] / "docs" / "figures" / "serve_page.png"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                                reason="no chromium + chromedriver on PATH (Debian: apt-get install chromium "
+                                       "chromium-driver)")
+
+
+@pytest.fixture(scope="module")
+def page_app(ray_local, checkpoint, tmp_path_factory):
+    cfg = load_config("tiny", [f"serve.checkpoint={checkpoint}", f"serve.storage={tmp_path_factory.mktemp('inst')}",
+                               "serve.min_replicas=1", "serve.max_replicas=1"])
+    with serving(cfg) as base:
+        yield base
+
+
+@pytest.fixture
+def browser(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", "--autoplay-policy=no-user-gesture-required", "--window-size=1280,1000",
+                 f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def wait_for(driver, script: str, timeout_s: float = 240):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        value = driver.execute_script(f"return {script}")
+        if value:
+            return value
+        time.sleep(0.3)
+    status = driver.execute_script("return document.getElementById('status').textContent")
+    raise AssertionError(f"{script} still false after {timeout_s} s; status: {status}")
+
+
+def test_the_page_generates_and_plays_an_instrument(page_app, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.get(page_app + "/")
+    wait_for(browser, "document.getElementById('family').options.length > 0")
+    prompt = browser.find_element(By.ID, "prompt")
+    prompt.clear()
+    prompt.send_keys("warm analog brass")
+    for field, value in (("seed", "7"), ("low", "48"), ("high", "72")):
+        element = browser.find_element(By.ID, field)
+        element.clear()
+        element.send_keys(value)
+    browser.find_element(By.ID, "generate").click()
+    wait_for(browser, "window.instrumentReady === true")
+    assert browser.find_element(By.ID, "progress-bar").get_attribute("style").endswith("width: 100%;")
+    assert browser.find_element(By.ID, "tc").text not in ("", "–")
+    browser.find_element(By.CSS_SELECTOR, '.key[data-pitch="60"]').click()
+    wait_for(browser, "window.playCount >= 1")
+    played = browser.execute_script("return window.lastPlayed")
+    assert played["status"] == 200 and played["pitch"] == 60 and played["url"].endswith("060_v100.wav")
+    assert browser.execute_script("return window.audioState") == "running"
+    assert browser.execute_script("return window.activeSources") >= 1  # a 0.5 s note is still sounding
+    fetched = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert any(name.endswith("/notes/060_v100.wav") for name in fetched)
+    browser.find_element(By.TAG_NAME, "body").send_keys("h")  # computer keyboard: A4 in the C4 octave
+    wait_for(browser, "window.playCount >= 2")
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(SCREENSHOT))
