@@ -40,7 +40,7 @@ import torch
 
 from instrumentgen import storage
 from instrumentgen.audio import encode_audio
-from instrumentgen.config import GenerateConfig, MetricsConfig
+from instrumentgen.config import GenerateConfig, MetricsConfig, ModelConfig
 from instrumentgen.generate import (
     GenerateError,
     InstrumentCue,
@@ -77,10 +77,10 @@ class ShardResult:
     worker: str = ""
 
 
-def embedded_cue(cue: InstrumentCue, clap, conditioning: str) -> InstrumentCue:
+def embedded_cue(cue: InstrumentCue, clap, model_cfg: ModelConfig) -> InstrumentCue:
     """The cue with its CLAP embedding computed once (prompt / reference audio -> clap_embedding), so
     shards need neither CLAP nor the reference recording; a metadata cue is returned as is."""
-    embedding = cue_embedding(cue, clap, conditioning)
+    embedding = cue_embedding(cue, clap, model_cfg)
     if embedding is None:
         return cue
     return InstrumentCue(clap_embedding=embedding, family=cue.family, source=cue.source)
@@ -134,7 +134,7 @@ def render_shard(lm, codec, clap, cue: InstrumentCue, gen_cfg: GenerateConfig, d
     """Generate, decode and write `slots` of the instrument at `url` (k = `candidates` per slot),
     returning codes, TC features and pitch estimates. clap may be None for a cue from `embedded_cue`."""
     metrics_cfg = metrics_cfg or MetricsConfig()
-    cues = instrument_cues(cue, cue_embedding(cue, clap, lm.cfg.conditioning), slots)
+    cues = instrument_cues(cue, cue_embedding(cue, clap, lm.cfg), slots)
     num_frames = codec.frames_for(duration_s)
     codes, features, f0, gains = [], [], [], []
     for index, seed in enumerate(candidate_seeds(gen_cfg.seed, candidates)):

@@ -50,7 +50,7 @@ class Generator:
             reference = (torch.from_numpy(audio[: round(self.cfg.serve.max_reference_seconds * rate)]), rate)
         full = InstrumentCue(prompt=cue.get("prompt"), reference_audio=reference, family=cue.get("family"),
                              source=cue.get("source"))
-        return embedded_cue(full, self.clap, self.lm.cfg.conditioning)
+        return embedded_cue(full, self.clap, self.lm.cfg)
 
     async def embed(self, cue: dict) -> InstrumentCue:
         """{prompt | reference_audio (bytes) | family/source} -> the cue every shard uses (CLAP run once)."""

@@ -35,7 +35,7 @@ def models():
 def render(models, url, shard_size, candidates=1, seed=3):
     cfg, lm, codec, clap = models
     gen_cfg = dataclasses.replace(cfg.generate, seed=seed)
-    cue = embedded_cue(InstrumentCue(prompt="warm analog brass"), clap, lm.cfg.conditioning)
+    cue = embedded_cue(InstrumentCue(prompt="warm analog brass"), clap, lm.cfg)
     shards = [render_shard(lm, codec, None, cue, gen_cfg, DURATION_S, SLOTS[i: i + shard_size], url,
                            candidates=candidates, metrics_cfg=cfg.metrics, worker=f"w{i // shard_size % 2}")
               for i in range(0, len(SLOTS), shard_size)]
