@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m jobs.demo
+	$(PY) -m jobs.demo $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -4,36 +4,44 @@
     2. jobs.preprocess: Ray Data -> token shards (codes, CLAP embeddings, metadata)
     3. the codec round trip of one note from the shards
     4. jobs.train: Ray Train, 2 workers, DeepSpeed ZeRO-1 -> loss falling -> exported model
-    5. generation: a prompt -> 440 notes -> WAVs + SFZ + DecentSampler preset
-    6. jobs.evaluate: FAD, CLAP score, MAD_pitch, TC on the test instruments
+    5. the Serve application on 127.0.0.1: a prompt over HTTP -> 440 notes, SFZ, DecentSampler, zip
+    6. jobs.render: a prompt list -> an instrument library with its index and Table 2
+    7. jobs.evaluate: FAD, CLAP score, MAD_pitch, TC on the test instruments
 
-Everything lands in `demo-output/` or the folder given (a re-run reuses what is complete). Nothing is downloaded:
-the DAC and CLAP models are the tiny random-init ones of the tiny config.
+    python -m jobs.demo [out] [--serve]     # --serve: keep the app running at the end (Ctrl-C stops it)
+
+Everything lands in `demo-output/` or the folder given (a re-run reuses what is complete). Nothing is
+downloaded: the DAC and CLAP models are the tiny random-init ones of the tiny config, so the
+instruments are noise shaped by a trained LM, not music. Ray and Serve shut down on exit and on Ctrl-C.
 """
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import sys
 import time
 
-import ray
+import requests
 import torch
 
 from instrumentgen import shards, storage
 from instrumentgen.clap import Clap
 from instrumentgen.codec import Codec
 from instrumentgen.config import load_config
-from instrumentgen.generate import InstrumentCue, generate_instrument
 from instrumentgen.model.lm import InstrumentLM
 from instrumentgen.plots import loss_figure
 from instrumentgen.testing import default_instruments, write_fixture_nsynth
 from instrumentgen.training.loop import METRICS, read_metrics
-from jobs import evaluate, preprocess, train
-from jobs.entry import start_ray
+from jobs import evaluate, preprocess, render, train
+from jobs.entry import local_ray
+from serve.local import serving, wait_done
 
 PITCHES = [36, 43, 48, 55, 60, 67, 72, 79, 84]
 VELOCITIES = [50, 100]
 PROMPT = "warm analog brass"
+LIBRARY_PROMPTS = [{"prompt": "bright plucked synth", "name": "pluck"}, {"prompt": "dark bowed strings", "name": "strings"},
+                   {"family": "mallet", "source": "acoustic", "name": "mallet"}]
 
 
 def step(number: int, title: str) -> None:
@@ -75,14 +83,31 @@ def show_training(cfg, out: str) -> None:
     print(f"loss {history[0]['loss']:.3f} -> {history[-1]['loss']:.3f}; plot: {figure}")
 
 
-def generate(cfg, checkpoint: str, out: str) -> None:
-    lm = InstrumentLM.load(checkpoint)
-    codec, clap = Codec.load(cfg.codec.weights, n_codebooks=cfg.codec.n_codebooks), Clap.load(cfg.clap)
-    instrument = generate_instrument(lm, codec, clap, InstrumentCue(prompt=PROMPT), cfg.generate,
-                                     cfg.data.note_duration_s, progress=True)
-    folder = storage.join(out, "instrument")
-    manifest = instrument.write(folder)
-    print(f"{PROMPT!r}: {len(manifest['notes'])} notes -> {folder}/ ({manifest['sfz']}, {manifest['dspreset']})")
+def serve_one(cfg, checkpoint: str, out: str, keep_serving: bool) -> str:
+    """Start the Serve app, request PROMPT over HTTP, wait for it; returns the served instrument's folder."""
+    served = storage.join(out, "served")
+    serve_cfg = load_config("tiny", [f"serve.checkpoint={checkpoint}", f"serve.storage={served}"])
+    with serving(serve_cfg) as base:
+        print(f"application up at {base}; POST {base}/v1/instruments {{'prompt': {PROMPT!r}, 'seed': 0}}")
+        answer = requests.post(f"{base}/v1/instruments", json={"prompt": PROMPT, "seed": 0}, timeout=60).json()
+        status = wait_done(base, answer["id"], timeout_s=600, progress=True)
+        if status["status"] != "done":
+            raise RuntimeError(f"the served instrument failed: {status.get('error')}")
+        print(f"{PROMPT!r}: {status['notes_total']} notes, TC {status['tc']:.3f}, served by {len(status['workers'])} "
+              f"Generator replica(s) -> {served}/{answer['id']}/")
+        print(f"page: {base}/?id={answer['id']}   status: {base}{answer['status_url']}   bundle: {base}{status['bundle']}")
+        if keep_serving:
+            print("serving until Ctrl-C (open the page above in a browser on this machine)", flush=True)
+            while True:
+                time.sleep(3600)
+    return storage.join(served, answer["id"])
+
+
+def render_library(cfg, checkpoint: str, out: str) -> dict:
+    """jobs.render over a few prompts (full instruments) into `<out>/library`, with the Table 2 report."""
+    prompts = storage.join(out, "prompts.jsonl")
+    storage.write_bytes(prompts, "".join(json.dumps(line) + "\n" for line in LIBRARY_PROMPTS).encode())
+    return render.run(cfg, checkpoint, prompts, storage.join(out, "library"), report=True)
 
 
 def show_clap_codes(cfg, checkpoint: str) -> None:
@@ -98,10 +123,8 @@ def show_clap_codes(cfg, checkpoint: str) -> None:
           "share RVQ codes; equal codes give equal generations and equal scores)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m jobs.demo [out]`: everything under `out` (default `demo-output/`)."""
-    args = sys.argv[1:] if argv is None else argv
-    out = os.path.abspath(args[0] if args else "demo-output")
+def run_demo(out: str, keep_serving: bool) -> None:
+    """Steps 1-7 of the module docstring, everything under `out`."""
     start = time.perf_counter()
     step(1, "fixture NSynth set")
     urls = fixture(out)
@@ -109,8 +132,6 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [f"data.splits.{split}={url}" for split, url in urls.items()] + [f"data.shards={shards_url}"]
     cfg = load_config("tiny", overrides)
 
-    if not ray.is_initialized():  # a test's Ray, or a fresh local one
-        start_ray(quiet=True)
     step(2, "jobs.preprocess (Ray Data)")
     preprocess.run(cfg)
 
@@ -122,15 +143,42 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = train.run(cfg)
     show_training(cfg, out)
 
-    step(5, f"generation: {PROMPT!r} -> 440 notes -> WAV + SFZ + DecentSampler")
-    generate(cfg, checkpoint, out)
+    step(5, f"the Serve application: {PROMPT!r} over HTTP -> 440 notes -> WAV + SFZ + DecentSampler + zip")
+    served = serve_one(cfg, checkpoint, out, keep_serving)
 
-    step(6, "jobs.evaluate on the test instruments")
+    step(6, f"jobs.render: {len(LIBRARY_PROMPTS)} prompts -> an instrument library with its index and Table 2")
+    summary = render_library(cfg, checkpoint, out)
+
+    step(7, "jobs.evaluate on the test instruments")
     test_cfg = load_config("tiny", [f"data.source={urls['test']}"])
     evaluate.run(test_cfg, [checkpoint], storage.join(out, "eval"))
     show_clap_codes(test_cfg, checkpoint)
 
-    print(f"\ndemo finished in {time.perf_counter() - start:.0f} s; outputs under {out}")
+    print(f"\ndemo finished in {time.perf_counter() - start:.0f} s; everything is under {out}:")
+    for what, where in (("fixture NSynth", "nsynth/"), ("token shards", "shards/"), ("training run", "runs/demo/"),
+                        ("model", checkpoint), ("served instrument", served), ("library", "library/ (index.parquet, "
+                        f"results.md; {summary['rendered']} rendered, {summary['skipped']} already complete)"),
+                        ("evaluation", "eval/results.md"), ("figures", "figures/")):
+        print(f"  {what:18s} {where}")
+    print("The tiny DAC and CLAP are random-init, so these instruments are noise, not music. For real ones, give the\n"
+          "released weights (codec.weights=44khz clap.weights=music, or paths/URLs of the files) and train\n"
+          "config=paper on a GPU cluster: docs/cluster.md, docs/serving.md, docs/batch.md.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m jobs.demo [out] [--serve]`: everything under `out` (default `demo-output/`)."""
+    parser = argparse.ArgumentParser(prog="python -m jobs.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", nargs="?", default="demo-output", help="output folder (default demo-output)")
+    parser.add_argument("--serve", action="store_true", help="keep the Serve app running at the end")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    out = os.path.abspath(args.out)
+    try:
+        with local_ray(quiet=True):  # a test's Ray, or a fresh local one shut down at the end
+            run_demo(out, args.serve)
+    except KeyboardInterrupt:
+        print(f"\nstopped: Ray and Serve are shut down; a re-run resumes from what is complete under {out}")
+        return 130
     return 0
 
 

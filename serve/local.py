@@ -8,6 +8,7 @@ from typing import Iterator
 
 import requests
 from ray import serve
+from tqdm.auto import tqdm
 
 from instrumentgen.config import Config
 
@@ -35,13 +36,16 @@ def serving(cfg: Config, name: str = "instrumentgen") -> Iterator[str]:
 
 
 def wait_done(base: str, instrument: str, timeout_s: float = 300, headers: dict | None = None,
-              poll_s: float = 0.5) -> dict:
-    """Poll GET /v1/instruments/{id} until done or failed; `TimeoutError` after `timeout_s`."""
+              poll_s: float = 0.5, progress: bool = False) -> dict:
+    """Poll GET /v1/instruments/{id} until done or failed (a notes bar with `progress`); `TimeoutError` after `timeout_s`."""
     deadline = time.time() + timeout_s
     status = None
-    while time.time() < deadline:
-        status = requests.get(f"{base}/v1/instruments/{instrument}", headers=headers, timeout=30).json()
-        if status["status"] in ("done", "failed"):
-            return status
-        time.sleep(poll_s)
+    with tqdm(desc="notes", unit="note", disable=not progress) as bar:
+        while time.time() < deadline:
+            status = requests.get(f"{base}/v1/instruments/{instrument}", headers=headers, timeout=30).json()
+            bar.total = status.get("notes_total") or bar.total
+            bar.update(status.get("notes_done", 0) - bar.n)
+            if status["status"] in ("done", "failed"):
+                return status
+            time.sleep(poll_s)
     raise TimeoutError(f"instrument {instrument} not finished after {timeout_s} s: {status}")

@@ -19,11 +19,16 @@ def test_demo_runs_the_whole_loop_then_reuses_it(ray_local, cache, tmp_path, cap
     start, end = map(float, losses)
     assert end < 0.5 * start  # 200 steps on 6 fixture instruments
     assert (out / "figures" / "training_loss.png").stat().st_size > 10_000
-    manifest = json.loads((out / "instrument" / "manifest.json").read_text())
-    assert len(manifest["notes"]) == 440
-    wav = out / "instrument" / manifest["notes"][0]["file"]
-    assert sf.info(str(wav)).samplerate == 44_100
-    assert (out / "instrument" / manifest["sfz"]).exists() and (out / "instrument" / manifest["dspreset"]).exists()
+    served = re.search(r"-> (\S+)/\n", first.split("=== 5.")[1]).group(1)  # over HTTP, by the Serve app
+    manifest = json.loads((out / "served" / served.rsplit("/", 1)[-1] / "manifest.json").read_text())
+    assert len(manifest["notes"]) == 440 and manifest["prompt"] == demo.PROMPT
+    folder = out / "served" / served.rsplit("/", 1)[-1]
+    assert sf.info(str(folder / manifest["notes"][0]["file"])).samplerate == 44_100
+    assert (folder / manifest["sfz"]).exists() and (folder / manifest["dspreset"]).exists()
+    assert re.search(r"page: http://127\.0\.0\.1:\d+/\?id=[0-9a-f]+", first)
+    library = json.loads((out / "library" / "summary.json").read_text())
+    assert library["rendered"] == len(demo.LIBRARY_PROMPTS) and (out / "library" / "index.parquet").exists()
+    assert (out / "library" / "results.md").exists()  # the Table 2 report
     results = json.loads((out / "eval" / "results.json").read_text())
     assert len(results["models"][0]["instruments"]) == 2
     assert "2 test instruments, 0 already scored" in first
@@ -35,3 +40,5 @@ def test_demo_runs_the_whole_loop_then_reuses_it(ray_local, cache, tmp_path, cap
     assert "shards is already complete: {'test': 36, 'train': 108, 'valid': 36} notes kept" in again
     assert (out / "runs" / "demo" / "metrics.csv").read_bytes() == metrics  # the finished run is not retrained
     assert "2 test instruments, 2 already scored" in again
+    assert f"{len(demo.LIBRARY_PROMPTS)} already complete, 0 to render" in again
+    assert "noise, not music" in again  # it says what the tiny models can and cannot do

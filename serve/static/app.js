@@ -43,6 +43,8 @@ async function init() {
   drawKeyboard();
   drawPitchPlot();
   document.addEventListener("keydown", onComputerKey);
+  const shared = new URLSearchParams(window.location.search).get("id");  // a link to an existing instrument
+  if (shared) await poll(`/v1/instruments/${encodeURIComponent(shared)}`).catch((error) => setProgress(0, `Error: ${error.message}`));
 }
 
 function velocity() { return VELOCITIES[Number($("velocity").value)]; }
