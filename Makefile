@@ -9,7 +9,7 @@ export $(shell sed -n 's/^\([A-Z_][A-Z0-9_]*\)=.*/\1/p' jobs/local.env)
 # DeepSpeed caches any compiled op here instead of rebuilding it every run.
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 
-.PHONY: demo test benchmark clean
+.PHONY: demo test lint browser benchmark clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -19,8 +19,20 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(PY) -m jobs.demo $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) browser lint
 	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# The page test drives Debian's chromium + chromedriver: installed here when missing and possible
+# (root with apt-get, as on CI); otherwise that one test skips and says why.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	  echo "chromium + chromedriver not installed: the page test will skip"
 
 benchmark: $(STAMP)
 	$(PY) -m jobs.benchmark
