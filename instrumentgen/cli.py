@@ -55,6 +55,7 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `instrumentgen` command: parse, run the subcommand, print a `UserError` as one line (exit 2)."""
     parser = argparse.ArgumentParser(prog="instrumentgen", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(required=True)

@@ -28,10 +28,12 @@ class ConfigError(UserError):
 
 
 def choice(default: Any, *allowed: Any) -> Any:
+    """A dataclass field whose value must be one of `allowed` (checked by `load_config`)."""
     return field(default=default, metadata={"choices": allowed})
 
 
 def bounded(default: Any, low: float | None = None, high: float | None = None) -> Any:
+    """A dataclass field whose value must lie in [low, high] (None: unbounded on that side)."""
     return field(default=default, metadata={"low": low, "high": high})
 
 
@@ -56,6 +58,8 @@ class DataConfig:
 
 @dataclass
 class CodecConfig:
+    """The DAC codec: which weights, how many codebooks, which device."""
+
     weights: str = "44khz"  # "44khz" (DAC release), "tiny" (random init), a path or a URL
     n_codebooks: int = choice(4, 1, 2, 3, 4)  # the most significant codebooks kept
     device: str = "cpu"
@@ -63,6 +67,8 @@ class CodecConfig:
 
 @dataclass
 class ClapConfig:
+    """The CLAP model: weights, audio and text towers, the RoBERTa tokenizer folder, device."""
+
     weights: str = "music"  # "music" (music_audioset_epoch_15_esc_90.14.pt), "tiny", path or URL
     amodel: str = "HTSAT-base"
     tmodel: str = choice("roberta", "roberta", "transformer", "bert", "bart")
@@ -91,6 +97,8 @@ class ModelConfig:
 
 @dataclass
 class GenerateConfig:
+    """Sampling of an instrument: notes per forward, guidance, top-k, temperature, the instrument seed."""
+
     batch_size: int = bounded(88, 1)  # notes generated together
     cfg_coef: float = bounded(3.0, 0.0)
     top_k: int = bounded(250, 0)
@@ -191,6 +199,8 @@ class ServeConfig:
 
 @dataclass
 class Config:
+    """The whole configuration: one section per part of the system (see each section's class)."""
+
     name: str = "base"
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
@@ -247,6 +257,7 @@ def load_config(name_or_path: str = "base", overrides: Sequence[str] = ()) -> Co
 
 
 def to_dict(cfg: Config) -> dict:
+    """The config as nested plain dicts (for JSON manifests and hashes)."""
     return dataclasses.asdict(cfg)
 
 

@@ -41,6 +41,8 @@ class NSynthError(UserError):
 
 @dataclass(frozen=True)
 class Rejection:
+    """Why a record was not kept: a reason code (counted in manifests) and a human detail."""
+
     reason: str  # a stable category, counted in manifests: e.g. "wrong_sample_rate"
     detail: str  # what was found, for humans
 
@@ -60,6 +62,7 @@ class NoteRecord:
 
 
 def detect_format(url: str) -> str:
+    """`jsonwav` or `tfrecord` for an NSynth split URL; `NSynthError` if it is neither."""
     if url.rstrip("/").endswith((".tfrecord", ".tfrecords")) or ".tfrecord-" in url:
         return "tfrecord"
     if storage.exists(storage.join(url, "examples.json")):
@@ -149,6 +152,7 @@ def validate(raw: dict) -> Rejection | None:
 
 
 def to_note(raw: dict) -> NoteRecord:
+    """A validated raw record -> `NoteRecord` (call `validate` first)."""
     return NoteRecord(note_str=raw["note_str"], instrument=int(raw["instrument"]),
                       instrument_str=raw["instrument_str"], family=int(raw["instrument_family"]),
                       source=int(raw["instrument_source"]), pitch=int(raw["pitch"]),

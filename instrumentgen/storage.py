@@ -117,10 +117,12 @@ def read_bytes(url: str) -> bytes:
 
 
 def write_json(url: str, obj: Any) -> None:
+    """Write `obj` as indented, key-sorted JSON to `url`, atomically."""
     write_bytes(url, json.dumps(obj, indent=2, sort_keys=True).encode())
 
 
 def read_json(url: str) -> Any:
+    """The JSON object at `url`."""
     return json.loads(read_bytes(url))
 
 

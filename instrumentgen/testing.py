@@ -19,6 +19,8 @@ from instrumentgen.vocab import FAMILIES, NSYNTH_NUM_SAMPLES, NSYNTH_SAMPLE_RATE
 
 @dataclass(frozen=True)
 class Timbre:
+    """What makes a fixture instrument sound like itself: spectral tilt, odd/even balance, envelope."""
+
     tilt_db_per_octave: float  # how fast harmonics fall off: bright (-3) .. dull (-18)
     even_gain: float  # 0 = odd harmonics only (clarinet-like) .. 1 = all harmonics equal weight
     decay_s: float  # exponential decay time constant of the note
@@ -51,6 +53,8 @@ def synth_note(pitch: int, velocity: int, timbre: Timbre, sample_rate_hz: int = 
 
 @dataclass(frozen=True)
 class FixtureInstrument:
+    """One fixture instrument: its NSynth family, source and number."""
+
     family: str
     source: str
     index: int  # NSynth-style instrument number within family/source
@@ -61,6 +65,7 @@ class FixtureInstrument:
 
 
 def default_instruments(count: int) -> list[FixtureInstrument]:
+    """`count` fixture instruments cycling through the families and sources."""
     return [FixtureInstrument(FAMILIES[i % len(FAMILIES)], SOURCES[i % len(SOURCES)], i) for i in range(count)]
 
 

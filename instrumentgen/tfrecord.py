@@ -86,6 +86,7 @@ def iter_records(f: BinaryIO, verify: bool = True) -> Iterator[bytes]:
 
 
 def write_record(f: BinaryIO, data: bytes) -> None:
+    """Append one TFRecord (length, its CRC, data, its CRC) to `f`."""
     length = struct.pack("<Q", len(data))
     f.write(length + struct.pack("<I", _masked_crc(length)) + data + struct.pack("<I", _masked_crc(data)))
 

@@ -30,16 +30,19 @@ def family_id(family: str | int) -> int:
 
 
 def source_id(source: str | int) -> int:
+    """An NSynth source name or id -> its id; `VocabError` naming the allowed ones."""
     return _lookup("source", source, SOURCES)
 
 
 def check_pitch(pitch: int) -> int:
+    """`pitch` if it is one of the 88 keys (MIDI 21..108); else `VocabError`."""
     if not isinstance(pitch, int) or isinstance(pitch, bool) or not PITCH_MIN <= pitch <= PITCH_MAX:
         raise VocabError(f"pitch={pitch!r} is outside the 88 keys; allowed: MIDI {PITCH_MIN}..{PITCH_MAX}")
     return pitch
 
 
 def check_velocity(velocity: int) -> int:
+    """`velocity` if it is one of NSynth's five layers; else `VocabError`."""
     if velocity not in VELOCITIES or isinstance(velocity, bool):
         raise VocabError(f"velocity={velocity!r} is not a velocity layer; allowed: {', '.join(map(str, VELOCITIES))}")
     return int(velocity)

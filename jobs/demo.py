@@ -45,6 +45,7 @@ LIBRARY_PROMPTS = [{"prompt": "bright plucked synth", "name": "pluck"}, {"prompt
 
 
 def step(number: int, title: str) -> None:
+    """Print the heading of a demo step."""
     print(f"\n=== {number}. {title}", flush=True)
 
 
@@ -62,6 +63,7 @@ def fixture(out: str) -> dict[str, str]:
 
 
 def codec_round_trip(cfg, shards_url: str) -> None:
+    """Decode one note's codes from the shards and print what came back."""
     codec = Codec.load(cfg.codec.weights, n_codebooks=cfg.codec.n_codebooks)
     table = shards.read_table(shards.shard_files(shards_url, "train")[0]).slice(0, 1).to_pydict()
     codes = torch.tensor(table["codes"][0]).reshape(1, table["n_codebooks"][0], table["n_frames"][0]).long()

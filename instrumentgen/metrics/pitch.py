@@ -35,6 +35,8 @@ class PitchError(UserError):
 
 @dataclass
 class PitchReport:
+    """YIN pitch of each note and the instrument's MAD_pitch (semitones); unvoiced notes are NaN."""
+
     f0_hz: torch.Tensor  # [B] median f0 per note, NaN where unvoiced
     error_semitones: torch.Tensor  # [B] f0 - label in semitones (signed), NaN where unvoiced
     mad_pitch: float  # median |error| over voiced notes (NaN if none is voiced)

@@ -42,6 +42,8 @@ class TCError(UserError):
 
 @dataclass(frozen=True)
 class TCScale:
+    """One STFT / mel / MFCC resolution of the TC measure (eq. 2)."""
+
     n_fft: int = 2048
     hop: int = 512
     n_mels: int = 80
@@ -50,6 +52,8 @@ class TCScale:
 
 @dataclass
 class TCResult:
+    """TC of one instrument: the plain pairwise sum, its normalised mean, and the number of pairs."""
+
     total: torch.Tensor  # scalar: eq. 1, summed over pairs and scales
     normalised: torch.Tensor  # scalar: mean over pairs of the mean |y_i - y_j|, averaged over scales
     num_pairs: int
