@@ -102,12 +102,13 @@ def note_gains(audio: torch.Tensor) -> torch.Tensor:
     return torch.where(peaks > NOTE_PEAK, NOTE_PEAK / peaks.clamp_min(1e-12), torch.ones_like(peaks))
 
 
-def candidate_dir(candidate: int, candidates: int, attempt: int = 0) -> str:
-    """The folder (inside the instrument) that candidate `candidate`'s notes of `attempt` are written to:
-    the instrument itself for the only candidate of the first attempt, else a staging folder."""
+def candidate_url(url: str, candidate: int, candidates: int, attempt: int = 0) -> str:
+    """The folder that candidate `candidate`'s notes of `attempt` are written to: the instrument at `url`
+    itself for the only candidate of the first attempt, else a staging folder inside it."""
     if attempt:
-        return f"{CANDIDATES_DIR}/retry{attempt}/{candidate}"
-    return "" if candidates == 1 else f"{CANDIDATES_DIR}/{candidate}"
+        return storage.join(url, CANDIDATES_DIR, f"retry{attempt}", str(candidate))
+    # Never join an empty part: "<url>//notes/..." is another key than "<url>/notes/..." in an object store.
+    return url if candidates == 1 else storage.join(url, CANDIDATES_DIR, str(candidate))
 
 
 def note_features(audio: torch.Tensor, sample_rate_hz: int,
@@ -130,12 +131,12 @@ def features_tc(features: torch.Tensor, feature_sizes: list[int]) -> float | Non
     return float(torch.stack([pairwise_l1_sum(part) / (pairs * part.shape[1]) for part in parts]).mean())
 
 
-def _write_notes(url: str, folder: str, slots: list[tuple[int, int]], audio: np.ndarray, sample_rate_hz: int,
+def _write_notes(folder: str, slots: list[tuple[int, int]], audio: np.ndarray, sample_rate_hz: int,
                  audio_format: str) -> None:
     def write(i: int) -> None:
         pitch, velocity = slots[i]
         data = encode_audio(audio[i], sample_rate_hz, audio_format)
-        storage.write_bytes(storage.join(url, folder, note_file(pitch, velocity, audio_format)), data)
+        storage.write_bytes(storage.join(folder, note_file(pitch, velocity, audio_format)), data)
 
     with concurrent.futures.ThreadPoolExecutor(WRITE_THREADS) as pool:
         list(pool.map(write, range(len(slots))))
@@ -157,7 +158,7 @@ def render_shard(lm, codec, clap, cue: InstrumentCue, gen_cfg: GenerateConfig, d
         if not torch.isfinite(audio).all():
             raise GenerateError("the codec produced NaN or inf audio; refusing to write a broken note")
         gain = note_gains(audio)
-        _write_notes(url, candidate_dir(index, candidates, attempt), slots, (audio * gain[:, None]).numpy(),
+        _write_notes(candidate_url(url, index, candidates, attempt), slots, (audio * gain[:, None]).numpy(),
                      codec.sample_rate_hz, audio_format)
         candidate_features, sizes = note_features(audio, codec.sample_rate_hz, metrics_cfg)
         report = pitch_report(audio, codec.sample_rate_hz, [p for p, _ in slots], metrics_cfg.pitch_estimator)
@@ -235,7 +236,7 @@ def score_shards(shards: list[ShardResult]) -> ScoredInstrument:
 
 def kept_note_urls(url: str, scored: ScoredInstrument, audio_format: str) -> list[str]:
     """Where `render_shard` wrote each kept note of the instrument at `url` (slot order)."""
-    return [storage.join(url, candidate_dir(candidate, scored.candidates, scored.attempt),
+    return [storage.join(candidate_url(url, candidate, scored.candidates, scored.attempt),
                          note_file(pitch, velocity, audio_format))
             for (pitch, velocity), candidate in zip(scored.slots, scored.chosen.tolist())]
 
