@@ -167,8 +167,7 @@ class Renderer:
             return {**row, "status": "failed", "reason": "quality_gate",
                     "message": f"TC {_score_text(scores['tc'])} / MAD_pitch {_score_text(scores['mad_pitch'])} "
                                f"over the gate after {len(attempts)} attempts"}
-        scores["clap_score"] = self.cue_score(embedded, url, kept)
-        row["clap_score"] = scores["clap_score"]
+        row["clap_score"] = self.cue_score(embedded, url, kept)
         gen = dataclasses.replace(self.cfg.generate, seed=seed)
         metadata = {
             **cue.describe(), "id": instrument_id, "name": request.name, "line": request.line, "seed": seed,
@@ -177,7 +176,7 @@ class Renderer:
             "codec_model_id": self.codec.model_id, "clap_model_id": getattr(self.clap, "model_id", None),
             "generate": config_hash(vars(gen)), "duration_s": self.cfg.data.note_duration_s,
             "num_frames": self.codec.frames_for(self.cfg.data.note_duration_s), "attempts": len(attempts),
-            "quality": row["quality"], "clap_score": scores["clap_score"],
+            "quality": row["quality"], "clap_score": row["clap_score"],
             "timings": {"render_s": round(time.perf_counter() - start, 3)}}
         num_samples = round(self.cfg.data.note_duration_s * self.codec.sample_rate_hz)
         write_instrument(url, kept, metadata, render_cfg.audio_format, self.codec.sample_rate_hz, num_samples,
