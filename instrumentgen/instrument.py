@@ -16,7 +16,6 @@ from __future__ import annotations
 import concurrent.futures
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -106,10 +105,9 @@ class Instrument:
     def __len__(self) -> int:
         return len(self.pitches)
 
-    def write(self, url: str, title: str | None = None, audio_format: str = "wav24",
-              before_manifest: Callable[[], None] | None = None) -> dict:
+    def write(self, url: str, title: str | None = None, audio_format: str = "wav24") -> dict:
         """Write notes (`audio_format`: wav24, wav16 or flac), SFZ, DecentSampler preset and, last, the
-        manifest under `url`; returns the manifest. `before_manifest` runs between the two (a fault point)."""
+        manifest under `url`; returns the manifest."""
         audio = self.audio.detach().float().cpu().numpy()
         if not np.isfinite(audio).all():
             raise InstrumentError("audio holds NaN or inf; refusing to write a broken instrument")
@@ -127,8 +125,6 @@ class Instrument:
                     "gain": scale, "sfz": SFZ_FILE, "dspreset": DSPRESET_FILE, "format": audio_format,
                     "notes": [{"pitch": p, "velocity": v, "file": note_file(p, v, audio_format)}
                               for p, v in zip(self.pitches, self.velocities)]}
-        if before_manifest is not None:
-            before_manifest()
         storage.write_json(storage.join(url, storage.MANIFEST), manifest)
         return manifest
 

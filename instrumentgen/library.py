@@ -2,7 +2,7 @@
 
 Layout under the library URL `out`:
 
-    <out>/<id>/...                 one instrument (`Instrument.write`); complete when manifest.json exists
+    <out>/<id>/...                 one instrument (`shard_render.write_instrument`); complete with manifest.json
     <out>/index.parquet            one row per complete instrument (`INDEX_COLUMNS`), rebuilt from the
                                    manifests at the end of every run, written atomically
     <out>/summary.json, failures.jsonl, results.md, results.json, figures/   of the last run

@@ -1,24 +1,28 @@
 """One requested instrument -> its folder in the library: generate, select, score, gate, write (manifest last).
 
-`Renderer` holds the loaded LM, codec and CLAP (load once, render many). `render(request, url)`:
+`Renderer` holds the loaded LM, codec and CLAP (load once, render many). `render(request, url)`
+runs the same library functions as the Serve application (`instrumentgen.shard_render`), so an
+instrument rendered here equals the one served for the same cue, seed and slots, file for file in
+its notes and codes, with the same level policy, selection and scores:
 
-1. the cue: the prompt, the family/source, or the reference recording read from its URL;
+1. the cue: the prompt, the family/source, or the reference recording read from its URL; its CLAP
+   embedding is computed once (`embedded_cue`);
 2. per attempt (the request's seed, then up to `render.retries` new seeds from `retry_seed`):
-   `candidates` = k instruments with the seeds of `selection.candidate_seeds`; per slot the note
-   that `selection.select_candidates` keeps, from the TC features (`metrics.tc.liftered_log_mel`);
-3. scores of the kept notes: TC (normalised), MAD_pitch (YIN), the CLAP score against the cue's
-   embedding (prompt text or reference audio; none for a metadata cue), and the TC of candidate 0
-   alone (`tc_without_selection`: what plain generation would have given);
-4. the quality gate (`render.max_tc`, `render.max_mad_pitch`; 0 = off): an attempt over either
-   threshold is retried with a new seed; after the last one the lowest-TC attempt is kept and
-   flagged (`render.on_fail=keep`) or nothing is written (`drop`);
-5. `Instrument.write`: notes, SFZ, .dspreset, and last the manifest (prompt, name, seed, checkpoint,
-   scores, timings). `fault` fires between the notes and the manifest.
+   `render_shard` over all slots as one shard (k = `candidates` per slot, notes written; a retry's
+   notes are staged), then `score_shards`: the kept candidate per slot, TC with and without
+   selection, MAD_pitch;
+3. the quality gate (`render.max_tc`, `render.max_mad_pitch`; 0 = off) on those scores: an attempt
+   over either threshold is retried with a new seed; after the last one the lowest-TC attempt is
+   kept and flagged (`render.on_fail=keep`) or the folder is removed (`drop`);
+4. the CLAP score of the kept notes (as written) against the cue's embedding (none for a metadata cue);
+5. `write_instrument`: the kept notes, codes.npy, SFZ, .dspreset, zip, and last the manifest (prompt,
+   name, seed, checkpoint, scores, timings). `fault` fires just before the manifest.
 
 Returns a small JSON-able row (id, status, scores); audio never leaves this function.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import io
 import math
@@ -29,16 +33,21 @@ import torch
 
 from instrumentgen import storage
 from instrumentgen.audio import decode_audio
-from instrumentgen.config import Config
+from instrumentgen.config import Config, config_hash
 from instrumentgen.faults import Fault, fault_point
-from instrumentgen.generate import InstrumentCue, cue_embedding, generate_instrument
-from instrumentgen.instrument import Instrument
+from instrumentgen.generate import InstrumentCue
+from instrumentgen.instrument import WRITE_THREADS
 from instrumentgen.metrics.clap_score import clap_score
-from instrumentgen.metrics.pitch import pitch_report
-from instrumentgen.metrics.tc import liftered_log_mel, scales_from_config, tc
 from instrumentgen.model.sampling import mix_seed
 from instrumentgen.prompts import RenderRequest
-from instrumentgen.selection import candidate_seeds, select_candidates
+from instrumentgen.shard_render import (
+    ScoredInstrument,
+    embedded_cue,
+    kept_note_urls,
+    render_shard,
+    score_shards,
+    write_instrument,
+)
 
 RETRY_STREAM = 0x2E7A1D  # keeps retry seeds apart from candidate seeds and every other use of mix_seed
 FAULT_POINT = "render.instrument"
@@ -71,15 +80,26 @@ def retry_seed(seed: int, attempt: int) -> int:
 
 
 def passes_gate(scores: dict, max_tc: float, max_mad_pitch: float) -> bool:
-    """Whether scores are within the thresholds (0 = no threshold); an all-unvoiced instrument fails a pitch gate."""
-    if max_tc and not scores["tc"] <= max_tc:
+    """Whether scores are within the thresholds (0 = no threshold); an all-unvoiced instrument fails a pitch
+    gate; a one-note instrument (no TC: nothing to be consistent with) passes a TC gate."""
+    tc = scores["tc"]
+    if max_tc and tc is not None and not tc <= max_tc:
         return False
     mad = scores["mad_pitch"]
     return not (max_mad_pitch and (mad is None or not mad <= max_mad_pitch))
 
 
-def _finite(value: float) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
+def _score_text(value: float | None) -> str:
+    return "none" if value is None else f"{value:.3f}"
+
+
+def read_notes(urls: list[str]) -> torch.Tensor:
+    """The audio files at `urls` -> [S, L] float32, read several at once (object stores are latency-bound)."""
+    def read(url: str) -> np.ndarray:
+        return decode_audio(storage.read_bytes(url), url)[0]
+
+    with concurrent.futures.ThreadPoolExecutor(WRITE_THREADS) as pool:
+        return torch.from_numpy(np.stack(list(pool.map(read, urls))))
 
 
 class Renderer:
@@ -94,7 +114,6 @@ class Renderer:
         self.lm = InstrumentLM.load(checkpoint, cfg.codec.device)
         self.codec = Codec.load(cfg.codec.weights, cfg.codec.device, cfg.codec.n_codebooks)
         self.clap = Clap.load(cfg.clap) if self.lm.cfg.conditioning == "clap" else None
-        self.scale = scales_from_config(cfg.metrics)
 
     def cue(self, request: RenderRequest) -> InstrumentCue:
         """The request's cue; the reference recording is read and decoded here (`AudioError` if it is not audio)."""
@@ -105,29 +124,21 @@ class Renderer:
         return InstrumentCue(prompt=request.prompt, reference_audio=reference, family=request.family,
                              source=request.source)
 
-    def attempt(self, cue: InstrumentCue, seed: int, candidates: int, slots: list[tuple[int, int]]) -> Instrument:
-        """k candidate instruments of `seed` -> one instrument of the notes kept per slot, with its scores."""
-        gen = self.cfg.generate
-        made = [generate_instrument(self.lm, self.codec, self.clap, cue, dataclasses.replace(gen, seed=s),
-                                    self.cfg.data.note_duration_s, slots)
-                for s in candidate_seeds(seed, candidates)]
-        rate, power = made[0].sample_rate_hz, self.cfg.metrics.tc_power
-        if candidates == 1:
-            chosen = torch.zeros(len(slots), dtype=torch.long)
-        else:
-            features = torch.stack([liftered_log_mel(m.audio, rate, self.scale[0], power).flatten(1) for m in made])
-            chosen = select_candidates(features)  # [S]
-        audio = torch.stack([made[c].audio[s] for s, c in enumerate(chosen.tolist())])  # [S, L]
-        plain_tc = tc(made[0].audio, rate, self.scale, power).normalised.item()
-        pitch = pitch_report(audio, rate, made[0].pitches, self.cfg.metrics.pitch_estimator)
-        embedding = cue_embedding(cue, self.clap, self.lm.cfg)
-        cue_score = None if embedding is None else clap_score(embedding, self.clap.embed_audio(audio, rate).cpu())
-        scores = {"tc": tc(audio, rate, self.scale, power).normalised.item(), "tc_without_selection": plain_tc,
-                  "mad_pitch": _finite(pitch.mad_pitch), "unvoiced": pitch.unvoiced,
-                  "clap_score": cue_score,
-                  "candidates_kept": np.bincount(chosen.numpy(), minlength=candidates).tolist()}
-        return Instrument(audio, made[0].pitches, made[0].velocities, rate,
-                          {**made[0].metadata, "seed": seed, "scores": scores})
+    def attempt(self, cue: InstrumentCue, seed: int, candidates: int, slots: list[tuple[int, int]], url: str,
+                attempt: int = 0) -> ScoredInstrument:
+        """Attempt `attempt` of the instrument at `url`: k candidates of every slot with instrument seed
+        `seed`, as one shard (`render_shard`, notes written), then the kept notes and their scores."""
+        gen = dataclasses.replace(self.cfg.generate, seed=seed)
+        shard = render_shard(self.lm, self.codec, None, cue, gen, self.cfg.data.note_duration_s, slots, url,
+                             self.cfg.render.audio_format, candidates, self.cfg.metrics, attempt=attempt)
+        return score_shards([shard])
+
+    def cue_score(self, cue: InstrumentCue, url: str, scored: ScoredInstrument) -> float | None:
+        """CLAP score of the kept notes (as written) against the cue's embedding; None for a metadata cue."""
+        if cue.clap_embedding is None:
+            return None
+        audio = read_notes(kept_note_urls(url, scored, self.cfg.render.audio_format))
+        return clap_score(cue.clap_embedding, self.clap.embed_audio(audio, self.codec.sample_rate_hz).cpu())
 
     @torch.no_grad()
     def render(self, request: RenderRequest, instrument_id: str, url: str, fault: Fault | None = None,
@@ -137,26 +148,37 @@ class Renderer:
         row = {"id": instrument_id, "line": request.line, "name": request.name, "prompt": request.prompt,
                "seed": request.seed}
         cue = self.cue(request)
+        embedded = embedded_cue(cue, self.clap, self.lm.cfg)  # CLAP once, for every attempt and the score
         attempts = []
         for attempt in range(render_cfg.retries + 1):
-            instrument = self.attempt(cue, retry_seed(request.seed, attempt), request.candidates, request.slots())
-            attempts.append(instrument)
-            if passes_gate(instrument.metadata["scores"], render_cfg.max_tc, render_cfg.max_mad_pitch):
+            seed = retry_seed(request.seed, attempt)
+            scored = self.attempt(embedded, seed, request.candidates, request.slots(), url, attempt)
+            attempts.append((seed, scored))
+            if passes_gate(scored.scores(), render_cfg.max_tc, render_cfg.max_mad_pitch):
                 break
-        passed = passes_gate(attempts[-1].metadata["scores"], render_cfg.max_tc, render_cfg.max_mad_pitch)
-        kept = attempts[-1] if passed else min(attempts, key=lambda i: i.metadata["scores"]["tc"])
-        scores = kept.metadata.pop("scores")
+        passed = passes_gate(attempts[-1][1].scores(), render_cfg.max_tc, render_cfg.max_mad_pitch)
+        seed, kept = attempts[-1] if passed else min(
+            attempts, key=lambda a: math.inf if a[1].tc is None else a[1].tc)
+        scores = kept.scores()
         row.update(scores, attempts=len(attempts), quality="passed" if passed else "flagged")
         if not passed and render_cfg.on_fail == "drop":
+            fs, path = storage.filesystem(url)
+            fs.rm(path, recursive=True)  # no manifest was written: nothing of this instrument is kept
             return {**row, "status": "failed", "reason": "quality_gate",
-                    "message": f"TC {scores['tc']:.3f} / MAD_pitch {scores['mad_pitch']} over the gate after "
-                               f"{len(attempts)} attempts"}
-        generate_s = time.perf_counter() - start
-        kept.metadata.update(
-            id=instrument_id, name=request.name, line=request.line, requested_seed=request.seed,
-            variation=request.variation, reference_audio=request.reference_audio, checkpoint=self.checkpoint,
-            candidates=request.candidates, attempts=len(attempts), quality=row["quality"], **scores,
-            timings={"render_s": round(generate_s, 3)})
-        kept.write(url, request.name, render_cfg.audio_format,
-                   before_manifest=lambda: fault_point(fault, FAULT_POINT, count))
-        return {**row, "status": "rendered", "reason": None, "message": None, "used_seed": kept.metadata["seed"]}
+                    "message": f"TC {_score_text(scores['tc'])} / MAD_pitch {_score_text(scores['mad_pitch'])} "
+                               f"over the gate after {len(attempts)} attempts"}
+        row["clap_score"] = self.cue_score(embedded, url, kept)
+        gen = dataclasses.replace(self.cfg.generate, seed=seed)
+        metadata = {
+            **cue.describe(), "id": instrument_id, "name": request.name, "line": request.line, "seed": seed,
+            "requested_seed": request.seed, "variation": request.variation,
+            "reference_audio": request.reference_audio, "checkpoint": self.checkpoint, "model_id": self.lm.model_id,
+            "codec_model_id": self.codec.model_id, "clap_model_id": getattr(self.clap, "model_id", None),
+            "generate": config_hash(vars(gen)), "duration_s": self.cfg.data.note_duration_s,
+            "num_frames": self.codec.frames_for(self.cfg.data.note_duration_s), "attempts": len(attempts),
+            "quality": row["quality"], "clap_score": row["clap_score"],
+            "timings": {"render_s": round(time.perf_counter() - start, 3)}}
+        num_samples = round(self.cfg.data.note_duration_s * self.codec.sample_rate_hz)
+        write_instrument(url, kept, metadata, render_cfg.audio_format, self.codec.sample_rate_hz, num_samples,
+                         request.name, before_manifest=lambda: fault_point(fault, FAULT_POINT, count))
+        return {**row, "status": "rendered", "reason": None, "message": None, "used_seed": seed}

@@ -197,7 +197,7 @@ class InstrumentService:
         return {
             "id": instrument, "seed": manifest["seed"], "model_id": manifest["model_id"],
             "notes_done": len(manifest["notes"]), "notes_total": len(manifest["notes"]),
-            "tc": manifest["tc"]["selected"], "tc_without_selection": manifest["tc"]["without_selection"],
+            "tc": manifest["tc"], "tc_without_selection": manifest["tc_without_selection"],
             "mad_pitch": manifest["mad_pitch"], "unvoiced": manifest["unvoiced"], "candidates": manifest["candidates"],
             "workers": manifest["workers"], "format": manifest["format"],
             "sfz": f"{files}/{SFZ_FILE}", "dspreset": f"{files}/{DSPRESET_FILE}", "bundle": f"{files}/{BUNDLE_FILE}",

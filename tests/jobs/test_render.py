@@ -1,9 +1,11 @@
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 
 import numpy as np
 import pytest
@@ -42,17 +44,27 @@ def args(checkpoint, prompts, out, *extra):
     return ["config=tiny", f"checkpoint={checkpoint}", f"prompts={prompts}", f"out={out}", *extra]
 
 
+def without_timings(manifest_bytes):
+    manifest = json.loads(manifest_bytes)
+    manifest.pop("timings")
+    return json.dumps(manifest, sort_keys=True).encode()
+
+
 def folder_files(out, instrument):
-    """{relative path: bytes} of one instrument folder; the manifest without its timings (they differ per run)."""
+    """{relative path: bytes} of one instrument folder; the manifest (also the bundle's copy) without its
+    timings (they differ per run)."""
     root = storage.join(out, instrument)
     files = {}
     for url in storage.list_files(root):
         rel = url[len(root) + 1:] if url.startswith(root) else url.split(f"/{instrument}/", 1)[1]
         data = storage.read_bytes(url)
         if rel == storage.MANIFEST:
-            manifest = json.loads(data)
-            manifest.pop("timings")
-            data = json.dumps(manifest, sort_keys=True).encode()
+            data = without_timings(data)
+        if rel == "instrument.zip":
+            with zipfile.ZipFile(io.BytesIO(data)) as bundle:
+                data = {entry.filename: (entry.date_time, without_timings(bundle.read(entry))
+                                         if entry.filename == storage.MANIFEST else bundle.read(entry))
+                        for entry in bundle.infolist()}
         files[rel] = data
     return files
 
@@ -170,8 +182,9 @@ def test_consistency_selection_keeps_one_candidate_note_per_slot(renderer, tmp_p
     loaded = renderer()
     row = loaded.render(request, "k", str(tmp_path / "k"))
     assert sum(row["candidates_kept"]) == 4 and len(row["candidates_kept"]) == 3
-    gain = storage.read_json(str(tmp_path / "k" / storage.MANIFEST))["gain"]
-    kept = Instrument.read(str(tmp_path / "k")).audio / gain
+    # The level policy: a note is scaled only where it would clip, by its own gain in the manifest.
+    gains = torch.tensor([n["gain"] for n in storage.read_json(str(tmp_path / "k" / storage.MANIFEST))["notes"]])
+    kept = Instrument.read(str(tmp_path / "k")).audio / gains[:, None]
     cfg = load_config("tiny")
     candidates = [generate_instrument(loaded.lm, loaded.codec, loaded.clap, InstrumentCue(prompt="glassy bell"),
                                       dataclasses.replace(cfg.generate, seed=seed), cfg.data.note_duration_s,
@@ -182,6 +195,60 @@ def test_consistency_selection_keeps_one_candidate_note_per_slot(renderer, tmp_p
     assert np.bincount(picked, minlength=3).tolist() == row["candidates_kept"]
     assert row["tc_without_selection"] == pytest.approx(
         tc(candidates[0], 44100, scales_from_config(cfg.metrics)).normalised.item(), rel=1e-4)
+
+
+def test_a_batch_instrument_equals_the_served_one_note_for_note(renderer, tmp_path):
+    """The batch Renderer and Serve's path (render_shard in shards, then finish_instrument as the Scorer
+    runs it) give the same notes and codes, byte for byte, and the same scores and per-note fields."""
+    import dataclasses
+
+    from instrumentgen.generate import InstrumentCue
+    from instrumentgen.shard_render import embedded_cue, finish_instrument, render_shard
+
+    request = small_request(tmp_path, seed=4, candidates=2)
+    loaded = renderer()
+    batch_url, served_url = str(tmp_path / "batch"), str(tmp_path / "served")
+    assert loaded.render(request, "b", batch_url)["status"] == "rendered"
+    cfg = loaded.cfg
+    cue = embedded_cue(InstrumentCue(prompt="glassy bell"), loaded.clap, loaded.lm.cfg)
+    gen = dataclasses.replace(cfg.generate, seed=4)
+    slots = request.slots()
+    shards = [render_shard(loaded.lm, loaded.codec, None, cue, gen, cfg.data.note_duration_s, slots[i: i + 2],
+                           served_url, "wav24", 2, cfg.metrics) for i in (0, 2)]
+    served = finish_instrument(served_url, shards, {"prompt": "glassy bell", "seed": 4}, "wav24", 44100,
+                               round(cfg.data.note_duration_s * 44100))
+    batch = storage.read_json(storage.join(batch_url, storage.MANIFEST))
+    for name in [n["file"] for n in served["notes"]] + ["codes.npy", "instrument.sfz"]:
+        assert storage.read_bytes(storage.join(batch_url, name)) == storage.read_bytes(storage.join(served_url, name))
+    shared = ("tc", "tc_without_selection", "mad_pitch", "unvoiced", "candidates", "candidates_kept", "notes", "gain",
+              "format", "sample_rate_hz", "num_samples", "codes", "bundle", "sfz", "dspreset")
+    assert {k: batch[k] for k in shared} == {k: served[k] for k in shared}
+    assert {n["candidate"] for n in batch["notes"]} <= {0, 1} and sum(batch["candidates_kept"]) == 4
+    assert not storage.exists(storage.join(batch_url, "candidates"))
+
+
+def test_a_retry_keeps_only_the_kept_attempts_notes(renderer, tmp_path):
+    """A flagged instrument keeps its lowest-TC attempt: its notes and codes are that attempt's, even
+    when an earlier attempt wrote its notes first; no staged note remains."""
+    from instrumentgen.generate import InstrumentCue
+    from instrumentgen.shard_render import embedded_cue
+
+    request = small_request(tmp_path, seed=7)
+    loaded = renderer("render.max_tc=1e-6", "render.retries=2")
+    url = str(tmp_path / "r")
+    row = loaded.render(request, "r", url)
+    manifest = storage.read_json(storage.join(url, storage.MANIFEST))
+    attempt = [retry_seed(7, a) for a in range(3)].index(manifest["seed"])
+    assert attempt > 0  # seed 7 keeps a retry: its staged notes replace the first attempt's
+    alone = str(tmp_path / "alone")
+    cue = embedded_cue(InstrumentCue(prompt="glassy bell"), loaded.clap, loaded.lm.cfg)
+    scored = loaded.attempt(cue, manifest["seed"], 1, request.slots(), alone)
+    assert scored.tc == row["tc"] == manifest["tc"] and (row["attempts"], row["quality"]) == (3, "flagged")
+    assert np.array_equal(np.load(io.BytesIO(storage.read_bytes(storage.join(url, "codes.npy")))),
+                          scored.codes.numpy())
+    for file in [note["file"] for note in manifest["notes"]]:
+        assert storage.read_bytes(storage.join(url, file)) == storage.read_bytes(storage.join(alone, file))
+    assert not storage.exists(storage.join(url, "candidates"))
 
 
 # ---- the job on a local Ray and a real S3 server
