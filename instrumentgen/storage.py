@@ -63,8 +63,9 @@ def filesystem(url: str) -> tuple[AbstractFileSystem, str]:
 
 
 def join(url: str, *parts: str) -> str:
-    """`join("s3://b/x/", "a", "/c")` -> "s3://b/x/a/c"."""
-    return "/".join([url.rstrip("/"), *(p.strip("/") for p in parts)])
+    """`join("s3://b/x/", "a", "", "/c")` -> "s3://b/x/a/c"."""
+    # An empty part would make "a//b": another key than "a/b" on object stores.
+    return "/".join([url.rstrip("/"), *(p.strip("/") for p in parts if p.strip("/"))])
 
 
 def write_bytes(url: str, data: bytes) -> None:

@@ -65,3 +65,8 @@ def test_storage_failures_are_one_line_user_errors_naming_the_url(tmp_path, s3_s
             storage.write_json("s3://b/x.json", {})
     finally:
         s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_join_never_makes_an_empty_key_segment():
+    assert storage.join("s3://b/x/", "a", "", "/c") == "s3://b/x/a/c"
+    assert storage.join("/tmp/x", "") == "/tmp/x"
