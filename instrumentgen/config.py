@@ -241,11 +241,24 @@ def _read_yaml(name_or_path: str) -> Any:
     raise ConfigError(f"config={name_or_path!r} not found; allowed: {', '.join(known)} or a path/URL to a .yaml file")
 
 
+def _config_chain(name_or_path: str) -> list[Any]:
+    """The named YAML after the configs it `extends` (a config name), outermost first."""
+    chain, seen = [], set()
+    while name_or_path is not None:
+        if name_or_path in seen:
+            raise ConfigError(f"config={name_or_path!r} extends itself; allowed: a chain of distinct configs")
+        seen.add(name_or_path)
+        node = _read_yaml(name_or_path)
+        name_or_path = node.pop("extends", None)
+        chain.insert(0, node)
+    return chain
+
+
 def load_config(name_or_path: str = "base", overrides: Sequence[str] = ()) -> Config:
     """Merge base.yaml, the named config and `key=value` overrides into a validated `Config`."""
     try:
         schema = OmegaConf.structured(Config)
-        merged = OmegaConf.merge(schema, _read_yaml("base"), _read_yaml(name_or_path))
+        merged = OmegaConf.merge(schema, _read_yaml("base"), *_config_chain(name_or_path))
         merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         cfg: Config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
