@@ -27,7 +27,7 @@ from instrumentgen.generate import InstrumentCue, generate_instrument
 from instrumentgen.model.lm import InstrumentLM
 from instrumentgen.plots import loss_figure
 from instrumentgen.testing import default_instruments, write_fixture_nsynth
-from instrumentgen.training.loop import METRICS, read_metrics
+from instrumentgen.training.checkpoint import METRICS, read_metrics
 from jobs import evaluate, preprocess, train
 from jobs.entry import start_ray
 
