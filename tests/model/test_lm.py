@@ -66,7 +66,8 @@ def test_cfg_coef_1_is_the_conditional_model_alone():
 
 def test_batched_cfg_equals_two_forwards_and_the_guidance_formula():
     lm, cues = tiny_lm(), cues_of(3)
-    assert torch.equal(lm.generate(cues, 12, seeds=1, top_k=50), lm.generate(cues, 12, seeds=1, top_k=50, cfg_batched=False))
+    batched = lm.generate(cues, 12, seeds=1, top_k=50)
+    assert torch.equal(batched, lm.generate(cues, 12, seeds=1, top_k=50, cfg_batched=False))
     cond, uncond = torch.randn(2, 5), torch.randn(2, 5)
     torch.testing.assert_close(guided_logits(cond, uncond, 1.0), cond)
     torch.testing.assert_close(guided_logits(cond, uncond, 3.0), 3 * cond - 2 * uncond)
