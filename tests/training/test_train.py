@@ -146,36 +146,38 @@ def test_the_export_generates_the_same_tokens_in_a_fresh_process(straight_zero2,
     assert here.shape == (3, 4, 12)
 
 
-def _train_a_few_steps(loop_config):
-    """Per-worker function: the real engine, each worker its own rows, then its quantizer buffers to a file."""
-    from instrumentgen.shards import read_table, shard_files
-
-    cfg, folder = loop_config["cfg"], loop_config["folder"]
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
-    torch.manual_seed(0)
-    engine = make_engine(InstrumentLM(cfg.model), cfg.train, 8, rank, world_size, ray.train.torch.get_device())
-    torch.manual_seed(rank + 1)
-    table = read_table(shard_files(cfg.data.shards, "train")[0]).to_pandas()
-    engine.module.train()
-    for step in range(4):
-        rows = table.iloc[(rank * 4 + step) * 8 % 64:][:8]
-        codes, cues = collate({name: rows[name].to_numpy() for name in rows.columns})
-        out = engine.forward(codes, cues)
-        engine.backward(out.loss)
-        engine.step()
-    buffers = {name: b.detach().cpu().clone() for name, b in engine.module.conditioners.clap.rvq.named_buffers()}
-    torch.save(buffers, os.path.join(folder, f"rank{rank}.pt"))
-    if rank == 0:
-        torch.save(engine.consolidated_state_dict(), os.path.join(folder, "consolidated.pt"))
-
-
 @pytest.mark.parametrize("strategy", ["train.strategy=ddp", "train.strategy=deepspeed train.zero_stage=1",
                                       "train.strategy=deepspeed train.zero_stage=3"])
 def test_every_worker_ends_with_the_same_codebooks(shards_url, tmp_path, strategy):
     cfg = train_config(shards_url, str(tmp_path), "codebooks", *strategy.split())
+
+    def train_a_few_steps(loop_config):
+        """Per-worker function (nested: workers cannot import this module): the real engine, each
+        worker its own rows, then its quantizer buffers to a file."""
+        from instrumentgen.shards import read_table, shard_files
+
+        cfg, folder = loop_config["cfg"], loop_config["folder"]
+        context = ray.train.get_context()
+        rank, world_size = context.get_world_rank(), context.get_world_size()
+        torch.manual_seed(0)
+        engine = make_engine(InstrumentLM(cfg.model), cfg.train, 8, rank, world_size, ray.train.torch.get_device())
+        torch.manual_seed(rank + 1)
+        table = read_table(shard_files(cfg.data.shards, "train")[0]).to_pandas()
+        engine.module.train()
+        for step in range(4):
+            rows = table.iloc[(rank * 4 + step) * 8 % 64:][:8]
+            codes, cues = collate({name: rows[name].to_numpy() for name in rows.columns})
+            out = engine.forward(codes, cues)
+            engine.backward(out.loss)
+            engine.step()
+        buffers = {name: b.detach().cpu().clone() for name, b in engine.module.conditioners.clap.rvq.named_buffers()}
+        torch.save(buffers, os.path.join(folder, f"rank{rank}.pt"))
+        consolidated = engine.consolidated_state_dict()  # a collective under ZeRO-3
+        if rank == 0:
+            torch.save(consolidated, os.path.join(folder, "consolidated.pt"))
+
     ray.train.torch.TorchTrainer(
-        _train_a_few_steps, train_loop_config={"cfg": cfg, "folder": str(tmp_path)},
+        train_a_few_steps, train_loop_config={"cfg": cfg, "folder": str(tmp_path)},
         scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
         run_config=ray.train.RunConfig(storage_path=str(tmp_path / "ray"))).fit()
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
