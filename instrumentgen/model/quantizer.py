@@ -15,9 +15,11 @@ drift to its own data. The quantizer's input is a frozen CLAP embedding [B, 512]
 training forward all-gathers it (B x 512 floats per worker) and every worker computes the codes
 and EMA statistics of the global batch itself: the same numbers as an all-reduce of the
 statistics (Q x bins x 513 floats: 25 MB per step at 12 x 1024, against 64 KB for the inputs
-of a global batch of 32). Random choices (k-means starts, dead-code seeds) are rank 0's,
-broadcast. This holds under DDP and every DeepSpeed ZeRO stage (buffers are never partitioned),
-without relying on DDP's buffer broadcast, which DeepSpeed does not have.
+of a global batch of 32), one collective per step. Random choices (k-means starts, dead-code
+seeds) come from a generator seeded by the update count, a buffer like the statistics: the same
+draw on every worker without a broadcast, the same after a resume, and the training's own random
+streams untouched. This holds under DDP and every DeepSpeed ZeRO stage (buffers are never partitioned), without
+relying on DDP's buffer broadcast, which DeepSpeed does not have.
 
 The output carries the quantized value forward and the gradient straight through to the input;
 the commitment loss ||x - sg(quantized)||^2 (audiocraft's weight 1, mean over codebooks) has no
@@ -93,14 +95,6 @@ def _gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, slice]:
     return torch.cat(parts), slice(rank * len(x), (rank + 1) * len(x))
 
 
-def _rank0_randint(high: int, size: int, device: torch.device) -> torch.Tensor:
-    """[size] long uniform in [0, high): rank 0's draw on every worker."""
-    draw = torch.randint(0, high, (size,), device=device)
-    if _distributed():
-        dist.broadcast(draw, src=0)
-    return draw
-
-
 class ResidualVectorQuantizer(nn.Module):
     """x [B, E] -> (quantized [B, E], codes [B, Q] long, commitment loss scalar); see the module docstring."""
 
@@ -115,6 +109,12 @@ class ResidualVectorQuantizer(nn.Module):
         self.register_buffer("cluster_sizes", torch.zeros(num_codebooks, bins))
         self.register_buffer("embedding_sums", torch.zeros(num_codebooks, bins, dim))
         self.register_buffer("initialized", torch.zeros(num_codebooks, dtype=torch.bool))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))  # training batches seen: seeds the draws
+
+    def _randint(self, q: int, high: int, device: torch.device) -> torch.Tensor:
+        """[bins] long uniform in [0, high): the same draw on every worker (seeded by `updates` and q)."""
+        generator = torch.Generator(device=device).manual_seed(int(self.updates) * 1_000 + q)
+        return torch.randint(0, high, (self.bins,), device=device, generator=generator)
 
     def _apply(self, fn, recurse=True):
         # Statistics stay fp32 under .half() / .bfloat16() (DeepSpeed bf16): a 0.99 decay needs the mantissa.
@@ -131,6 +131,7 @@ class ResidualVectorQuantizer(nn.Module):
             with torch.no_grad():
                 samples, mine = _gather_rows(x.detach().float())
                 quantized, codes, layer_inputs, chosen = self._quantize(samples, update=True)
+                self.updates += 1
             quantized, codes = quantized[mine], codes[mine]
             layer_inputs, chosen = layer_inputs[:, mine], chosen[:, mine]
         else:
@@ -158,7 +159,7 @@ class ResidualVectorQuantizer(nn.Module):
         return quantized, torch.stack(codes, dim=-1), torch.stack(inputs), torch.stack(entries)
 
     def _kmeans_init(self, q: int, samples: torch.Tensor) -> None:
-        means, counts = kmeans(samples, _rank0_randint(len(samples), self.bins, samples.device), self.kmeans_iters)
+        means, counts = kmeans(samples, self._randint(q, len(samples), samples.device), self.kmeans_iters)
         if _distributed():  # the same input everywhere; rank 0's result guards against kernel nondeterminism
             dist.broadcast(means, src=0)
             dist.broadcast(counts, src=0)
@@ -176,7 +177,7 @@ class ResidualVectorQuantizer(nn.Module):
         self.codebooks[q] = self.embedding_sums[q] / smoothed[:, None]
         dead = self.cluster_sizes[q] < self.dead_code_threshold
         if self.dead_code_threshold > 0 and dead.any():  # identical buffers: every worker takes this branch
-            seeds = samples[_rank0_randint(len(samples), self.bins, samples.device)]
+            seeds = samples[self._randint(q, len(samples), samples.device)]
             self.codebooks[q] = torch.where(dead[:, None], seeds, self.codebooks[q])
             self.embedding_sums[q] = torch.where(dead[:, None], seeds * self.dead_code_threshold,
                                                  self.embedding_sums[q])

@@ -170,7 +170,8 @@ def test_every_worker_ends_with_the_same_codebooks(shards_url, tmp_path, strateg
             out = engine.forward(codes, cues)
             engine.backward(out.loss)
             engine.step()
-        buffers = {name: b.detach().cpu().clone() for name, b in engine.module.conditioners.clap.rvq.named_buffers()}
+        rvq = engine.module.conditioners.clap.rvq
+        buffers = {name: b.detach().cpu().clone() for name, b in rvq.state_dict().items()}
         torch.save(buffers, os.path.join(folder, f"rank{rank}.pt"))
         consolidated = engine.consolidated_state_dict()  # a collective under ZeRO-3
         if rank == 0:
