@@ -78,18 +78,36 @@ class ClapConfig:
 
 @dataclass
 class ModelConfig:
+    """InstrumentLM (model/lm.py): the paper's transformer, its conditioners and the CLAP quantizer.
+
+    The rvq_* defaults are audiocraft's CLAP conditioner (see the comments below); the tiny
+    config keeps 2 codebooks x 64 bins, which its few fixture instruments can fill.
+    """
+
     dim: int = bounded(512, 8)
     num_heads: int = bounded(16, 1)
     num_layers: int = bounded(12, 1)
     ffn_mult: int = bounded(4, 1)
     card: int = bounded(1024, 2)  # codebook size; the delay pattern's special token is `card`
     n_q: int = choice(4, 1, 2, 3, 4)  # codebooks modelled
-    max_frames: int = bounded(512, 8)  # longest sequence (positional table length)
+    # Longest note in codec frames that training accepts and generation produces (positions are
+    # sinusoidal: no table; it bounds the KV cache a generation preallocates and rejects longer codes)
+    max_frames: int = bounded(512, 8)
     dropout: float = bounded(0.1, 0.0, 0.9)
     conditioning: str = choice("clap", "clap", "metadata")
     clap_dim: int = 512
-    rvq_codebooks: int = bounded(8, 1)
+    # The CLAP residual vector quantizer (model/quantizer.py), audiocraft's CLAP conditioner: 12 codebooks
+    # x 1024 bins and 50 k-means iterations (config/conditioner/clapemb2music.yaml: n_q, bins, kmeans_iters),
+    # EMA decay 0.99 and dead-code threshold 2 (the defaults of audiocraft/quantization/vq.py
+    # ResidualVectorQuantizer, which that config keeps; kmeans_init=True there too).
+    rvq_codebooks: int = bounded(12, 1)
     rvq_bins: int = bounded(1024, 2)
+    rvq_decay: float = bounded(0.99, 0.0, 1.0)  # EMA decay of the codebook statistics
+    rvq_kmeans_iters: int = bounded(50, 0)  # Lloyd iterations of the k-means init on the first training batch
+    # An entry whose EMA usage (assignments per step, global batch) falls below this is re-seeded
+    # from the current batch; 0 never re-seeds. With a global batch below bins x threshold (32 rows,
+    # 1024 x 2 in the paper config) most entries are below it, and are re-seeded every step.
+    rvq_dead_code_threshold: float = bounded(2.0, 0.0)
     family_dropout: float = bounded(0.7, 0.0, 1.0)
     source_dropout: float = bounded(0.7, 0.0, 1.0)
     cfg_dropout: float = bounded(0.1, 0.0, 1.0)  # whole-condition dropout for classifier-free guidance
@@ -108,6 +126,8 @@ class GenerateConfig:
 
 @dataclass
 class TrainConfig:
+    """Training (jobs/train.py, instrumentgen/training/): workers, engine, optimizer, schedule, checkpoints."""
+
     strategy: str = choice("deepspeed", "deepspeed", "ddp")
     num_workers: int = bounded(2, 1)
     use_gpu: bool = False

@@ -68,3 +68,14 @@ def tc_per_prompt_figure(names: list[str], tc_values: list[float], tc_without_se
     ax.set(ylabel="TC (mean |y_i - y_j|) ↓", title=title)
     ax.legend(fontsize=8)
     return _png(fig)
+
+
+def cue_loss_figure(losses: dict[str, float], title: str) -> bytes:
+    """Bars of the teacher-forced loss of the same notes under each cue (the right one first)."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    names = list(losses)
+    bars = ax.bar(names, [losses[n] for n in names], color=["tab:green"] + ["tab:red"] * (len(names) - 1))
+    ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    ax.set(ylabel="cross-entropy (nats, mean of 4 codebooks)", title=title)
+    ax.tick_params(axis="x", labelsize=8)
+    return _png(fig)

@@ -32,7 +32,7 @@ from instrumentgen.config import load_config
 from instrumentgen.model.lm import InstrumentLM
 from instrumentgen.plots import loss_figure
 from instrumentgen.testing import default_instruments, write_fixture_nsynth
-from instrumentgen.training.loop import METRICS, read_metrics
+from instrumentgen.training.checkpoint import METRICS, read_metrics
 from jobs import evaluate, preprocess, render, train
 from jobs.entry import local_ray
 from serve.local import serving, wait_done

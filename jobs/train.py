@@ -4,7 +4,7 @@
         data.shards=s3://bucket/shards train.storage_path=s3://bucket/runs train.run_name=paper-v1
     python -m jobs.train config=tiny data.shards=<url> train.strategy=ddp train.max_steps=100
 
-`TorchTrainer` runs `instrumentgen.training.loop.train_loop` on `train.num_workers` workers
+`TorchTrainer` runs `instrumentgen.training.worker.train_loop_per_worker` on `train.num_workers` workers
 (`train.use_gpu`, `train.cpus_per_worker`), each on its split of the `train` shards (and of the
 validation shards: held-out instruments when the shards have them, else NSynth's valid split).
 Checkpoints go to `<train.storage_path>/<train.run_name>/`; submitting the same run name again
@@ -24,9 +24,12 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from instrumentgen import shards, storage
 from instrumentgen.config import Config, ConfigError
+from instrumentgen.faults import Fault
 from instrumentgen.model.lm import InstrumentLM
-from instrumentgen.training.loop import MODEL, micro_batch_rows, train_loop
-from instrumentgen.training.run_storage import committed_checkpoint, ray_storage
+from instrumentgen.training.checkpoint import MODEL
+from instrumentgen.training.loop import micro_batch_rows
+from instrumentgen.training.run_storage import committed_checkpoint_url, ray_storage
+from instrumentgen.training.worker import run_checkpoint, train_loop_per_worker
 from jobs.entry import config_from_argv, job_main
 
 VALIDATION_SPLITS = (shards.HOLDOUT, "valid")  # held-out instruments first, as the paper validates
@@ -38,8 +41,8 @@ def validation_split(shards_url: str) -> str | None:
     return next((split for split in VALIDATION_SPLITS if files.get(split)), None)
 
 
-def build_trainer(cfg: Config, kill_at: dict | None = None) -> TorchTrainer:
-    """The TorchTrainer of `cfg`; `kill_at` is a test hook (see `training.loop`)."""
+def build_trainer(cfg: Config, fault: Fault | None = None) -> TorchTrainer:
+    """The TorchTrainer of `cfg`; `fault`: a test's injected failure (point "train.step")."""
     train = cfg.train
     context = ray.data.DataContext.get_current()  # a split per epoch: no bar and no plan printed each time
     context.enable_progress_bars, context.print_on_execution_start = False, False
@@ -52,8 +55,8 @@ def build_trainer(cfg: Config, kill_at: dict | None = None) -> TorchTrainer:
     path, filesystem = ray_storage(train.storage_path)
     resources = {"CPU": train.cpus_per_worker, **({"GPU": 1} if train.use_gpu else {})}
     return TorchTrainer(
-        train_loop,
-        train_loop_config={"cfg": cfg, "kill_at": kill_at, "datasets": list(datasets)},
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg, "fault": fault, "datasets": list(datasets)},
         scaling_config=ray.train.ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
@@ -74,11 +77,16 @@ def export(checkpoint: ray.train.Checkpoint, url: str, dtype: str) -> str:
         return InstrumentLM.load(os.path.join(folder, MODEL)).save(url, dtype)
 
 
-def run(cfg: Config, kill_at: dict | None = None) -> str:
-    """Train (or continue) the run of `cfg`, export it; returns the exported checkpoint's URL."""
-    result = build_trainer(cfg, kill_at).fit()
+def run(cfg: Config, fault: Fault | None = None) -> str:
+    """Train (or continue) the run of `cfg`, export it; returns the exported checkpoint's URL.
+
+    `fault`: a test's injected failure (`instrumentgen.faults`) at point "train.step".
+    """
+    result = build_trainer(cfg, fault).fit()
     run_url = storage.join(cfg.train.storage_path, cfg.train.run_name)
-    checkpoint = result.checkpoint or committed_checkpoint(run_url)  # a finished run re-submitted reports nothing
+    committed = committed_checkpoint_url(run_url)
+    # a finished run re-submitted reports nothing
+    checkpoint = result.checkpoint or (run_checkpoint(committed) if committed else None)
     if checkpoint is None:
         raise ConfigError(f"run {cfg.train.run_name!r} ended without a checkpoint")
     url = export(checkpoint, storage.join(run_url, MODEL), cfg.train.export_dtype)
@@ -97,6 +105,7 @@ def check(cfg: Config) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m jobs.train config=<name> key=value ...`: 0 when trained, 2 on a user error (one line)."""
     return job_main(argv, lambda args: config_from_argv(args, check), run)
 
 

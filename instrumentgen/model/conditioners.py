@@ -2,28 +2,20 @@
 
 Each attribute is one token: family, source, pitch (88 keys) and velocity (5 layers) go through
 a lookup table then a linear layer ("LUT -> Linear"); the CLAP embedding is quantized by a
-residual vector quantizer with learned codebooks, then projected. Every conditioner has a
-learned null entry, used for attributes that are not given, for per-sample attribute dropout,
-and for the null condition of classifier-free guidance, which nulls *every* token, the CLAP one
-included (audiocraft leaves the joint embedding un-nulled; we do not copy that).
-
-Why a codebook loss and not EMA codebooks: the quantizer's input is the frozen CLAP embedding,
-so there is no encoder for a commitment term to pull (its gradient would be zero, so it is not
-computed); the codebooks are plain parameters learned by the VQ-VAE codebook loss
-||sg(residual) - code||^2. Their gradients are all-reduced (and sharded by ZeRO) like every other
-weight, whereas EMA statistics are buffers that DDP overwrites from rank 0 and DeepSpeed does not
-average, so each worker would drift to its own codebooks.
+residual vector quantizer with EMA codebooks (`quantizer.py`, audiocraft's), then projected.
+Every conditioner has a learned null entry, used for attributes that are not given, for
+per-sample attribute dropout, and for the null condition of classifier-free guidance, which
+nulls *every* token, the CLAP one included (audiocraft leaves the joint embedding un-nulled; we
+do not copy that).
 """
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from instrumentgen.config import ModelConfig
 from instrumentgen.cues import NOT_GIVEN, Cues
+from instrumentgen.model.quantizer import ResidualVectorQuantizer
 from instrumentgen.vocab import FAMILIES, PITCH_MAX, PITCH_MIN, PITCHES, SOURCES, VELOCITIES, VocabError
 
 
@@ -40,47 +32,22 @@ class CategoricalConditioner(nn.Module):
         return self.proj(self.lut(ids))
 
 
-class ResidualVectorQuantizer(nn.Module):
-    """x [B, E] -> (quantized [B, E], codes [B, Q] long, codebook loss scalar).
-
-    Q codebooks of `bins` entries: each quantizes what the previous ones left. The output carries
-    the quantized value forward and the gradient straight through to `x`.
-    """
-
-    def __init__(self, dim: int, num_codebooks: int, bins: int):
-        super().__init__()
-        # Entries of norm ~1, the scale of CLAP's unit-norm embeddings, so that most are in reach
-        # of some embedding at the start rather than dead.
-        self.codebooks = nn.Parameter(torch.randn(num_codebooks, bins, dim) / math.sqrt(dim))
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        residual = x
-        quantized = torch.zeros_like(x)
-        codes, loss = [], x.new_zeros(())
-        for codebook in self.codebooks:
-            index = torch.cdist(residual.detach(), codebook).argmin(dim=-1)  # [B]
-            chosen = codebook[index]  # [B, E]
-            loss = loss + F.mse_loss(chosen, residual.detach())
-            quantized = quantized + chosen.detach()
-            residual = residual - chosen.detach()
-            codes.append(index)
-        return x + (quantized - x).detach(), torch.stack(codes, dim=-1), loss
-
-
 class ClapConditioner(nn.Module):
-    """clap_embedding [B, E] (or None: all null) -> (tokens [B, D], codebook loss)."""
+    """clap_embedding [B, E] (or None: all null) -> (tokens [B, D], commitment loss, codes [B, Q] or None)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.rvq = ResidualVectorQuantizer(cfg.clap_dim, cfg.rvq_codebooks, cfg.rvq_bins)
+        self.rvq = ResidualVectorQuantizer(cfg.clap_dim, cfg.rvq_codebooks, cfg.rvq_bins, cfg.rvq_decay,
+                                           cfg.rvq_kmeans_iters, cfg.rvq_dead_code_threshold)
         self.proj = nn.Linear(cfg.clap_dim, cfg.dim)
         self.null = nn.Parameter(torch.zeros(cfg.dim))
 
-    def forward(self, clap_embedding: torch.Tensor | None, null: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, clap_embedding: torch.Tensor | None, null: torch.Tensor,
+                batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         if clap_embedding is None:
-            return self.null.expand(batch, -1), self.null.new_zeros(())
-        quantized, _, loss = self.rvq(clap_embedding.to(self.proj.weight.dtype))
-        return torch.where(null[:, None], self.null, self.proj(quantized)), loss
+            return self.null.expand(batch, -1), self.null.new_zeros(()), None
+        quantized, codes, loss = self.rvq(clap_embedding.to(self.proj.weight.dtype))
+        return torch.where(null[:, None], self.null, self.proj(quantized)), loss, codes
 
 
 def _velocity_table() -> torch.Tensor:
@@ -136,8 +103,10 @@ class Conditioners(nn.Module):
         return Cues(cues.family.masked_fill(drop_family, NOT_GIVEN), cues.source.masked_fill(drop_source, NOT_GIVEN),
                     cues.pitch, cues.velocity, cues.clap_embedding)
 
-    def forward(self, cues: Cues, null: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """cues (B notes), null [B] bool (True: the null condition of CFG) -> (tokens [B, C, D], RVQ loss)."""
+    def forward(self, cues: Cues,
+                null: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """cues (B notes), null [B] bool (True: the null condition of CFG) -> (tokens [B, C, D],
+        RVQ commitment loss, RVQ codes [B, Q] of the CLAP embeddings or None)."""
         check_cues(cues)
         batch = len(cues)
         if null is None:
@@ -152,8 +121,8 @@ class Conditioners(nn.Module):
             self.pitch(ids(self.pitch, cues.pitch - PITCH_MIN)),
             self.velocity(ids(self.velocity, self.velocity_table[cues.velocity])),
         ]
-        rvq_loss = tokens[0].new_zeros(())
+        rvq_loss, clap_codes = tokens[0].new_zeros(()), None
         if self.clap is not None:
-            clap_token, rvq_loss = self.clap(cues.clap_embedding, null, batch)
+            clap_token, rvq_loss, clap_codes = self.clap(cues.clap_embedding, null, batch)
             tokens.append(clap_token)
-        return torch.stack(tokens, dim=1), rvq_loss
+        return torch.stack(tokens, dim=1), rvq_loss, clap_codes

@@ -6,8 +6,9 @@
     the condition tokens of `Conditioners`) -> K linear heads -> logits [B, K, T, card]
 
 Training minimises the cross-entropy of each codebook on its valid positions (the interleaving's
-padding is never a target), averaged over the K codebooks, plus the CLAP quantizer's codebook
-loss. Generation decodes T steps with a KV cache, classifier-free guidance in one forward of the
+padding is never a target), averaged over the K codebooks. The CLAP quantizer learns by EMA,
+not by gradient (`quantizer.py`); its commitment loss is reported beside the loss, not in it.
+Generation decodes T steps with a KV cache, classifier-free guidance in one forward of the
 doubled batch (conditional rows first, null-condition rows second) and top-k sampling from
 counter-based random numbers (`sampling.py`), so a note's tokens depend only on its own seed.
 """
@@ -41,13 +42,19 @@ class LMError(UserError):
 
 @dataclass
 class LMOutput:
-    loss: torch.Tensor  # scalar: mean of `ce_per_codebook` + `rvq_loss`
+    """What a training forward gives: the loss and its parts, the logits, the CLAP codes."""
+
+    loss: torch.Tensor  # scalar: mean of `ce_per_codebook`, what training minimises
     ce_per_codebook: torch.Tensor  # [K]
-    rvq_loss: torch.Tensor  # scalar (0 in the metadata model)
+    # scalar: the CLAP quantizer's commitment loss ||x - sg(quantized)||^2, mean over its codebooks:
+    # how far the codebooks are from the embeddings (no gradient: the input is frozen; 0 in the metadata model)
+    rvq_loss: torch.Tensor
     logits: torch.Tensor  # [B, K, T, card]
+    clap_codes: torch.Tensor | None = None  # [B, Q] long: the CLAP embeddings' RVQ codes (None without CLAP)
 
 
-def sinusoidal_positions(first_step: int, steps: int, dim: int, device: torch.device | str | None = None) -> torch.Tensor:
+def sinusoidal_positions(first_step: int, steps: int, dim: int,
+                         device: torch.device | str | None = None) -> torch.Tensor:
     """[T, D] sine/cosine embedding of positions first_step.. (as MusicGen): no table to outgrow."""
     half = dim // 2
     frequencies = torch.exp(-math.log(10_000.0) * torch.arange(half, device=device) / half)
@@ -71,8 +78,11 @@ def note_seeds(seed: int | torch.Tensor, batch: int) -> torch.Tensor:
 
 
 class InstrumentLM(nn.Module):
+    """The conditioned codec language model (module docstring): forward = training loss, generate = codes."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        self._model_id: str | None = None  # see `model_id`
         if cfg.dim % cfg.num_heads:
             raise LMError(f"model.dim={cfg.dim} is not divisible by model.num_heads={cfg.num_heads}")
         self.cfg = cfg
@@ -115,14 +125,14 @@ class InstrumentLM(nn.Module):
         if self.training:
             cues = self.conditioners.attribute_dropout(cues)
             null = torch.rand(batch, device=codes.device) < self.cfg.cfg_dropout
-        condition, rvq_loss = self.conditioners(cues, null)
+        condition, rvq_loss, clap_codes = self.conditioners(cues, null)
         targets = patterns.interleave(codes, self.special)  # [B, K, T]
         inputs = F.pad(targets[..., :-1], (1, 0), value=self.special)
         logits = self._logits(self.transformer(self._embed(inputs, 0), condition))
         valid = patterns.valid_mask(n_q, num_frames, codes.device)  # [K, T]
         ce = F.cross_entropy(logits.permute(0, 3, 1, 2).float(), targets, ignore_index=self.special, reduction="none")
         ce_per_codebook = (ce * valid).sum(dim=(0, 2)) / (valid.sum(dim=1) * batch)
-        return LMOutput(ce_per_codebook.mean() + rvq_loss, ce_per_codebook, rvq_loss, logits)
+        return LMOutput(ce_per_codebook.mean(), ce_per_codebook, rvq_loss.detach(), logits, clap_codes)
 
     @torch.inference_mode()
     def generate(self, cues: Cues, num_frames: int, cfg_coef: float = 3.0, top_k: int = 250,
@@ -137,15 +147,16 @@ class InstrumentLM(nn.Module):
         benchmarks).
         """
         if not 1 <= num_frames <= self.cfg.max_frames:
-            raise LMError(f"num_frames={num_frames} is not allowed; allowed: 1..{self.cfg.max_frames} (model.max_frames)")
+            raise LMError(f"num_frames={num_frames} is not allowed; "
+                          f"allowed: 1..{self.cfg.max_frames} (model.max_frames)")
         batch, n_q = len(cues), self.cfg.n_q
         steps = patterns.interleaved_length(num_frames, n_q)
         device = next(self.parameters()).device
         cues, seeds = cues.to(device), note_seeds(seeds, batch).to(device)
         guided = cfg_coef != 1.0
-        condition, _ = self.conditioners(cues)
+        condition = self.conditioners(cues)[0]
         if guided:
-            null_condition, _ = self.conditioners(cues, torch.ones(batch, dtype=torch.bool, device=device))
+            null_condition = self.conditioners(cues, torch.ones(batch, dtype=torch.bool, device=device))[0]
             conditions = [torch.cat([condition, null_condition])] if cfg_batched else [condition, null_condition]
         else:
             conditions = [condition]
@@ -173,12 +184,31 @@ class InstrumentLM(nn.Module):
 
     @property
     def model_id(self) -> str:
-        """`instrumentlm-<config hash>-<weights hash>`: names the exact weights in manifests."""
-        digest = hashlib.sha256()
-        for name, tensor in sorted(self.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().float().cpu().numpy().tobytes())
-        return f"instrumentlm-{config_hash(dataclasses.asdict(self.cfg))}-{digest.hexdigest()[:10]}"
+        """`instrumentlm-<config hash>-<weights hash>`: names the exact weights in manifests.
+
+        Hashing every weight takes a while, so it is computed once and kept until the weights can
+        have changed: `load_state_dict`, `train()` / `eval()` (training moves them between the
+        two) and moves of device or dtype clear it.
+        """
+        if self._model_id is None:
+            digest = hashlib.sha256()
+            for name, tensor in sorted(self.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().float().cpu().numpy().tobytes())
+            self._model_id = f"instrumentlm-{config_hash(dataclasses.asdict(self.cfg))}-{digest.hexdigest()[:10]}"
+        return self._model_id
+
+    def load_state_dict(self, *args, **kwargs):
+        self._model_id = None
+        return super().load_state_dict(*args, **kwargs)
+
+    def train(self, mode: bool = True) -> "InstrumentLM":
+        self._model_id = None
+        return super().train(mode)
+
+    def _apply(self, fn, recurse=True):
+        self._model_id = None
+        return super()._apply(fn, recurse)
 
     def save(self, url: str, dtype: str = "fp32") -> str:
         """Write the consolidated inference checkpoint (config + weights) to a path or fsspec URL, atomically."""
@@ -206,5 +236,6 @@ class InstrumentLM(nn.Module):
             raise LMError(f"checkpoint={url!r} is not an InstrumentLM checkpoint ({reason}); give a file written "
                           "by InstrumentLM.save (jobs.train exports <run>/model.pt)") from None
         model = cls(cfg)
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in checkpoint["state_dict"].items()})
+        state = checkpoint["state_dict"]
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
         return model.to(device).eval()

@@ -102,7 +102,8 @@ class DecoderBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor, cache: LayerCache | None = None,
                 max_steps: int = 0, position: int = 0) -> torch.Tensor:
-        x = x + self.dropout(self.self_attention(self.norm_self(x), cache=cache, max_steps=max_steps, position=position))
+        attended = self.self_attention(self.norm_self(x), cache=cache, max_steps=max_steps, position=position)
+        x = x + self.dropout(attended)
         x = x + self.dropout(self.cross_attention(self.norm_cross(x), memory=condition, cache=cache))
         return x + self.dropout(self.ffn(self.norm_ffn(x)))
 

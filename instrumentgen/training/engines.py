@@ -5,19 +5,19 @@ accumulation from the config; it is given a torch AdamW and a LambdaLR, so no De
 optimizer is compiled. `DDPEngine` (`train.strategy: ddp`): torch DistributedDataParallel with
 the same optimizer and schedule, for small runs and as the baseline of the benchmark.
 
-Both expose: `module` (the bare InstrumentLM), `forward(codes, cues)`, `backward(loss)`,
-`step() -> grad norm or None` (called once per micro-batch; the optimizer steps every
-`grad_accum` calls), `lr`, `save(folder)` / `load(folder)` of the full training state
-(weights, optimizer, schedule), and `consolidated_state_dict()` (every rank calls it; the full
-fp32 weights, whatever the ZeRO stage).
+Both are an `Engine` (the methods the loop uses). They are told their rank and device; neither
+knows about Ray. The CLAP quantizer's EMA buffers are kept identical across workers by the
+quantizer itself (`model/quantizer.py`), under both.
 """
 from __future__ import annotations
 
 import os
 from functools import partial
+from typing import Protocol
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from instrumentgen.config import TrainConfig
 from instrumentgen.cues import Cues
@@ -28,10 +28,49 @@ DEEPSPEED_TAG = "deepspeed"
 DDP_STATE = "ddp_state.pt"
 
 
+class Engine(Protocol):
+    """What the training loop needs of an engine."""
+
+    module: InstrumentLM  # the bare model (its buffers and weights on this worker)
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...  # of the model's floating inputs
+
+    @property
+    def lr(self) -> float: ...
+
+    def forward(self, codes: torch.Tensor, cues: Cues) -> LMOutput: ...
+
+    def backward(self, loss: torch.Tensor) -> None: ...
+
+    def step(self) -> float | None:
+        """Once per micro-batch; the optimizer steps every `grad_accum` calls -> grad norm then, else None."""
+
+    def save(self, folder: str) -> None:
+        """This rank's part of the training state (weights, optimizer, schedule) into `folder`."""
+
+    def load(self, folder: str) -> None: ...
+
+    def consolidated_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every rank calls it (a collective under ZeRO-3): the full fp32 state, buffers included."""
+
+
+def decayed_parameter_names(model: nn.Module) -> set[str]:
+    """The weight matrices of the nn.Linear layers: the only parameters AdamW decays.
+
+    Not lookup tables, codebooks, null embeddings, norms or biases (chosen by module type, not name).
+    """
+    return {f"{name}.weight" for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+
+
 def optimizer_and_schedule(model: nn.Module, cfg: TrainConfig):
-    """AdamW at `cfg.lr` (no weight decay on biases, norms and embeddings) + warm-up/cosine LambdaLR."""
-    decay = [p for name, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in name]
-    no_decay = [p for name, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in name)]
+    """AdamW at `cfg.lr`, weight decay on `decayed_parameter_names` only, + warm-up/cosine LambdaLR."""
+    decayed = decayed_parameter_names(model)
+    decay = [p for name, p in model.named_parameters() if name in decayed]
+    no_decay = [p for name, p in model.named_parameters() if name not in decayed]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=cfg.lr, betas=tuple(cfg.betas), fused=True)
@@ -61,6 +100,8 @@ def deepspeed_config(cfg: TrainConfig, micro_batch: int) -> dict:
 
 
 class DeepSpeedEngine:
+    """`train.strategy: deepspeed`: ZeRO stage, precision, clipping, accumulation from the config."""
+
     def __init__(self, model: InstrumentLM, cfg: TrainConfig, micro_batch: int):
         import deepspeed
 
@@ -113,13 +154,23 @@ class DeepSpeedEngine:
 
 
 class DDPEngine:
-    def __init__(self, model: InstrumentLM, cfg: TrainConfig):
-        import ray.train.torch
+    """`train.strategy: ddp`: torch DistributedDataParallel (one process: the bare model) on `device`."""
 
-        self.wrapped = ray.train.torch.prepare_model(model)  # DistributedDataParallel on the worker's device
-        self.module: InstrumentLM = getattr(self.wrapped, "module", self.wrapped)
+    def __init__(self, model: InstrumentLM, cfg: TrainConfig, rank: int, world_size: int, device: torch.device):
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        model = model.to(device)
+        if world_size > 1:
+            # broadcast_buffers=False: DDP would copy rank 0's buffers into every replica before each
+            # forward; the quantizer keeps its EMA buffers identical itself (as it must under DeepSpeed,
+            # which has no such broadcast), so the copy would only cost time.
+            device_ids = [device] if device.type == "cuda" else None
+            self.wrapped = DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+        else:
+            self.wrapped = model
+        self.module: InstrumentLM = model
         self.optimizer, self.schedule = optimizer_and_schedule(self.module, cfg)
-        self.cfg = cfg
+        self.cfg, self.rank = cfg, rank
         self.micro_steps = 0
 
     @property
@@ -158,9 +209,7 @@ class DDPEngine:
         return self.optimizer.param_groups[0]["lr"]
 
     def save(self, folder: str) -> None:
-        import ray.train
-
-        if ray.train.get_context().get_world_rank() == 0:  # replicas are identical: one copy
+        if self.rank == 0:  # replicas are identical: one copy
             torch.save({"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
                         "schedule": self.schedule.state_dict(), "micro_steps": self.micro_steps},
                        os.path.join(folder, DDP_STATE))
@@ -176,7 +225,9 @@ class DDPEngine:
         return {k: v.detach().float().cpu().clone() for k, v in self.module.state_dict().items()}
 
 
-def make_engine(model: InstrumentLM, cfg: TrainConfig, micro_batch: int) -> DeepSpeedEngine | DDPEngine:
+def make_engine(model: InstrumentLM, cfg: TrainConfig, micro_batch: int, rank: int, world_size: int,
+                device: torch.device) -> Engine:
+    """The engine of `train.strategy` for this worker (`rank` of `world_size`, on `device`)."""
     if cfg.strategy == "deepspeed":
         return DeepSpeedEngine(model, cfg, micro_batch)
-    return DDPEngine(model, cfg)
+    return DDPEngine(model, cfg, rank, world_size, device)

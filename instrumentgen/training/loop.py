@@ -1,63 +1,61 @@
-"""The loop every training worker runs (`train_loop` is TorchTrainer's `train_loop_per_worker`).
+"""The loop every training worker runs: batching, validation, metric windows, checkpoints.
 
 Per optimizer step: `grad_accum` micro-batches of `batch_size / (workers * grad_accum)` rows of
-this worker's shard of the token shards (`ray.train.get_dataset_shard`), the LM loss (mean
-cross-entropy of the K codebooks + the CLAP quantizer's loss) with the paper's per-sample
-attribute dropout done inside the model, the engine's step (DeepSpeed or DDP, `engines.py`).
+this worker's shard of the token shards, the LM loss (mean cross-entropy of the K codebooks)
+with the paper's per-sample attribute dropout done inside the model, the engine's step
+(DeepSpeed or DDP, `engines.py`).
 
-Every `log_every` steps the window's mean metrics are reported to Ray Train and rank 0 rewrites
-`<run>/metrics.csv`; every `eval_every` steps the validation loss over the held-out shard is
-added; every `checkpoint_every` steps (and at `max_steps`) a checkpoint is reported:
+Every `log_every` steps the window's mean metrics (and the CLAP quantizer's code usage) are
+reported and rank 0 rewrites `<run>/metrics.csv`; every `eval_every` steps the validation loss
+over the held-out shard is added; every `checkpoint_every` steps (and at `max_steps`) a
+checkpoint (`checkpoint.py`) is reported. A restarted worker group (a failure, or the same run
+submitted again) loads the latest checkpoint and continues at the same step, data position and
+random state.
 
-    deepspeed/ or ddp_state.pt   weights, optimizer, schedule (every rank its ZeRO partition)
-    rng_rank<r>.pt               each rank's torch / numpy / python random state
-    trainer_state.json           step, epoch, micro-batches done in the epoch, config hash
-    metrics.csv                  the metric history up to this step
-    model.pt                     consolidated fp32 InstrumentLM (`InstrumentLM.load`)
-
-A restarted worker group (a failure, or the same run submitted again) loads the latest
-checkpoint and continues at the same step, data position and random state.
+`train` is plain PyTorch: it gets its rank, device, data shards (anything with Ray Data's
+`iter_batches`) and a `Session` to report to; `worker.py` is the Ray Train adapter.
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
-import os
 import random
-import signal
 import sys
 import tempfile
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
-from typing import Iterator
+from contextlib import AbstractContextManager
+from typing import Iterator, Protocol
 
 import numpy as np
-import ray.train
 import torch
 import torch.distributed as dist
 
 from instrumentgen import storage
-from instrumentgen.config import Config, ConfigError, config_hash
-from instrumentgen.cues import Cues
+from instrumentgen.config import Config, ConfigError
+from instrumentgen.cues import NOT_GIVEN, Cues
+from instrumentgen.faults import Fault, fault_point
 from instrumentgen.model.lm import InstrumentLM
+from instrumentgen.model.quantizer import code_counts, code_usage_from_counts
 from instrumentgen.shards import collate
-from instrumentgen.training.engines import make_engine
-from instrumentgen.training.run_storage import commit_latest, committed_checkpoint
-
-STATE = "trainer_state.json"
-METRICS = "metrics.csv"
-MODEL = "model.pt"
+from instrumentgen.training.checkpoint import METRICS, Checkpointer, Position, checkpoint_name, metrics_csv
+from instrumentgen.training.engines import Engine, make_engine
 
 
-@dataclass
-class Position:
-    """Where training stands: optimizer steps done, and micro-batches done in the current epoch."""
+class Shard(Protocol):
+    """A worker's part of a data set (a Ray Data `DataIterator` is one)."""
 
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0
+    def iter_batches(self, *, batch_size: int, batch_format: str, drop_last: bool = False,
+                     local_shuffle_buffer_size: int | None = None, local_shuffle_seed: int | None = None
+                     ) -> Iterator[dict[str, np.ndarray]]: ...
+
+
+class Session(Protocol):
+    """Where the loop reports to and resumes from (Ray Train: `worker.RayTrainSession`)."""
+
+    def report(self, metrics: dict, checkpoint_folder: str | None = None, checkpoint_name: str | None = None) -> None:
+        """Record `metrics`; with a folder, upload it as this rank's part of checkpoint `checkpoint_name`."""
+
+    def restored_checkpoint(self) -> AbstractContextManager[str | None]:
+        """The local folder of the checkpoint to resume from, or None for a fresh run."""
 
 
 def micro_batch_rows(batch_size: int, world_size: int, grad_accum: int) -> int:
@@ -100,22 +98,35 @@ def _to_engine(codes: torch.Tensor, cues: Cues, device: torch.device, dtype: tor
     return codes.to(device), cues
 
 
+def without_metadata(cues: Cues) -> Cues:
+    """The cues with family and source not given: how the CLAP model is used (a prompt gives neither)."""
+    return Cues(torch.full_like(cues.family, NOT_GIVEN), torch.full_like(cues.source, NOT_GIVEN), cues.pitch,
+                cues.velocity, cues.clap_embedding)
+
+
 @torch.no_grad()
-def validation_loss(engine, shard, rows: int) -> dict[str, float]:
-    """Mean loss and per-codebook CE over every row of every worker's validation shard."""
+def validation_loss(engine: Engine, shard: Shard, rows: int) -> dict[str, float]:
+    """Mean loss and per-codebook CE over every row of every worker's validation shard, under the
+    conditions of use: the CLAP model without family and source (`valid_loss`, `valid_ce_<k>`),
+    and with them as a second figure (`valid_loss_with_metadata`); the metadata model with them."""
+    clap_model = engine.module.cfg.conditioning == "clap"
     engine.module.eval()
-    totals = torch.zeros(2 + engine.module.cfg.n_q, dtype=torch.float64)  # rows, loss sum, ce sums
+    totals = torch.zeros(3 + engine.module.cfg.n_q, dtype=torch.float64)  # rows, loss, with metadata, ce sums
     for batch in shard.iter_batches(batch_size=rows, batch_format="numpy"):
         codes, cues = _to_engine(*collate(batch), engine.device, engine.dtype)
-        out = engine.forward(codes, cues)
+        out = engine.forward(codes, without_metadata(cues) if clap_model else cues)
+        with_metadata = engine.forward(codes, cues).loss.item() if clap_model else out.loss.item()
         n = len(codes)
-        totals += torch.cat([torch.tensor([n, out.loss.item() * n], dtype=torch.float64),
+        totals += torch.cat([torch.tensor([n, out.loss.item() * n, with_metadata * n], dtype=torch.float64),
                              out.ce_per_codebook.detach().double().cpu() * n])
     engine.module.train()
     if dist.is_initialized():
         dist.all_reduce(totals)
     n = max(totals[0].item(), 1.0)
-    return {"valid_loss": totals[1].item() / n, **{f"valid_ce_{k}": v.item() / n for k, v in enumerate(totals[2:])}}
+    metrics = {"valid_loss": totals[1].item() / n, **{f"valid_ce_{k}": v.item() / n for k, v in enumerate(totals[3:])}}
+    if clap_model:
+        metrics["valid_loss_with_metadata"] = totals[2].item() / n
+    return metrics
 
 
 def window_means(window: dict[str, list[float]]) -> dict[str, float]:
@@ -127,103 +138,49 @@ def window_means(window: dict[str, list[float]]) -> dict[str, float]:
     return {n: (total / count if count else float("nan")) for n, (total, count) in zip(names, values.tolist())}
 
 
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+def window_code_usage(counts: torch.Tensor) -> dict[str, float]:
+    """The CLAP quantizer's code counts [Q, bins] of this worker's window -> the usage of the
+    global window: perplexity and live entries, mean and min over the Q codebooks."""
+    if dist.is_initialized():
+        dist.all_reduce(counts)
+    usage = code_usage_from_counts(counts)
+    live = usage.live.float()
+    return {"rvq_perplexity_mean": usage.perplexity.mean().item(), "rvq_perplexity_min": usage.perplexity.min().item(),
+            "rvq_live_mean": live.mean().item(), "rvq_live_min": live.min().item()}
 
 
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and python's random."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
 
 
-def _csv(history: list[dict]) -> bytes:
-    columns = list(dict.fromkeys(key for row in history for key in row))
-    text = io.StringIO()
-    writer = csv.DictWriter(text, columns)
-    writer.writeheader()
-    writer.writerows(history)
-    return text.getvalue().encode()
-
-
-def read_metrics(url: str) -> list[dict]:
-    """A `metrics.csv` (a run's or a checkpoint's) -> its rows: floats, step and epoch as ints, empty cells left out."""
-    rows = csv.DictReader(storage.read_bytes(url).decode().splitlines())
-    return [{k: int(float(v)) if k in ("step", "epoch") else float(v) for k, v in row.items() if v != ""} for row in rows]
-
-
-class Checkpointer:
-    """Writes and reads this worker's part of a checkpoint (see the module docstring)."""
-
-    def __init__(self, cfg: Config, rank: int):
-        self.cfg, self.rank = cfg, rank
-        self.run_url = storage.join(cfg.train.storage_path, cfg.train.run_name)
-
-    def save(self, engine, position: Position, history: list[dict], metrics: dict) -> None:
-        state_dict = engine.consolidated_state_dict()  # a collective under ZeRO-3: every rank
-        with tempfile.TemporaryDirectory() as folder:
-            engine.save(folder)
-            torch.save(_rng_state(), os.path.join(folder, f"rng_rank{self.rank}.pt"))
-            if self.rank == 0:
-                with open(os.path.join(folder, STATE), "w") as f:
-                    json.dump({**asdict(position), "config_hash": config_hash(self.cfg)}, f)
-                with open(os.path.join(folder, METRICS), "wb") as f:
-                    f.write(_csv(history))
-                with torch.random.fork_rng(devices=[]):  # building the export must not move the training RNG
-                    export = InstrumentLM(self.cfg.model)
-                export.load_state_dict(state_dict)
-                export.save(os.path.join(folder, MODEL))
-            name = f"checkpoint_{position.step:09d}"
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder), checkpoint_dir_name=name)
-        if dist.is_initialized():
-            dist.barrier()  # every rank has uploaded its part
-        if self.rank == 0:
-            commit_latest(self.run_url, position.step, name)
-
-    def load(self, engine) -> tuple[Position, list[dict]] | None:
-        checkpoint = ray.train.get_checkpoint() or committed_checkpoint(self.run_url)
-        if checkpoint is None:
-            return None
-        with checkpoint.as_directory() as folder:
-            engine.load(folder)
-            with open(os.path.join(folder, STATE)) as f:
-                state = json.load(f)
-            rng = os.path.join(folder, f"rng_rank{self.rank}.pt")
-            if os.path.exists(rng):  # absent when the run resumes on more workers than it had
-                _set_rng_state(torch.load(rng, weights_only=False))
-            history = read_metrics(os.path.join(folder, METRICS))
-        return Position(state["step"], state["epoch"], state["batch_in_epoch"]), history
-
-
-def _kill_if_asked(kill_at: dict | None, rank: int, step: int) -> None:
-    """Test hook: SIGKILL this worker process once, after step `kill_at['step']` on rank `kill_at['rank']`."""
-    if kill_at and kill_at["rank"] == rank and kill_at["step"] == step and not storage.exists(kill_at["marker"]):
-        storage.write_bytes(kill_at["marker"], b"killed")
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def train_loop(loop_config: dict) -> None:
-    """TorchTrainer's per-worker function; `loop_config` = {"cfg": Config, "kill_at": test hook or None}."""
-    cfg: Config = loop_config["cfg"]
+def train(cfg: Config, rank: int, world_size: int, device: torch.device, train_shard: Shard,
+          valid_shard: Shard | None, session: Session, fault: Fault | None = None) -> None:
+    """Train (or continue) the run of `cfg` as worker `rank` of `world_size` (a torch.distributed
+    group of that size is initialised when world_size > 1). `fault`: a test's injected failure,
+    at point "train.step" after each optimizer step."""
     train_cfg = cfg.train
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
     rows = micro_batch_rows(train_cfg.batch_size, world_size, train_cfg.grad_accum)
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    engine = make_engine(InstrumentLM(cfg.model), train_cfg, rows)
-    torch.manual_seed(cfg.seed * 1_000 + rank + 1)  # then each rank its own dropout draws
-    np.random.seed(cfg.seed * 1_000 + rank + 1)
-    random.seed(cfg.seed * 1_000 + rank + 1)
+    engine = make_engine(InstrumentLM(cfg.model), train_cfg, rows, rank, world_size, device)
+    seed_everything(cfg.seed * 1_000 + rank + 1)  # then each rank its own dropout draws
     checkpointer = Checkpointer(cfg, rank)
-    position, history = checkpointer.load(engine) or (Position(), [])
+    position, history = Position(), []
+    with session.restored_checkpoint() as folder:
+        if folder is not None:
+            position, history = checkpointer.read(engine, folder)
     if rank == 0 and position.step:
-        sys.stdout.write(f"resumed at step {position.step} (epoch {position.epoch}, micro-batch {position.batch_in_epoch})\n")
+        sys.stdout.write(f"resumed at step {position.step} (epoch {position.epoch}, "
+                         f"micro-batch {position.batch_in_epoch})\n")
     engine.module.train()
 
-    valid_shard = ray.train.get_dataset_shard("valid") if "valid" in loop_config.get("datasets", ()) else None
-    batches = micro_batches(ray.train.get_dataset_shard("train"), rows, train_cfg.shuffle_buffer, cfg.seed, position)
+    batches = micro_batches(train_shard, rows, train_cfg.shuffle_buffer, cfg.seed, position)
     window: dict[str, list[float]] = defaultdict(list)
+    rvq = engine.module.conditioners.clap.rvq if engine.module.conditioners.clap is not None else None
+    counts = torch.zeros(cfg.model.rvq_codebooks, cfg.model.rvq_bins, device=engine.device) if rvq else None
     window_start, tokens = time.perf_counter(), 0
     metrics_url = storage.join(checkpointer.run_url, METRICS)
     while position.step < train_cfg.max_steps:
@@ -237,9 +194,11 @@ def train_loop(loop_config: dict) -> None:
             window["rvq_loss"].append(out.rvq_loss.item())
             for k, ce in enumerate(out.ce_per_codebook.tolist()):
                 window[f"ce_{k}"].append(ce)
+            if counts is not None:
+                counts += code_counts(out.clap_codes, cfg.model.rvq_bins)
         position.step += 1
         window["grad_norm"].append(grad_norm if grad_norm is not None else float("nan"))
-        _kill_if_asked(loop_config.get("kill_at"), rank, position.step)
+        fault_point(fault, "train.step", position.step, rank)
 
         last = position.step == train_cfg.max_steps
         checkpoint_now = position.step % train_cfg.checkpoint_every == 0 or last
@@ -248,20 +207,28 @@ def train_loop(loop_config: dict) -> None:
         elapsed = time.perf_counter() - window_start
         metrics = {"step": position.step, "epoch": position.epoch, "lr": engine.lr,
                    "tokens_per_s": tokens / elapsed, "steps_per_s": len(window["grad_norm"]) / elapsed,
-                   **window_means(window)}
+                   **window_means(window), **(window_code_usage(counts) if counts is not None else {})}
         if valid_shard is not None and (position.step % train_cfg.eval_every == 0 or last):
             metrics.update(validation_loss(engine, valid_shard, rows))
         history.append(metrics)
         if rank == 0:
-            storage.write_bytes(metrics_url, _csv(history))
+            storage.write_bytes(metrics_url, metrics_csv(history))
             # stdout itself: Ray Train's patched print would log each line twice.
-            sys.stdout.write(f"step {position.step}/{train_cfg.max_steps} epoch {position.epoch} loss {metrics['loss']:.4f}"
+            sys.stdout.write(f"step {position.step}/{train_cfg.max_steps} epoch {position.epoch} "
+                             f"loss {metrics['loss']:.4f}"
                              + (f" valid {metrics['valid_loss']:.4f}" if "valid_loss" in metrics else "")
                              + f" lr {metrics['lr']:.2e} {metrics['tokens_per_s']:.0f} tok/s\n")
             sys.stdout.flush()
         if checkpoint_now:
-            checkpointer.save(engine, position, history, metrics)
+            with tempfile.TemporaryDirectory() as folder:
+                checkpointer.write(engine, position, history, folder)
+                session.report(metrics, folder, checkpoint_name(position.step))
+            if dist.is_initialized():
+                dist.barrier()  # every rank has uploaded its part
+            checkpointer.commit(position)
         else:
-            ray.train.report(metrics)
+            session.report(metrics)
         window.clear()
+        if counts is not None:
+            counts.zero_()
         window_start, tokens = time.perf_counter(), 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 
 import pyarrow.fs
-import ray.train
 
 from instrumentgen import storage
 
@@ -27,13 +26,13 @@ def ray_storage(url: str) -> tuple[str, pyarrow.fs.FileSystem | None]:
 
 
 def commit_latest(run_url: str, step: int, checkpoint_dir_name: str) -> None:
+    """Record `checkpoint_dir_name` as the run's latest complete checkpoint (rank 0, after every rank uploaded)."""
     storage.write_json(storage.join(run_url, LATEST), {"step": step, "checkpoint": checkpoint_dir_name})
 
 
-def committed_checkpoint(run_url: str) -> ray.train.Checkpoint | None:
-    """The last checkpoint every rank finished uploading, or None."""
+def committed_checkpoint_url(run_url: str) -> str | None:
+    """The URL of the last checkpoint every rank finished uploading, or None."""
     latest = storage.join(run_url, LATEST)
     if not storage.exists(latest):
         return None
-    path, filesystem = ray_storage(storage.join(run_url, storage.read_json(latest)["checkpoint"]))
-    return ray.train.Checkpoint(path=path, filesystem=filesystem)
+    return storage.join(run_url, storage.read_json(latest)["checkpoint"])

@@ -17,7 +17,7 @@ import tempfile
 from instrumentgen import storage
 from instrumentgen.config import Config, load_config
 from instrumentgen.testing import write_fixture_nsynth
-from instrumentgen.training.loop import METRICS, read_metrics
+from instrumentgen.training.checkpoint import METRICS, read_metrics
 from instrumentgen.vocab import PITCHES
 from jobs.entry import local_ray
 
@@ -25,6 +25,7 @@ LOG_EVERY = 10
 
 
 def make_shards(root: str) -> str:
+    """Token shards of 4 fixture instruments through jobs.preprocess, under `root`."""
     from jobs.preprocess import run as preprocess
 
     source = write_fixture_nsynth(os.path.join(root, "nsynth"), 4, list(PITCHES[10:80:4]), [50, 100],

@@ -41,24 +41,13 @@ def test_the_null_condition_nulls_every_token_clap_included():
     a = make_cues([30, 90], [25, 127], family="bass", source="synthetic", clap_embedding=torch.randn(512))
     b = make_cues([61, 62], [50, 75], family="flute", clap_embedding=torch.randn(512))
     null = torch.ones(2, dtype=torch.bool)
-    tokens_a, _ = model(a, null)
-    tokens_b, _ = model(b, null)
+    tokens_a = model(a, null)[0]
+    tokens_b = model(b, null)[0]
     assert tokens_a.shape == (2, 5, 64)
     assert torch.equal(tokens_a, tokens_b)  # nothing of the cue survives, the CLAP token neither
     assert torch.equal(tokens_a[:, 4], model.clap.null.expand(2, -1))
-    tokens, _ = model(a)
+    tokens = model(a)[0]
     assert not torch.allclose(tokens[:, 4], tokens_a[:, 4])
-
-
-def test_rvq_quantizes_to_codebook_sums_and_passes_gradients_straight_through():
-    model = conditioners()
-    x = torch.nn.functional.normalize(torch.randn(8, 512), dim=-1).requires_grad_()
-    quantized, codes, loss = model.clap.rvq(x)
-    expected = sum(model.clap.rvq.codebooks[q][codes[:, q]] for q in range(codes.shape[1]))
-    torch.testing.assert_close(quantized, expected)
-    (quantized.sum() + loss).backward()
-    torch.testing.assert_close(x.grad, torch.ones_like(x))
-    assert model.clap.rvq.codebooks.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("field, value, message", [

@@ -1,17 +1,24 @@
 """Ray Train on the tiny config with 2 CPU workers (gloo): DeepSpeed ZeRO 1/2 and DDP, checkpoints,
-a killed worker, resumption, S3 storage and the exported checkpoint."""
+a killed worker, resumption, S3 storage, the exported checkpoint, and the CLAP quantizer's
+codebooks identical on every worker."""
 import csv
+import os
+import re
 import subprocess
 import sys
 
 import pytest
+import ray.train
 import torch
 
 from instrumentgen import storage
 from instrumentgen.config import load_config
 from instrumentgen.cues import make_cues
+from instrumentgen.faults import Fault
 from instrumentgen.model.lm import InstrumentLM
+from instrumentgen.shards import collate
 from instrumentgen.testing import write_fixture_nsynth
+from instrumentgen.training.engines import make_engine
 from jobs import preprocess, train
 
 pytestmark = pytest.mark.slow
@@ -56,6 +63,8 @@ def test_loss_falls(shards_url, tmp_path, strategy):
     valid = [float(r["valid_loss"]) for r in rows if r["valid_loss"]]
     assert len(valid) == 3 and valid[-1] < valid[0]
     assert all(float(r["grad_norm"]) > 0 and float(r["tokens_per_s"]) > 0 for r in rows)
+    assert all(float(r["valid_loss_with_metadata"]) > 0 for r in rows if r["valid_loss"])
+    assert all(2 <= float(r["rvq_live_min"]) <= 64 and float(r["rvq_perplexity_min"]) > 1 for r in rows)
     assert float(rows[-1]["lr"]) == pytest.approx(0.0, abs=1e-9)  # the cosine ends at zero
     assert exported == str(tmp_path / "run" / "model.pt")
     # checkpoints kept: the last 3 (train.keep_checkpoints), named by step
@@ -80,12 +89,13 @@ def test_loss_falls_with_zero_stage_2(straight_zero2):
     assert len(valid) == 2 and valid[-1] < valid[0]
 
 
-def test_a_killed_worker_resumes_to_the_weights_of_a_straight_run_on_s3(straight_zero2, shards_url, s3_bucket, tmp_path):
+def test_a_killed_worker_resumes_to_the_weights_of_a_straight_run_on_s3(straight_zero2, shards_url, s3_bucket,
+                                                                        tmp_path):
     cfg, straight = straight_zero2
     killed = train_config(shards_url, f"{s3_bucket}/runs", "killed", "train.zero_stage=2", "train.max_steps=20",
                           "train.max_failures=1")
     marker = str(tmp_path / "killed-once")
-    exported = train.run(killed, kill_at={"rank": 1, "step": 15, "marker": marker})
+    exported = train.run(killed, Fault("train.step", at=15, marker=marker, rank=1))
     assert storage.exists(marker)  # the worker really died after step 15 (its checkpoint: step 10)
     assert exported == f"{s3_bucket}/runs/killed/model.pt"
     ours, reference = state_dict(exported), state_dict(straight)
@@ -101,8 +111,10 @@ def test_resubmitting_a_stopped_run_continues_from_its_checkpoint(straight_zero2
     cfg, straight = straight_zero2
     stopped = train_config(shards_url, str(tmp_path), "stopped", "train.zero_stage=2", "train.max_steps=20",
                            "train.max_failures=0")
-    with pytest.raises(Exception):  # the worker group dies and no restart is allowed
-        train.run(stopped, kill_at={"rank": 0, "step": 12, "marker": str(tmp_path / "killed-once")})
+    failure = Fault("train.step", at=12, marker=str(tmp_path / "failed-once"), action="raise", rank=0)
+    # the worker group fails and no restart is allowed
+    with pytest.raises(ray.train.WorkerGroupError, match=re.escape("injected failure at train.step=12 (rank 0)")):
+        train.run(stopped, failure)
     before = metrics_rows(stopped)
     assert [int(r["step"]) for r in before] == [5, 10]
     exported = train.run(stopped)
@@ -132,6 +144,51 @@ def test_the_export_generates_the_same_tokens_in_a_fresh_process(straight_zero2,
     subprocess.run([sys.executable, "-c", GENERATE, exported, str(tmp_path / "codes.pt")], check=True, timeout=300)
     assert torch.equal(torch.load(tmp_path / "codes.pt"), here)
     assert here.shape == (3, 4, 12)
+
+
+@pytest.mark.parametrize("strategy", ["train.strategy=ddp", "train.strategy=deepspeed train.zero_stage=1",
+                                      "train.strategy=deepspeed train.zero_stage=3"])
+def test_every_worker_ends_with_the_same_codebooks(shards_url, tmp_path, strategy):
+    cfg = train_config(shards_url, str(tmp_path), "codebooks", *strategy.split())
+
+    def train_a_few_steps(loop_config):
+        """Per-worker function (nested: workers cannot import this module): the real engine, each
+        worker its own rows, then its quantizer buffers to a file."""
+        from instrumentgen.shards import read_table, shard_files
+
+        cfg, folder = loop_config["cfg"], loop_config["folder"]
+        context = ray.train.get_context()
+        rank, world_size = context.get_world_rank(), context.get_world_size()
+        torch.manual_seed(0)
+        engine = make_engine(InstrumentLM(cfg.model), cfg.train, 8, rank, world_size, ray.train.torch.get_device())
+        torch.manual_seed(rank + 1)
+        table = read_table(shard_files(cfg.data.shards, "train")[0]).to_pandas()
+        engine.module.train()
+        for step in range(4):
+            rows = table.iloc[(rank * 4 + step) * 8 % 64:][:8]
+            codes, cues = collate({name: rows[name].to_numpy() for name in rows.columns})
+            out = engine.forward(codes, cues)
+            engine.backward(out.loss)
+            engine.step()
+        rvq = engine.module.conditioners.clap.rvq
+        buffers = {name: b.detach().cpu().clone() for name, b in rvq.state_dict().items()}
+        torch.save(buffers, os.path.join(folder, f"rank{rank}.pt"))
+        consolidated = engine.consolidated_state_dict()  # a collective under ZeRO-3
+        if rank == 0:
+            torch.save(consolidated, os.path.join(folder, "consolidated.pt"))
+
+    ray.train.torch.TorchTrainer(
+        train_a_few_steps, train_loop_config={"cfg": cfg, "folder": str(tmp_path)},
+        scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
+        run_config=ray.train.RunConfig(storage_path=str(tmp_path / "ray"))).fit()
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    consolidated = torch.load(tmp_path / "consolidated.pt")
+    assert rank0["initialized"].all()
+    for name in ("codebooks", "cluster_sizes", "embedding_sums", "initialized"):
+        assert torch.equal(rank0[name], rank1[name]), name
+        assert torch.equal(consolidated[f"conditioners.clap.rvq.{name}"], rank0[name].to(consolidated[
+            f"conditioners.clap.rvq.{name}"].dtype)), name
+    assert (rank0["cluster_sizes"].sum(-1) >= 16 - 1e-3).all()  # the EMA of the global batch: 16 rows a step
 
 
 def test_cli_fails_in_one_line_without_shards(capsys, tmp_path):

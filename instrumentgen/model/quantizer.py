@@ -1,0 +1,193 @@
+"""Residual vector quantization of the CLAP embedding, audiocraft's way (`audiocraft/quantization/core_vq.py`).
+
+Q codebooks of `bins` entries; codebook q quantizes what codebooks 0..q-1 left (the residual).
+The codebooks are not learned by gradient: they are buffers, moved in training mode only by
+exponential moving averages (decay `rvq_decay`) of how many residuals each entry took
+(`cluster_sizes`) and of their sum (`embedding_sums`), an entry being their ratio. Each
+codebook starts as the k-means centroids (`rvq_kmeans_iters` iterations) of the residuals of the
+first training batch it sees, and an entry whose EMA usage falls below `rvq_dead_code_threshold`
+(assignments per step) is re-seeded from a residual of the current batch. audiocraft writes the
+re-seeded entry into the codebook only, which its EMA update overwrites in the same step; here
+the EMA statistics are re-seeded with it, so the restart takes effect.
+
+Across workers the statistics must be those of the global batch, or each worker's codebooks
+drift to its own data. The quantizer's input is a frozen CLAP embedding [B, 512], so every
+training forward all-gathers it (B x 512 floats per worker) and every worker computes the codes
+and EMA statistics of the global batch itself: the same numbers as an all-reduce of the
+statistics (Q x bins x 513 floats: 25 MB per step at 12 x 1024, against 64 KB for the inputs
+of a global batch of 32), one collective per step. Random choices (k-means starts, dead-code
+seeds) come from a generator seeded by the update count, a buffer like the statistics: the same
+draw on every worker without a broadcast, the same after a resume, and the training's own random
+streams untouched. This holds under DDP and every DeepSpeed ZeRO stage (buffers are never partitioned), without
+relying on DDP's buffer broadcast, which DeepSpeed does not have.
+
+The output carries the quantized value forward and the gradient straight through to the input;
+the commitment loss ||x - sg(quantized)||^2 (audiocraft's weight 1, mean over codebooks) has no
+gradient here (the input is frozen) and audiocraft's CLAP conditioner drops it from the LM loss:
+it is reported as the quantization error.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+EPSILON = 1e-5  # audiocraft's Laplace smoothing of the cluster sizes
+
+
+@dataclass
+class CodeUsage:
+    """How a set of embeddings uses each codebook: perplexity [Q] (exp of the code entropy,
+    1 = one entry for everything, bins = uniform) and live [Q] long (entries used at least once)."""
+
+    perplexity: torch.Tensor
+    live: torch.Tensor
+
+
+def code_usage_from_counts(counts: torch.Tensor) -> CodeUsage:
+    """counts [Q, bins] (how often each entry was chosen) -> CodeUsage."""
+    counts = counts.double()
+    probs = counts / counts.sum(dim=-1, keepdim=True).clamp(min=1.0)
+    entropy = -(probs * probs.clamp(min=1e-30).log()).sum(dim=-1)
+    return CodeUsage(entropy.exp().float(), (counts > 0).sum(dim=-1))
+
+
+def code_counts(codes: torch.Tensor, bins: int) -> torch.Tensor:
+    """codes [B, Q] long -> counts [Q, bins] float."""
+    return F.one_hot(codes.T, bins).sum(dim=1).float()
+
+
+def nearest(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """x [N, D], codebook [C, D] -> index [N] long of the nearest entry (squared Euclidean)."""
+    distances = x.pow(2).sum(1, keepdim=True) - 2 * x @ codebook.T + codebook.pow(2).sum(1)[None]
+    return distances.argmin(dim=-1)
+
+
+def kmeans(samples: torch.Tensor, start: torch.Tensor, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """samples [N, D], start [C] long (the samples the C means start from) -> (means [C, D], counts [C]).
+
+    Lloyd's iterations; a cluster left empty keeps its mean. Sums through a one-hot matmul, not
+    scatter_add, so that the same input gives the same means on every GPU.
+    """
+    means = samples[start]
+    counts = torch.zeros(len(start), device=samples.device)
+    for _ in range(iters):
+        onehot = F.one_hot(nearest(samples, means), len(start)).to(samples.dtype)  # [N, C]
+        counts = onehot.sum(0)
+        means = torch.where(counts[:, None] > 0, onehot.T @ samples / counts.clamp(min=1)[:, None], means)
+    return means, counts
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, slice]:
+    """x [B, D] on each worker -> (every worker's rows [W * B, D] in rank order, this worker's slice)."""
+    if not _distributed():
+        return x, slice(0, len(x))
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    rank = dist.get_rank()
+    return torch.cat(parts), slice(rank * len(x), (rank + 1) * len(x))
+
+
+class ResidualVectorQuantizer(nn.Module):
+    """x [B, E] -> (quantized [B, E], codes [B, Q] long, commitment loss scalar); see the module docstring."""
+
+    def __init__(self, dim: int, num_codebooks: int, bins: int, decay: float, kmeans_iters: int,
+                 dead_code_threshold: float):
+        super().__init__()
+        self.bins, self.decay, self.kmeans_iters = bins, decay, kmeans_iters
+        self.dead_code_threshold = dead_code_threshold
+        # Until k-means replaces them (first training batch), entries of norm ~1 like CLAP's unit
+        # embeddings, so that an untrained model still tells embeddings apart.
+        self.register_buffer("codebooks", torch.randn(num_codebooks, bins, dim) / dim ** 0.5)
+        self.register_buffer("cluster_sizes", torch.zeros(num_codebooks, bins))
+        self.register_buffer("embedding_sums", torch.zeros(num_codebooks, bins, dim))
+        self.register_buffer("initialized", torch.zeros(num_codebooks, dtype=torch.bool))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))  # training batches seen: seeds the draws
+
+    def _randint(self, q: int, high: int, device: torch.device) -> torch.Tensor:
+        """[bins] long uniform in [0, high): the same draw on every worker (seeded by `updates` and q)."""
+        generator = torch.Generator(device=device).manual_seed(int(self.updates) * 1_000 + q)
+        return torch.randint(0, high, (self.bins,), device=device, generator=generator)
+
+    def _apply(self, fn, recurse=True):
+        # Statistics stay fp32 under .half() / .bfloat16() (DeepSpeed bf16): a 0.99 decay needs the mantissa.
+        super()._apply(fn, recurse)
+        for name, buffer in self._buffers.items():
+            if buffer is not None and buffer.is_floating_point() and buffer.dtype != torch.float32:
+                self._buffers[name] = buffer.float()
+        return self
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """In training mode the codebooks are initialised / updated from the global batch (every
+        worker must call it with the same B); in eval mode they are only read."""
+        if self.training:
+            with torch.no_grad():
+                samples, mine = _gather_rows(x.detach().float())
+                quantized, codes, layer_inputs, chosen = self._quantize(samples, update=True)
+                self.updates += 1
+            quantized, codes = quantized[mine], codes[mine]
+            layer_inputs, chosen = layer_inputs[:, mine], chosen[:, mine]
+        else:
+            quantized, codes, layer_inputs, chosen = self._quantize(x.detach().float(), update=False)
+        commitment = F.mse_loss(layer_inputs, chosen)
+        quantized = quantized.to(x.dtype)
+        return x + (quantized - x).detach(), codes, commitment
+
+    @torch.no_grad()
+    def _quantize(self, x: torch.Tensor, update: bool) -> tuple[torch.Tensor, ...]:
+        """x [N, E] fp32 -> (quantized [N, E], codes [N, Q], each codebook's input [Q, N, E] and
+        chosen entries [Q, N, E], as they were before this batch's update)."""
+        residual, quantized, codes, inputs, entries = x, torch.zeros_like(x), [], [], []
+        for q in range(len(self.codebooks)):
+            if update and not self.initialized[q]:
+                self._kmeans_init(q, residual)
+            index = nearest(residual, self.codebooks[q])
+            chosen = self.codebooks[q][index]
+            inputs.append(residual)
+            entries.append(chosen)
+            codes.append(index)
+            if update:
+                self._ema_update(q, residual, index)
+            quantized, residual = quantized + chosen, residual - chosen
+        return quantized, torch.stack(codes, dim=-1), torch.stack(inputs), torch.stack(entries)
+
+    def _kmeans_init(self, q: int, samples: torch.Tensor) -> None:
+        means, counts = kmeans(samples, self._randint(q, len(samples), samples.device), self.kmeans_iters)
+        if _distributed():  # the same input everywhere; rank 0's result guards against kernel nondeterminism
+            dist.broadcast(means, src=0)
+            dist.broadcast(counts, src=0)
+        self.codebooks[q] = means
+        self.cluster_sizes[q] = counts
+        self.embedding_sums[q] = means * counts[:, None]
+        self.initialized[q] = True
+
+    def _ema_update(self, q: int, samples: torch.Tensor, index: torch.Tensor) -> None:
+        onehot = F.one_hot(index, self.bins).float()  # [N, bins]
+        self.cluster_sizes[q].lerp_(onehot.sum(0), 1 - self.decay)
+        self.embedding_sums[q].lerp_(onehot.T @ samples, 1 - self.decay)
+        total = self.cluster_sizes[q].sum()
+        smoothed = (self.cluster_sizes[q] + EPSILON) / (total + self.bins * EPSILON) * total
+        self.codebooks[q] = self.embedding_sums[q] / smoothed[:, None]
+        dead = self.cluster_sizes[q] < self.dead_code_threshold
+        if self.dead_code_threshold > 0 and dead.any():  # identical buffers: every worker takes this branch
+            seeds = samples[self._randint(q, len(samples), samples.device)]
+            self.codebooks[q] = torch.where(dead[:, None], seeds, self.codebooks[q])
+            self.embedding_sums[q] = torch.where(dead[:, None], seeds * self.dead_code_threshold,
+                                                 self.embedding_sums[q])
+            self.cluster_sizes[q] = torch.where(dead, self.dead_code_threshold, self.cluster_sizes[q])
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, E] -> codes [B, Q] long, never updating the codebooks."""
+        return self._quantize(x.float(), update=False)[1]
+
+    def code_usage(self, x: torch.Tensor) -> CodeUsage:
+        """How the embeddings x [B, E] use each codebook (perplexity and live entries, [Q] each)."""
+        return code_usage_from_counts(code_counts(self.encode(x), self.bins))

@@ -1,0 +1,130 @@
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from instrumentgen.model.quantizer import ResidualVectorQuantizer, code_counts, code_usage_from_counts
+
+
+def quantizer(bins=8, codebooks=2, decay=0.9, threshold=0.0, dim=16):
+    torch.manual_seed(0)
+    return ResidualVectorQuantizer(dim, codebooks, bins, decay, kmeans_iters=10, dead_code_threshold=threshold)
+
+
+def clusters(per_cluster=4, dim=16, seed=1):
+    """4 well separated clusters of `per_cluster` points each: [4 * per_cluster, dim]."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = 5 * torch.eye(dim)[:4]
+    return (centres[:, None] + 0.01 * torch.randn(4, per_cluster, dim, generator=generator)).reshape(-1, dim)
+
+
+def test_quantizes_to_codebook_sums_and_passes_gradients_straight_through():
+    rvq = quantizer().eval()
+    x = torch.randn(6, 16, requires_grad=True)
+    quantized, codes, commitment = rvq(x)
+    expected = sum(rvq.codebooks[q][codes[:, q]] for q in range(2))
+    torch.testing.assert_close(quantized, expected)
+    torch.testing.assert_close(commitment, torch.nn.functional.mse_loss(
+        torch.stack([x.detach(), x.detach() - rvq.codebooks[0][codes[:, 0]]]),
+        torch.stack([rvq.codebooks[q][codes[:, q]] for q in range(2)])))
+    quantized.sum().backward()
+    torch.testing.assert_close(x.grad, torch.ones_like(x))
+    assert not any(b.requires_grad for b in rvq.buffers()) and not list(rvq.parameters())
+
+
+def test_kmeans_initialises_from_the_first_training_batch_and_eval_never_updates():
+    rvq = quantizer(bins=4, threshold=0.0)
+    x = clusters()
+    before = {name: b.clone() for name, b in rvq.eval().named_buffers()}
+    rvq(x)
+    assert all(torch.equal(before[name], b) for name, b in rvq.state_dict().items())  # eval: read only
+    rvq.train()
+    _, codes, _ = rvq(x)
+    assert rvq.initialized.all()
+    assert sorted(codes[::4, 0].tolist()) == [0, 1, 2, 3]  # one entry per cluster
+    assert torch.equal(codes[:, 0], codes[:, 0].view(4, 4)[:, :1].expand(4, 4).reshape(-1))
+    centres = x.view(4, 4, 16).mean(1)
+    torch.testing.assert_close(rvq.codebooks[0][codes[::4, 0]], centres, atol=1e-2, rtol=0)
+
+
+def test_ema_update_of_cluster_sizes_and_embedding_sums():
+    rvq = quantizer(bins=4, decay=0.9, threshold=0.0).train()
+    x = clusters()
+    rvq(x)  # k-means init, then the first update
+    rvq(x)
+    sizes, sums = rvq.cluster_sizes[0].clone(), rvq.embedding_sums[0].clone()
+    y = x[:4]  # only the first cluster this time
+    _, codes, _ = rvq(y)
+    entry = codes[0, 0]
+    expected = 0.9 * sizes
+    expected[entry] += 0.1 * 4
+    torch.testing.assert_close(rvq.cluster_sizes[0], expected)
+    torch.testing.assert_close(rvq.embedding_sums[0][entry], 0.9 * sums[entry] + 0.1 * y.sum(0))
+    total = expected.sum()
+    smoothed = (expected + 1e-5) / (total + 4 * 1e-5) * total
+    torch.testing.assert_close(rvq.codebooks[0], rvq.embedding_sums[0] / smoothed[:, None])
+
+
+def test_dead_entries_are_reseeded_from_the_batch_with_their_statistics():
+    rvq = quantizer(bins=8, decay=0.5, threshold=1.5).train()
+    x = clusters()
+    rvq(x)  # 16 residuals, 8 entries: about 2 each
+    sizes = rvq.cluster_sizes[0].clone()
+    _, codes, _ = rvq(x[:4])  # 3 clusters unused this step: their entries fall to about 1, below 1.5
+    unused = torch.ones(8, dtype=torch.bool)
+    unused[codes[:, 0]] = False
+    dead = unused & (0.5 * sizes < 1.5)
+    assert dead.sum() >= 3
+    assert (rvq.cluster_sizes[0][dead] == 1.5).all()
+    for entry in dead.nonzero().flatten():
+        # the entry is now one of the batch's residuals, and its sum agrees with it
+        assert (rvq.codebooks[0][entry] - x[:4]).abs().max(dim=1).values.min() < 1e-6
+        torch.testing.assert_close(rvq.embedding_sums[0][entry], 1.5 * rvq.codebooks[0][entry])
+    assert (rvq.cluster_sizes[0] >= 1.5).all()
+
+
+def test_code_usage_perplexity_and_live_entries():
+    usage = code_usage_from_counts(torch.tensor([[4.0, 0, 0, 0], [1, 1, 1, 1], [2, 2, 0, 0]]))
+    torch.testing.assert_close(usage.perplexity, torch.tensor([1.0, 4.0, 2.0]))
+    assert usage.live.tolist() == [1, 4, 2]
+    assert code_counts(torch.tensor([[0, 3], [0, 1]]), 4).tolist() == [[2, 0, 0, 0], [0, 1, 0, 1]]
+    rvq = quantizer(bins=4).train()
+    rvq(clusters())
+    usage = rvq.code_usage(clusters(seed=2))
+    assert usage.live[0] == 4 and usage.perplexity[0] == pytest.approx(4.0)
+
+
+def test_statistics_stay_float32_in_a_bf16_model():
+    rvq = quantizer().bfloat16()
+    assert all(b.dtype in (torch.float32, torch.bool, torch.long) for b in rvq.buffers())
+    quantized, _, _ = rvq.train()(torch.randn(4, 16, dtype=torch.bfloat16))
+    assert quantized.dtype == torch.bfloat16
+
+
+def _two_workers(rank, folder):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["TEST_PORT"])
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    rvq = quantizer(threshold=0.3).train()
+    torch.manual_seed(100 + rank)  # each worker its own random stream, as in training: not used by the quantizer
+    x = clusters(seed=7)
+    for step in range(5):
+        rvq(x[rank * 8:(rank + 1) * 8] + 0.001 * step)  # each worker its half of the global batch
+    torch.save(rvq.state_dict(), os.path.join(folder, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_two_workers_keep_identical_codebooks_equal_to_one_worker_on_the_global_batch(tmp_path):
+    os.environ["TEST_PORT"] = str(29_400 + os.getpid() % 500)
+    mp.spawn(_two_workers, args=(str(tmp_path),), nprocs=2)
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name
+    one = quantizer(threshold=0.3).train()
+    torch.manual_seed(5)
+    x = clusters(seed=7)
+    for step in range(5):
+        one(x + 0.001 * step)
+    for name, buffer in one.state_dict().items():
+        torch.testing.assert_close(rank0[name], buffer, msg=name)

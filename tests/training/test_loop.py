@@ -1,0 +1,187 @@
+"""The training loop without Ray (`loop.train` on one worker, the real engine and checkpoint code):
+validation under the conditions of use, and proof that the model learns its conditioning."""
+import os
+import shutil
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import torch
+
+from instrumentgen import shards
+from instrumentgen.config import load_config
+from instrumentgen.cues import Cues
+from instrumentgen.model.lm import InstrumentLM
+from instrumentgen.testing import write_fixture_nsynth
+from instrumentgen.training.checkpoint import MODEL, read_metrics
+from instrumentgen.training.engines import make_engine
+from instrumentgen.training.loop import train, validation_loss, without_metadata
+
+PITCHES = [36, 43, 48, 55, 60, 67, 72, 79, 84]
+VELOCITIES = [25, 75, 127]
+FIGURE = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "figures", "conditioning_loss.png")
+
+
+class TableShard:
+    """A Ray Data shard's `iter_batches` over an in-memory table, shuffled like Ray's local buffer."""
+
+    def __init__(self, columns: dict[str, np.ndarray]):
+        self.columns = columns
+
+    def iter_batches(self, *, batch_size, batch_format, drop_last=False, local_shuffle_buffer_size=None,
+                     local_shuffle_seed=None):
+        rows = len(next(iter(self.columns.values())))
+        shuffled = local_shuffle_buffer_size is not None
+        order = np.random.default_rng(local_shuffle_seed).permutation(rows) if shuffled else np.arange(rows)
+        for start in range(0, rows - (batch_size - 1 if drop_last else 0), batch_size):
+            index = order[start:start + batch_size]
+            yield {name: column[index] for name, column in self.columns.items()}
+
+
+class LocalSession:
+    """Keeps reported metrics and copies each checkpoint folder to `<folder>/<name>`."""
+
+    def __init__(self, folder):
+        self.folder, self.metrics = folder, []
+
+    def report(self, metrics, checkpoint_folder=None, checkpoint_name=None):
+        self.metrics.append(metrics)
+        if checkpoint_folder:
+            shutil.copytree(checkpoint_folder, os.path.join(self.folder, checkpoint_name))
+
+    @contextmanager
+    def restored_checkpoint(self):
+        yield None
+
+
+def columns_of(table) -> dict[str, np.ndarray]:
+    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+
+
+@pytest.fixture(scope="module")
+def notes(tmp_path_factory, ray_local, cache):
+    """Every note of 4 fixture instruments x 9 pitches x 3 velocities, as preprocessed token shard rows."""
+    from jobs import preprocess
+
+    root = tmp_path_factory.mktemp("loop-data")
+    source = write_fixture_nsynth(str(root / "nsynth"), 4, PITCHES, VELOCITIES, ("jsonwav",))["jsonwav"]
+    out = str(root / "shards")
+    preprocess.run(load_config("tiny", [f"data.source={source}", f"data.shards={out}"]))
+    import pyarrow as pa
+
+    table = pa.concat_tables([shards.read_table(f) for f in shards.shard_files(out, "train")])
+    return columns_of(table.sort_by([("instrument", "ascending"), ("pitch", "ascending"), ("velocity", "ascending")]))
+
+
+def select(columns, mask):
+    return {name: column[mask] for name, column in columns.items()}
+
+
+def test_validation_is_measured_without_family_and_source_in_the_clap_model(notes, tmp_path):
+    cfg = load_config("tiny", [f"train.storage_path={tmp_path}", "train.strategy=ddp", "train.num_workers=1"])
+    torch.manual_seed(0)
+    engine = make_engine(InstrumentLM(cfg.model), cfg.train, 8, 0, 1, torch.device("cpu"))
+    shard = TableShard(select(notes, notes["pitch"] < 60))
+    metrics = validation_loss(engine, shard, 8)
+    assert engine.module.training  # back to training mode
+    codes, cues = shards.collate(next(shard.iter_batches(batch_size=1000, batch_format="numpy")))
+    engine.module.eval()
+    with torch.no_grad():
+        as_used, with_metadata = engine.module(codes, without_metadata(cues)), engine.module(codes, cues)
+    assert (cues.family >= 0).all() and (cues.source >= 0).all()
+    assert metrics["valid_loss"] == pytest.approx(as_used.loss.item(), rel=1e-5)
+    assert metrics["valid_loss_with_metadata"] == pytest.approx(with_metadata.loss.item(), rel=1e-5)
+    assert metrics["valid_loss"] != pytest.approx(metrics["valid_loss_with_metadata"], rel=1e-4)
+    assert [metrics[f"valid_ce_{k}"] for k in range(4)] == pytest.approx(as_used.ce_per_codebook.tolist(), rel=1e-5)
+
+    metadata_cfg = load_config("tiny", ["model.conditioning=metadata", "train.strategy=ddp"])
+    engine = make_engine(InstrumentLM(metadata_cfg.model), metadata_cfg.train, 8, 0, 1, torch.device("cpu"))
+    metrics = validation_loss(engine, shard, 8)
+    engine.module.eval()
+    with torch.no_grad():
+        expected = engine.module(codes, Cues(cues.family, cues.source, cues.pitch, cues.velocity)).loss.item()
+    assert metrics["valid_loss"] == pytest.approx(expected, rel=1e-5) and "valid_loss_with_metadata" not in metrics
+
+
+def held_out_mask(notes):
+    """One (pitch, velocity) pair in three per instrument, every pitch and velocity still seen in training."""
+    return np.vectorize(PITCHES.index)(notes["pitch"]) % 3 == np.vectorize(VELOCITIES.index)(notes["velocity"])
+
+
+def onset_loss(lm, codes, cues, frames=2):
+    """Teacher-forced CE of the first `frames` frames of every codebook: where the cue is all the model
+    has (later, the note's own past codes tell pitch, loudness and instrument)."""
+    logits = lm(codes, cues).logits  # [B, K, T, card]; codebook k's frame n is at step n + k
+    steps = torch.stack([torch.arange(frames) + k for k in range(codes.shape[1])])  # [K, frames]
+    picked = logits.gather(2, steps[None, :, :, None].expand(len(codes), -1, -1, logits.shape[-1]))
+    return torch.nn.functional.cross_entropy(picked.permute(0, 3, 1, 2), codes[:, :, :frames]).item()
+
+
+def cue_losses(lm, notes, held_out):
+    """Onset loss of the held-out notes (family/source not given) under the right and the wrong cues."""
+    codes, cues = shards.collate(notes)
+    cues = without_metadata(cues)  # as the CLAP model is used: a prompt gives neither family nor source
+    # Another instrument's CLAP embedding: its note of the same pitch and velocity (notes sorted by instrument).
+    instruments = len(np.unique(notes["instrument"]))
+    other_clap = cues.clap_embedding.view(instruments, -1, 512).roll(1, 0).reshape(-1, 512)
+    far = {p: PITCHES[(PITCHES.index(p) + 4) % len(PITCHES)] for p in PITCHES}  # two octaves or more away
+    louder_or_softer = {25: 127, 75: 25, 127: 25}
+    variants = {
+        "right cue": cues,
+        "wrong pitch": Cues(cues.family, cues.source, torch.tensor([far[p] for p in cues.pitch.tolist()]),
+                            cues.velocity, cues.clap_embedding),
+        "wrong velocity": Cues(cues.family, cues.source, cues.pitch,
+                               torch.tensor([louder_or_softer[v] for v in cues.velocity.tolist()]),
+                               cues.clap_embedding),
+        "other instrument's CLAP": cues.with_clap(other_clap),
+    }
+    rows = torch.from_numpy(held_out)
+    with torch.no_grad():
+        return {name: onset_loss(lm, codes[rows], variant[rows]) for name, variant in variants.items()}
+
+
+@pytest.mark.slow
+def test_the_trained_model_reads_pitch_velocity_and_clap_cues(notes, tmp_path):
+    held_out = held_out_mask(notes)
+    cfg = load_config("tiny", [f"train.storage_path={tmp_path}", "train.run_name=cues", "train.strategy=ddp",
+                               "train.num_workers=1", "train.max_steps=200", "train.checkpoint_every=200",
+                               "train.log_every=50", "train.warmup_steps=20"])
+    session = LocalSession(str(tmp_path / "reported"))
+    train(cfg, 0, 1, torch.device("cpu"), TableShard(select(notes, ~held_out)), None, session)
+    lm = InstrumentLM.load(str(tmp_path / "reported" / "checkpoint_000000200" / MODEL))
+    history = read_metrics(str(tmp_path / "cues" / "metrics.csv"))
+    assert {"rvq_perplexity_mean", "rvq_perplexity_min", "rvq_live_mean", "rvq_live_min"} <= set(history[-1])
+
+    losses = cue_losses(lm, notes, held_out)
+    seen = cue_losses(lm, notes, ~held_out)
+    print("onset loss, held-out notes", losses, "seen notes", seen)
+    if os.environ.get("INSTRUMENTGEN_WRITE_FIGURES"):
+        from instrumentgen.plots import cue_loss_figure
+
+        with open(FIGURE, "wb") as f:
+            f.write(cue_loss_figure(losses, "tiny InstrumentLM, 200 steps: onset loss of held-out notes"))
+    assert losses["wrong pitch"] > losses["right cue"] + 0.3, losses
+    assert seen["wrong pitch"] > seen["right cue"] + 0.5, seen
+    assert seen["wrong velocity"] > seen["right cue"] + 0.1, seen
+
+    # The tiny random-init CLAP: the same note of two instruments embeds almost alike, the instruments'
+    # mean embeddings nearly coincide, while the notes of one instrument spread widely (pitch, loudness).
+    clap = torch.nn.functional.normalize(shards.collate(notes)[1].clap_embedding, dim=-1)
+    by_instrument = clap.view(len(np.unique(notes["instrument"])), -1, clap.shape[-1])  # [I, notes, 512]
+    same_note = torch.stack([(by_instrument[a] * by_instrument[b]).sum(-1) for a in range(len(by_instrument))
+                             for b in range(a + 1, len(by_instrument))])
+    means = torch.nn.functional.normalize(by_instrument.mean(1), dim=-1)
+    within = torch.stack([(i @ i.T).min() for i in by_instrument])
+    print(f"CLAP cosine: same note, two instruments {same_note.mean():.3f} (min {same_note.min():.3f}); "
+          f"instrument means {(means @ means.T).min():.4f}+; within an instrument down to {within.min():.2f}")
+    assert same_note.mean() > 0.9 and (means @ means.T).min() > 0.98 and within.max() < 0.8
+
+    # Still, the quantizer gives the same note of two instruments different codes, and keeps entries alive.
+    rvq = lm.conditioners.clap.rvq
+    codes = rvq.encode(clap).view(len(by_instrument), -1, len(rvq.codebooks))
+    for a in range(len(codes)):
+        for b in range(a + 1, len(codes)):
+            assert (codes[a] != codes[b]).any(-1).float().mean() > 0.5, (a, b)
+    usage = rvq.code_usage(clap)
+    print("code usage", usage)
+    assert (usage.live >= 16).all() and (usage.perplexity >= 16).all(), usage
