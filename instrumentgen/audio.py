@@ -3,6 +3,7 @@
 Arrays are float32 mono; a batch of notes is [B, L]. `encode_audio` writes the formats a
 sampler loads (`wav24`, `wav16`, `flac`); `decode_audio` reads any format soundfile knows.
 """
+
 from __future__ import annotations
 
 import io
@@ -15,8 +16,11 @@ import torchaudio.functional
 from instrumentgen.errors import UserError
 
 # format name -> (soundfile container, subtype, file extension)
-AUDIO_FORMATS = {"wav24": ("WAV", "PCM_24", ".wav"), "wav16": ("WAV", "PCM_16", ".wav"),
-                 "flac": ("FLAC", "PCM_24", ".flac")}
+AUDIO_FORMATS = {
+    "wav24": ("WAV", "PCM_24", ".wav"),
+    "wav16": ("WAV", "PCM_16", ".wav"),
+    "flac": ("FLAC", "PCM_24", ".flac"),
+}
 
 
 class AudioError(UserError):
@@ -40,7 +44,7 @@ def crop_and_resample(audio: np.ndarray, duration_s: float, from_hz: int, to_hz:
     `duration_s` before resampling, which costs less than resampling the whole recording."""
     cropped = crop_or_pad(audio, round(duration_s * from_hz))
     out = resample(torch.from_numpy(np.ascontiguousarray(cropped, dtype=np.float32)), from_hz, to_hz)
-    return out.numpy()[:, :round(duration_s * to_hz)]
+    return out.numpy()[:, : round(duration_s * to_hz)]
 
 
 def audio_extension(audio_format: str) -> str:
@@ -66,8 +70,9 @@ def decode_audio(data: bytes, what: str = "audio") -> tuple[np.ndarray, int]:
     try:
         audio, sample_rate_hz = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
-        raise AudioError(f"{what} is not readable audio ({str(e).splitlines()[0]}); "
-                         "allowed: WAV, FLAC or OGG files") from None
+        raise AudioError(
+            f"{what} is not readable audio ({str(e).splitlines()[0]}); allowed: WAV, FLAC or OGG files"
+        ) from None
     if audio.shape[0] == 0:
         raise AudioError(f"{what} holds no samples; allowed: a non-empty recording")
     return audio.mean(axis=1), int(sample_rate_hz)

@@ -15,6 +15,7 @@ and reads the weights with its `load_ckpt`:
 Missing files raise `WeightsError` naming the file and the config key, quickly, instead of a
 hub call that hangs or a silent random init.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -50,13 +51,22 @@ __all__ = ["Clap", "ClapError", "WeightsError", "save_checkpoint"]
 SAMPLE_RATE_HZ = 48000  # every laion_clap audio branch works at 48 kHz
 MAX_SAMPLES = 480000  # 10 s: laion_clap crops longer audio at random, we crop deterministically
 RELEASES = {"music": "https://huggingface.co/lukewys/laion_clap/resolve/main/music_audioset_epoch_15_esc_90.14.pt"}
-ROBERTA_HELP = ("a folder with roberta-base's config.json, vocab.json and merges.txt "
-                "(from https://huggingface.co/FacebookAI/roberta-base)")
+ROBERTA_HELP = (
+    "a folder with roberta-base's config.json, vocab.json and merges.txt "
+    "(from https://huggingface.co/FacebookAI/roberta-base)"
+)
 TINY_HTSAT_NAME = "instrumentgen-tiny"  # audio_cfg.model_name in clap_configs/tiny.json
 # Same HTSAT class and input (64 mel bins, 256x256 spectrogram image), 16 wide and 1 block per
 # stage instead of 96 and [2, 2, 6, 2]: a few notes embed in a fraction of a second on a CPU.
-TINY_HTSAT = dict(spec_size=256, patch_size=4, patch_stride=(4, 4), embed_dim=16, depths=[1, 1, 1, 1],
-                  num_heads=[1, 1, 2, 4], window_size=8)
+TINY_HTSAT = dict(
+    spec_size=256,
+    patch_size=4,
+    patch_stride=(4, 4),
+    embed_dim=16,
+    depths=[1, 1, 1, 1],
+    num_heads=[1, 1, 2, 4],
+    window_size=8,
+)
 TINY_SEED = 0
 
 CONFIG_DIR = Path(__file__).parent / "clap_configs"
@@ -81,8 +91,13 @@ def _create_htsat(audio_cfg, enable_fusion=False, fusion_type="None"):
     """laion_clap's `create_htsat_model` plus one more size, `TINY_HTSAT_NAME`."""
     if audio_cfg.model_name != TINY_HTSAT_NAME:
         return laion_htsat.create_htsat_model(audio_cfg, enable_fusion, fusion_type)
-    return laion_htsat.HTSAT_Swin_Transformer(num_classes=audio_cfg.class_num, config=audio_cfg,
-                                             enable_fusion=enable_fusion, fusion_type=fusion_type, **TINY_HTSAT)
+    return laion_htsat.HTSAT_Swin_Transformer(
+        num_classes=audio_cfg.class_num,
+        config=audio_cfg,
+        enable_fusion=enable_fusion,
+        fusion_type=fusion_type,
+        **TINY_HTSAT,
+    )
 
 
 def _bpe_tokenize(texts, **kwargs) -> torch.Tensor:
@@ -126,8 +141,9 @@ def _check_roberta_folder(folder: str) -> None:
     if "tokenizer.json" in found:
         missing = [name for name in missing if name == "config.json"]
     if missing:
-        raise WeightsError(f"clap.tokenizer={folder!r} lacks {', '.join(missing)}; "
-                           f"set clap.tokenizer to {ROBERTA_HELP}")
+        raise WeightsError(
+            f"clap.tokenizer={folder!r} lacks {', '.join(missing)}; set clap.tokenizer to {ROBERTA_HELP}"
+        )
 
 
 def _build(cfg: ClapConfig) -> laion_clap.CLAP_Module:
@@ -140,10 +156,14 @@ def _build(cfg: ClapConfig) -> laion_clap.CLAP_Module:
         with _laion_sources(cfg.tmodel, cfg.tokenizer):
             return laion_clap.CLAP_Module(enable_fusion=False, device=cfg.device, amodel=cfg.amodel, tmodel=cfg.tmodel)
     except OSError as e:  # transformers' "not found / offline" for roberta-base or the folder's files
-        where = (f"clap.tokenizer={cfg.tokenizer!r} is unreadable" if cfg.tokenizer
-                 else "roberta-base is not cached and the hub is offline")
-        raise WeightsError(f"CLAP text tower {cfg.tmodel!r}: {where} ({str(e).splitlines()[0]}); "
-                           f"set clap.tokenizer to {ROBERTA_HELP}") from None
+        where = (
+            f"clap.tokenizer={cfg.tokenizer!r} is unreadable"
+            if cfg.tokenizer
+            else "roberta-base is not cached and the hub is offline"
+        )
+        raise WeightsError(
+            f"CLAP text tower {cfg.tmodel!r}: {where} ({str(e).splitlines()[0]}); set clap.tokenizer to {ROBERTA_HELP}"
+        ) from None
 
 
 def save_checkpoint(module: laion_clap.CLAP_Module, path: str | Path) -> None:
@@ -164,8 +184,13 @@ def _tiny_file(cfg: ClapConfig) -> Path:
     ours = CONFIG_DIR / f"{cfg.amodel}.json"  # a config of ours may change; laion_clap's are pinned
     ours_text = ours.read_text() if ours.is_file() else ""
     recipe = [cfg.amodel, cfg.tmodel, ours_text, roberta, TINY_HTSAT]
-    return weight_files.seeded_file("clap", f"clap-tiny-{cfg.amodel}-{cfg.tmodel}.pt", recipe, TINY_SEED,
-                                    lambda path: save_checkpoint(_build(dataclasses.replace(cfg, device="cpu")), path))
+    return weight_files.seeded_file(
+        "clap",
+        f"clap-tiny-{cfg.amodel}-{cfg.tmodel}.pt",
+        recipe,
+        TINY_SEED,
+        lambda path: save_checkpoint(_build(dataclasses.replace(cfg, device="cpu")), path),
+    )
 
 
 def _checkpoint_file(cfg: ClapConfig) -> tuple[Path, str]:
@@ -196,8 +221,10 @@ class Clap:
             with contextlib.redirect_stdout(io.StringIO()):  # load_ckpt prints progress lines
                 module.load_ckpt(str(path), verbose=False)
         except (RuntimeError, KeyError, EOFError, OSError) as e:  # torch.load / strict load_state_dict
-            raise WeightsError(f"clap.weights={cfg.weights!r}: {path} is not a CLAP checkpoint for "
-                               f"amodel={cfg.amodel!r}, tmodel={cfg.tmodel!r} ({str(e).splitlines()[0]})") from e
+            raise WeightsError(
+                f"clap.weights={cfg.weights!r}: {path} is not a CLAP checkpoint for "
+                f"amodel={cfg.amodel!r}, tmodel={cfg.tmodel!r} ({str(e).splitlines()[0]})"
+            ) from e
         return cls(module, model_id)
 
     @property

@@ -8,6 +8,7 @@
 Dotted `key=value` overrides may stand anywhere on the line. A bad value, a missing file or an
 unreachable storage URL is one line on stderr and exit code 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,9 @@ def _generate(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """The `instrumentgen` command: parse, run the subcommand, print a `UserError` as one line (exit 2)."""
-    parser = argparse.ArgumentParser(prog="instrumentgen", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="instrumentgen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(required=True)
     p = sub.add_parser("config", help="print a resolved config")
     p.add_argument("name", nargs="?", default="base")

@@ -9,6 +9,7 @@ loading path. Any other string is a local path or an fsspec URL of a file writte
 Encoding uses the model directly, not `DAC.compress`, which normalises loudness: the velocity of
 a note must survive the round trip.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,9 +32,17 @@ RELEASES = {"44khz": ("44khz", "8kbps", "0.0.1")}  # name -> (model_type, bitrat
 DAC_CACHE_ENV = "INSTRUMENTGEN_DAC_CACHE"
 # Same rate, hop (2*4*8*8 = 512) and codebook size as the release; 5 codebooks so that keeping
 # "the 4 most significant" is a real selection; tiny widths so a few seconds encode in ~0.1 s.
-TINY_KWARGS = dict(encoder_dim=2, encoder_rates=[2, 4, 8, 8], latent_dim=16, decoder_dim=16,
-                   decoder_rates=[8, 8, 4, 2], n_codebooks=5, codebook_size=1024, codebook_dim=4,
-                   sample_rate=44100)
+TINY_KWARGS = dict(
+    encoder_dim=2,
+    encoder_rates=[2, 4, 8, 8],
+    latent_dim=16,
+    decoder_dim=16,
+    decoder_rates=[8, 8, 4, 2],
+    n_codebooks=5,
+    codebook_size=1024,
+    codebook_dim=4,
+    sample_rate=44100,
+)
 TINY_SEED = 0
 TINY_RECIPE = 1  # bump when _make_level_preserving changes, so cached tiny files are rebuilt
 

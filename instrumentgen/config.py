@@ -5,6 +5,7 @@
 the schema, and returns a typed `Config`. Any mistake raises `ConfigError` with one line
 naming the key and what is allowed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -309,5 +310,7 @@ def split_overrides(argv: Sequence[str]) -> tuple[str, list[str]]:
         elif "=" in arg:
             rest.append(arg)
         else:
-            raise ConfigError(f"argument {arg!r} is not key=value; use config=<name> and dotted keys like model.num_layers=4")
+            raise ConfigError(
+                f"argument {arg!r} is not key=value; use config=<name> and dotted keys like model.num_layers=4"
+            )
     return name, rest

@@ -4,6 +4,7 @@ A `Cues` batch holds, for B notes, the categorical attributes of the paper's sec
 the optional CLAP embedding. `-1` in `family` / `source` means "not given" (the attribute is
 replaced by its null embedding, as at inference of the CLAP model).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -35,8 +36,9 @@ class Cues:
 
     def to(self, device: torch.device | str) -> "Cues":
         clap = None if self.clap_embedding is None else self.clap_embedding.to(device)
-        return Cues(self.family.to(device), self.source.to(device), self.pitch.to(device),
-                    self.velocity.to(device), clap)
+        return Cues(
+            self.family.to(device), self.source.to(device), self.pitch.to(device), self.velocity.to(device), clap
+        )
 
     def __getitem__(self, index: slice | torch.Tensor) -> "Cues":
         clap = None if self.clap_embedding is None else self.clap_embedding[index]
@@ -58,8 +60,10 @@ def make_cues(
     Raises `VocabError` naming the bad value and the allowed ones.
     """
     if len(pitches) != len(velocities):
-        raise VocabError(f"pitches ({len(pitches)}) and velocities ({len(velocities)}) differ in length; "
-                         "allowed: one velocity per pitch")
+        raise VocabError(
+            f"pitches ({len(pitches)}) and velocities ({len(velocities)}) differ in length; "
+            "allowed: one velocity per pitch"
+        )
     pitch = torch.tensor([check_pitch(p) for p in pitches], dtype=torch.long)
     velocity = torch.tensor([check_velocity(v) for v in velocities], dtype=torch.long)
     n = len(pitches)

@@ -5,6 +5,7 @@ derives it from `UserError`. The command line and the jobs print a `UserError` a
 exit with code 2; the HTTP app answers it with 422. Any other exception is a bug and keeps its
 traceback. `UserError` is a `ValueError`, so callers that catch `ValueError` keep working.
 """
+
 from __future__ import annotations
 
 

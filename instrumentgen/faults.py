@@ -8,6 +8,7 @@ re-submitted job that passes the same point again carries on. `kill` SIGKILLs th
 crashed worker or driver); `raise` raises `InjectedFault` (a failed task). Without a fault the
 call does nothing.
 """
+
 from __future__ import annotations
 
 import os

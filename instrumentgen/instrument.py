@@ -11,6 +11,7 @@ Key ranges: each sampled pitch covers the keys nearer to it than to the next sam
 full instrument samples all 88 keys, so each region is one key). Velocity layers: each layer
 covers the velocities above the layer below it up to its own (25 -> 1..25, 50 -> 26..50, ...).
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -54,18 +55,27 @@ def velocity_ranges(velocities: list[int]) -> dict[int, tuple[int, int]]:
 
 def _mapping(pitches: list[int], velocities: list[int], audio_format: str) -> list[dict]:
     keys, layers = key_ranges(pitches), velocity_ranges(velocities)
-    return [{"pitch": p, "velocity": v, "file": note_file(p, v, audio_format), "keys": keys[p], "velocities": layers[v]}
-            for p, v in sorted(zip(pitches, velocities))]
+    return [
+        {"pitch": p, "velocity": v, "file": note_file(p, v, audio_format), "keys": keys[p], "velocities": layers[v]}
+        for p, v in sorted(zip(pitches, velocities))
+    ]
 
 
 def sfz_text(pitches: list[int], velocities: list[int], audio_format: str = "wav24") -> str:
     """SFZ: one region per note, mapped to its key range and velocity layer."""
-    lines = ["// InstrumentGen: one region per generated note", "<control>", "default_path=./", "<group>",
-             "ampeg_release=0.3"]
+    lines = [
+        "// InstrumentGen: one region per generated note",
+        "<control>",
+        "default_path=./",
+        "<group>",
+        "ampeg_release=0.3",
+    ]
     for note in _mapping(pitches, velocities, audio_format):
         (lokey, hikey), (lovel, hivel) = note["keys"], note["velocities"]
-        lines.append(f"<region> sample={note['file']} lokey={lokey} hikey={hikey} "
-                     f"pitch_keycenter={note['pitch']} lovel={lovel} hivel={hivel}")
+        lines.append(
+            f"<region> sample={note['file']} lokey={lokey} hikey={hikey} "
+            f"pitch_keycenter={note['pitch']} lovel={lovel} hivel={hivel}"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -75,8 +85,16 @@ def dspreset_xml(pitches: list[int], velocities: list[int], title: str, audio_fo
     group = ET.SubElement(ET.SubElement(root, "groups"), "group", release="0.3")
     for note in _mapping(pitches, velocities, audio_format):
         (lokey, hikey), (lovel, hivel) = note["keys"], note["velocities"]
-        ET.SubElement(group, "sample", path=note["file"], rootNote=str(note["pitch"]), loNote=str(lokey),
-                      hiNote=str(hikey), loVel=str(lovel), hiVel=str(hivel))
+        ET.SubElement(
+            group,
+            "sample",
+            path=note["file"],
+            rootNote=str(note["pitch"]),
+            loNote=str(lokey),
+            hiNote=str(hikey),
+            loVel=str(lovel),
+            hiVel=str(hivel),
+        )
     ET.indent(root)
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
 
@@ -96,9 +114,15 @@ class Instrument:
     metadata: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.audio.dim() != 2 or self.audio.shape[0] != len(self.pitches) or len(self.pitches) != len(self.velocities):
-            raise InstrumentError(f"audio {tuple(self.audio.shape)} must be [S, L] with S = len(pitches) = "
-                                  f"len(velocities) ({len(self.pitches)}, {len(self.velocities)})")
+        if (
+            self.audio.dim() != 2
+            or self.audio.shape[0] != len(self.pitches)
+            or len(self.pitches) != len(self.velocities)
+        ):
+            raise InstrumentError(
+                f"audio {tuple(self.audio.shape)} must be [S, L] with S = len(pitches) = "
+                f"len(velocities) ({len(self.pitches)}, {len(self.velocities)})"
+            )
         if len(set(zip(self.pitches, self.velocities))) != len(self.pitches):
             raise InstrumentError("two notes share a (pitch, velocity) slot; each slot holds one note")
 
@@ -113,18 +137,33 @@ class Instrument:
             raise InstrumentError("audio holds NaN or inf; refusing to write a broken instrument")
         peak = float(np.abs(audio).max(initial=0.0))
         scale = 0.99 / peak if peak > 0.99 else 1.0  # never clip: scale the whole instrument, keeping velocity
-        jobs = [(storage.join(url, note_file(p, v, audio_format)), encode_audio(audio[i] * scale, self.sample_rate_hz, audio_format))
-                for i, (p, v) in enumerate(zip(self.pitches, self.velocities))]
+        jobs = [
+            (
+                storage.join(url, note_file(p, v, audio_format)),
+                encode_audio(audio[i] * scale, self.sample_rate_hz, audio_format),
+            )
+            for i, (p, v) in enumerate(zip(self.pitches, self.velocities))
+        ]
         with concurrent.futures.ThreadPoolExecutor(WRITE_THREADS) as pool:
             list(pool.map(lambda job: storage.write_bytes(*job), jobs))
         title = title or self.metadata.get("prompt") or "InstrumentGen instrument"
         storage.write_bytes(storage.join(url, SFZ_FILE), sfz_text(self.pitches, self.velocities, audio_format).encode())
-        storage.write_bytes(storage.join(url, DSPRESET_FILE),
-                            dspreset_xml(self.pitches, self.velocities, title, audio_format).encode())
-        manifest = {**self.metadata, "sample_rate_hz": self.sample_rate_hz, "num_samples": audio.shape[1],
-                    "gain": scale, "sfz": SFZ_FILE, "dspreset": DSPRESET_FILE, "format": audio_format,
-                    "notes": [{"pitch": p, "velocity": v, "file": note_file(p, v, audio_format)}
-                              for p, v in zip(self.pitches, self.velocities)]}
+        storage.write_bytes(
+            storage.join(url, DSPRESET_FILE), dspreset_xml(self.pitches, self.velocities, title, audio_format).encode()
+        )
+        manifest = {
+            **self.metadata,
+            "sample_rate_hz": self.sample_rate_hz,
+            "num_samples": audio.shape[1],
+            "gain": scale,
+            "sfz": SFZ_FILE,
+            "dspreset": DSPRESET_FILE,
+            "format": audio_format,
+            "notes": [
+                {"pitch": p, "velocity": v, "file": note_file(p, v, audio_format)}
+                for p, v in zip(self.pitches, self.velocities)
+            ],
+        }
         storage.write_json(storage.join(url, storage.MANIFEST), manifest)
         return manifest
 
@@ -133,10 +172,17 @@ class Instrument:
         """The instrument written by `write` at `url` (audio as written, after `gain`)."""
         manifest_url = storage.join(url, storage.MANIFEST)
         if not storage.exists(manifest_url):
-            raise InstrumentError(f"no {storage.MANIFEST} under {url!r}: not an instrument, or its write did not finish")
+            raise InstrumentError(
+                f"no {storage.MANIFEST} under {url!r}: not an instrument, or its write did not finish"
+            )
         manifest = storage.read_json(manifest_url)
         notes = manifest["notes"]
         audio = [decode_audio(storage.read_bytes(storage.join(url, n["file"])), n["file"])[0] for n in notes]
         known = ("sample_rate_hz", "num_samples", "gain", "sfz", "dspreset", "format", "notes")
-        return cls(torch.from_numpy(np.stack(audio)), [n["pitch"] for n in notes], [n["velocity"] for n in notes],
-                   manifest["sample_rate_hz"], {k: v for k, v in manifest.items() if k not in known})
+        return cls(
+            torch.from_numpy(np.stack(audio)),
+            [n["pitch"] for n in notes],
+            [n["velocity"] for n in notes],
+            manifest["sample_rate_hz"],
+            {k: v for k, v in manifest.items() if k not in known},
+        )

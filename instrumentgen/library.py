@@ -7,6 +7,7 @@ Layout under the library URL `out`:
                                    manifests at the end of every run, written atomically
     <out>/summary.json, failures.jsonl, results.md, results.json, figures/   of the last run
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -20,11 +21,26 @@ import pyarrow.parquet as pq
 from instrumentgen import storage
 
 INDEX = "index.parquet"
-INDEX_COLUMNS = {"id": pa.string(), "name": pa.string(), "prompt": pa.string(), "family": pa.string(),
-                 "source": pa.string(), "reference_audio": pa.string(), "line": pa.int64(), "seed": pa.int64(),
-                 "requested_seed": pa.int64(), "candidates": pa.int64(), "notes": pa.int64(), "tc": pa.float64(),
-                 "tc_without_selection": pa.float64(), "mad_pitch": pa.float64(), "clap_score": pa.float64(),
-                 "quality": pa.string(), "model_id": pa.string(), "checkpoint": pa.string()}
+INDEX_COLUMNS = {
+    "id": pa.string(),
+    "name": pa.string(),
+    "prompt": pa.string(),
+    "family": pa.string(),
+    "source": pa.string(),
+    "reference_audio": pa.string(),
+    "line": pa.int64(),
+    "seed": pa.int64(),
+    "requested_seed": pa.int64(),
+    "candidates": pa.int64(),
+    "notes": pa.int64(),
+    "tc": pa.float64(),
+    "tc_without_selection": pa.float64(),
+    "mad_pitch": pa.float64(),
+    "clap_score": pa.float64(),
+    "quality": pa.string(),
+    "model_id": pa.string(),
+    "checkpoint": pa.string(),
+}
 IO_THREADS = 16  # object stores are latency-bound: one request per instrument, many at once
 
 
@@ -49,8 +65,11 @@ def read_manifests(out: str, ids: list[str] | None = None) -> dict[str, dict]:
         fs, path = storage.filesystem(out)
         if not fs.exists(path):
             return {}
-        ids = sorted(entry["name"].rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(path, detail=True)
-                     if entry["type"] == "directory")
+        ids = sorted(
+            entry["name"].rstrip("/").rsplit("/", 1)[-1]
+            for entry in fs.ls(path, detail=True)
+            if entry["type"] == "directory"
+        )
 
     def read(instrument_id: str) -> dict | None:
         url = storage.join(out, instrument_id, storage.MANIFEST)
@@ -100,20 +119,36 @@ def table2(manifests: list[dict], model: str) -> tuple[dict, str]:
     TC; the MOS columns of the paper are listening tests, shown as – (not measured)."""
     keys = ("clap_score", "mad_pitch", "tc", "tc_without_selection")
     means = {k: mean([m.get(k) for m in manifests]) for k in keys}
-    prompts = [{"id": m["id"], "name": m["name"], "prompt": m.get("prompt"), "seed": m["seed"],
-                **{k: m.get(k) for k in keys}} for m in manifests]
-    results = {"model": model, "instruments": len(manifests), **{f"mean_{k}": v for k, v in means.items()},
-               "prompts": prompts}
-    lines = [f"# Table 2: {len(manifests)} curated prompts, {model}", "",
-             "| Model | CLAP ↑ | MAD_pitch ↓ | TC ↓ | MOS_quality ↑ | MOS_text ↑ | MOS_TC ↑ |",
-             "|---|---|---|---|---|---|---|",
-             f"| {model} | {_cell(means['clap_score'])} | {_cell(means['mad_pitch'])} | {_cell(means['tc'])} "
-             "| – | – | – |",
-             "", f"TC without consistency selection (candidate 0 alone): {_cell(means['tc_without_selection'])}. "
-             "MOS columns are listening tests: not measured here.", "", "## Per prompt", "",
-             "| prompt | seed | CLAP ↑ | MAD_pitch ↓ | TC ↓ | TC without selection |", "|---|---|---|---|---|---|"]
-    lines += [f"| {p['prompt'] or p['name']} | {p['seed']} | {_cell(p['clap_score'])} | {_cell(p['mad_pitch'])} "
-              f"| {_cell(p['tc'])} | {_cell(p['tc_without_selection'])} |" for p in prompts]
+    prompts = [
+        {"id": m["id"], "name": m["name"], "prompt": m.get("prompt"), "seed": m["seed"], **{k: m.get(k) for k in keys}}
+        for m in manifests
+    ]
+    results = {
+        "model": model,
+        "instruments": len(manifests),
+        **{f"mean_{k}": v for k, v in means.items()},
+        "prompts": prompts,
+    }
+    lines = [
+        f"# Table 2: {len(manifests)} curated prompts, {model}",
+        "",
+        "| Model | CLAP ↑ | MAD_pitch ↓ | TC ↓ | MOS_quality ↑ | MOS_text ↑ | MOS_TC ↑ |",
+        "|---|---|---|---|---|---|---|",
+        f"| {model} | {_cell(means['clap_score'])} | {_cell(means['mad_pitch'])} | {_cell(means['tc'])} | – | – | – |",
+        "",
+        f"TC without consistency selection (candidate 0 alone): {_cell(means['tc_without_selection'])}. "
+        "MOS columns are listening tests: not measured here.",
+        "",
+        "## Per prompt",
+        "",
+        "| prompt | seed | CLAP ↑ | MAD_pitch ↓ | TC ↓ | TC without selection |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {p['prompt'] or p['name']} | {p['seed']} | {_cell(p['clap_score'])} | {_cell(p['mad_pitch'])} "
+        f"| {_cell(p['tc'])} | {_cell(p['tc_without_selection'])} |"
+        for p in prompts
+    ]
     return results, "\n".join(lines) + "\n"
 
 
@@ -123,8 +158,15 @@ def write_report(out: str, manifests: list[dict], model: str) -> dict:
 
     results, markdown = table2(manifests, model)
     names = [m.get("prompt") or m["name"] for m in manifests]
-    storage.write_bytes(storage.join(out, "figures", "tc_per_prompt.png"), tc_per_prompt_figure(
-        names, [m["tc"] for m in manifests], [m["tc_without_selection"] for m in manifests], f"{model}: TC per prompt"))
+    storage.write_bytes(
+        storage.join(out, "figures", "tc_per_prompt.png"),
+        tc_per_prompt_figure(
+            names,
+            [m["tc"] for m in manifests],
+            [m["tc_without_selection"] for m in manifests],
+            f"{model}: TC per prompt",
+        ),
+    )
     storage.write_bytes(storage.join(out, "results.md"), markdown.encode())
     storage.write_json(storage.join(out, "results.json"), results)
     return results

@@ -8,6 +8,7 @@ Readers yield *raw records* (plain dicts: NSynth's metadata fields plus `audio` 
 `sample_rate`), never raising for one bad record; `validate(raw)` returns a `Rejection` (reason,
 detail) or None, and `to_note(raw)` turns a valid record into a `NoteRecord`.
 """
+
 from __future__ import annotations
 
 import io
@@ -30,8 +31,15 @@ from instrumentgen.vocab import (
     VELOCITIES,
 )
 
-REQUIRED_FIELDS = ("note_str", "instrument", "instrument_str", "pitch", "velocity",
-                   "instrument_family", "instrument_source")
+REQUIRED_FIELDS = (
+    "note_str",
+    "instrument",
+    "instrument_str",
+    "pitch",
+    "velocity",
+    "instrument_family",
+    "instrument_source",
+)
 FORMATS = ("jsonwav", "tfrecord")
 
 
@@ -67,8 +75,10 @@ def detect_format(url: str) -> str:
         return "tfrecord"
     if storage.exists(storage.join(url, "examples.json")):
         return "jsonwav"
-    raise NSynthError(f"data.source={url!r} is neither a TFRecord file (*.tfrecord) nor a folder with examples.json; "
-                      f"allowed formats: {', '.join(FORMATS)}")
+    raise NSynthError(
+        f"data.source={url!r} is neither a TFRecord file (*.tfrecord) nor a folder with examples.json; "
+        f"allowed formats: {', '.join(FORMATS)}"
+    )
 
 
 def read_examples_json(root: str) -> list[dict]:
@@ -141,9 +151,13 @@ def validate(raw: dict) -> Rejection | None:
     if not np.all(np.isfinite(raw["audio"])):
         return Rejection("non_finite_audio", "NaN or inf samples")
     if raw["instrument_family"] not in range(len(FAMILIES)):
-        return Rejection("unknown_family", f"instrument_family={raw['instrument_family']}, allowed 0..{len(FAMILIES) - 1}")
+        return Rejection(
+            "unknown_family", f"instrument_family={raw['instrument_family']}, allowed 0..{len(FAMILIES) - 1}"
+        )
     if raw["instrument_source"] not in range(len(SOURCES)):
-        return Rejection("unknown_source", f"instrument_source={raw['instrument_source']}, allowed 0..{len(SOURCES) - 1}")
+        return Rejection(
+            "unknown_source", f"instrument_source={raw['instrument_source']}, allowed 0..{len(SOURCES) - 1}"
+        )
     if not PITCH_MIN <= raw["pitch"] <= PITCH_MAX:
         return Rejection("pitch_out_of_range", f"pitch={raw['pitch']}, allowed {PITCH_MIN}..{PITCH_MAX}")
     if raw["velocity"] not in VELOCITIES:
@@ -153,10 +167,16 @@ def validate(raw: dict) -> Rejection | None:
 
 def to_note(raw: dict) -> NoteRecord:
     """A validated raw record -> `NoteRecord` (call `validate` first)."""
-    return NoteRecord(note_str=raw["note_str"], instrument=int(raw["instrument"]),
-                      instrument_str=raw["instrument_str"], family=int(raw["instrument_family"]),
-                      source=int(raw["instrument_source"]), pitch=int(raw["pitch"]),
-                      velocity=int(raw["velocity"]), audio=np.asarray(raw["audio"], dtype=np.float32))
+    return NoteRecord(
+        note_str=raw["note_str"],
+        instrument=int(raw["instrument"]),
+        instrument_str=raw["instrument_str"],
+        family=int(raw["instrument_family"]),
+        source=int(raw["instrument_source"]),
+        pitch=int(raw["pitch"]),
+        velocity=int(raw["velocity"]),
+        audio=np.asarray(raw["audio"], dtype=np.float32),
+    )
 
 
 def iter_notes(url: str, format: str = "auto", skipped: Counter | None = None) -> Iterator[NoteRecord]:

@@ -1,4 +1,5 @@
 """Figures a person would rather look at than read: PNG bytes, so any fsspec URL can take them."""
+
 from __future__ import annotations
 
 import io
@@ -38,8 +39,12 @@ def pitch_error_figure(pitches: np.ndarray, errors_semitones: np.ndarray, title:
     ax.axhspan(-0.5, 0.5, color="tab:green", alpha=0.12, label="within a quarter tone")
     ax.scatter(pitches[voiced], errors_semitones[voiced], s=10, alpha=0.7)
     ax.axhline(0, color="black", linewidth=0.8)
-    ax.set(xlim=(20, 109), xlabel="labelled MIDI pitch", ylabel="f0 error (semitones)",
-           title=f"{title} ({int((~voiced).sum())} unvoiced)")
+    ax.set(
+        xlim=(20, 109),
+        xlabel="labelled MIDI pitch",
+        ylabel="f0 error (semitones)",
+        title=f"{title} ({int((~voiced).sum())} unvoiced)",
+    )
     ax.legend(loc="upper right", fontsize=8)
     return _png(fig)
 
@@ -57,8 +62,9 @@ def loss_figure(history: list[dict], title: str) -> bytes:
     return _png(fig)
 
 
-def tc_per_prompt_figure(names: list[str], tc_values: list[float], tc_without_selection: list[float],
-                         title: str) -> bytes:
+def tc_per_prompt_figure(
+    names: list[str], tc_values: list[float], tc_without_selection: list[float], title: str
+) -> bytes:
     """TC of each prompt's instrument (bars), with the TC plain generation gave (dots) where they differ."""
     fig, ax = plt.subplots(figsize=(max(6.5, 0.22 * len(names) + 2), 4.5))
     x = np.arange(len(names))

@@ -15,6 +15,7 @@ reads each file in one task, while NSynth's train split is one ~70 GB file. A un
 file is a byte range; its records are those whose first byte lies in the range, found by
 checking both CRCs from the range start, so units are read in parallel without an index.
 """
+
 from __future__ import annotations
 
 import glob
@@ -44,12 +45,14 @@ def split_sources(data: DataConfig) -> dict[str, str]:
         raise ConfigError(f"data.splits.{unknown[0]} is not an NSynth split; allowed: {', '.join(SPLITS)}")
     if data.source:
         if sources.get("train", data.source) != data.source:
-            raise ConfigError(f"data.source={data.source!r} and data.splits.train={sources['train']!r} differ; "
-                              "give one")
+            raise ConfigError(
+                f"data.source={data.source!r} and data.splits.train={sources['train']!r} differ; give one"
+            )
         sources["train"] = data.source
     if not sources:
-        raise ConfigError("data.source is empty; give data.source=<url> (train) or "
-                          "data.splits.<train|valid|test>=<url>")
+        raise ConfigError(
+            "data.source is empty; give data.source=<url> (train) or data.splits.<train|valid|test>=<url>"
+        )
     if not data.shards:
         raise ConfigError("data.shards is empty; give the output folder or URL, e.g. data.shards=s3://bucket/shards")
     return {split: sources[split] for split in SPLITS if split in sources}
@@ -61,22 +64,35 @@ def check_sources_exist(data: DataConfig, sources: dict[str, str]) -> None:
         key = "data.source" if url == data.source else f"data.splits.{split}"
         try:
             fmt = nsynth.detect_format(url) if data.format == "auto" else data.format
-            missing = (not storage.exists(storage.join(url, "examples.json")) if fmt == "jsonwav"
-                       else not any(storage.exists(f) for f in tfrecord_files(url)))
+            missing = (
+                not storage.exists(storage.join(url, "examples.json"))
+                if fmt == "jsonwav"
+                else not any(storage.exists(f) for f in tfrecord_files(url))
+            )
         except nsynth.NSynthError:  # auto: neither a TFRecord name nor a folder with examples.json
             missing = True
         if missing:
-            raise ConfigError(f"{key}={url!r} does not exist; allowed: an NSynth split as a json/wav folder "
-                              "(with examples.json) or a TFRecord file, path or URL")
+            raise ConfigError(
+                f"{key}={url!r} does not exist; allowed: an NSynth split as a json/wav folder "
+                "(with examples.json) or a TFRecord file, path or URL"
+            )
 
 
 def output_hash(cfg: Config, sources: dict[str, str]) -> str:
     """Hash of everything that decides the shards' content (not resources): resume only into equal output."""
     data, codec, clap = cfg.data, cfg.codec, cfg.clap
-    return config_hash({"sources": sources, "format": data.format, "note_duration_s": data.note_duration_s,
-                        "sample_rate_hz": data.sample_rate_hz, "holdout_instruments": data.holdout_instruments,
-                        "notes_per_shard": data.notes_per_shard, "codec": [codec.weights, codec.n_codebooks],
-                        "clap": [clap.weights, clap.amodel, clap.tmodel]})
+    return config_hash(
+        {
+            "sources": sources,
+            "format": data.format,
+            "note_duration_s": data.note_duration_s,
+            "sample_rate_hz": data.sample_rate_hz,
+            "holdout_instruments": data.holdout_instruments,
+            "notes_per_shard": data.notes_per_shard,
+            "codec": [codec.weights, codec.n_codebooks],
+            "clap": [clap.weights, clap.amodel, clap.tmodel],
+        }
+    )
 
 
 def held_out(instrument_str: str, fraction: float) -> bool:
@@ -102,14 +118,18 @@ def plan_units(sources: dict[str, str], format: str, notes_per_shard: int) -> li
         fmt = nsynth.detect_format(url) if format == "auto" else format
         if fmt == "jsonwav":
             rows = nsynth.read_examples_json(url)
-            specs = [{"format": fmt, "rows": rows[i:i + notes_per_shard]} for i in range(0, len(rows), notes_per_shard)]
+            specs = [
+                {"format": fmt, "rows": rows[i : i + notes_per_shard]} for i in range(0, len(rows), notes_per_shard)
+            ]
         elif fmt == "tfrecord":
             unit_bytes, specs = notes_per_shard * TFRECORD_NOTE_BYTES, []
             for file_url in tfrecord_files(url):
                 fs, path = storage.filesystem(file_url)
                 size = fs.size(path)
-                specs += [{"format": fmt, "url": file_url, "start": start, "end": min(start + unit_bytes, size)}
-                          for start in range(0, size, unit_bytes)]
+                specs += [
+                    {"format": fmt, "url": file_url, "start": start, "end": min(start + unit_bytes, size)}
+                    for start in range(0, size, unit_bytes)
+                ]
         else:
             raise ConfigError(f"data.format={format!r} is unknown; allowed: auto, {', '.join(nsynth.FORMATS)}")
         units += [{"source_split": split, "unit": i, "spec": json.dumps(spec)} for i, spec in enumerate(specs)]
@@ -138,7 +158,7 @@ def _first_record_start(f, start: int, end: int) -> int | None:
             return None
         zero = window == 0
         # A record begins with its uint64 length; NSynth's are < 4 GiB, so its high 4 bytes are zero.
-        candidates = np.flatnonzero(zero[4:n + 4] & zero[5:n + 5] & zero[6:n + 6] & zero[7:n + 7])
+        candidates = np.flatnonzero(zero[4 : n + 4] & zero[5 : n + 5] & zero[6 : n + 6] & zero[7 : n + 7])
         for p in candidates:
             if pos + p >= end:
                 return None
@@ -183,8 +203,19 @@ def note_row(raw: dict, source_split: str, unit: int, position: int, holdout_fra
         return read_row(source_split, unit, position, **names, reason=rejection.reason, detail=rejection.detail)
     note = nsynth.to_note(raw)
     split = HOLDOUT if source_split == "train" and held_out(note.instrument_str, holdout_fraction) else source_split
-    return read_row(source_split, unit, position, **names, split=split, instrument=note.instrument, family=note.family,
-                source=note.source, pitch=note.pitch, velocity=note.velocity, audio=note.audio.tobytes())
+    return read_row(
+        source_split,
+        unit,
+        position,
+        **names,
+        split=split,
+        instrument=note.instrument,
+        family=note.family,
+        source=note.source,
+        pitch=note.pitch,
+        velocity=note.velocity,
+        audio=note.audio.tobytes(),
+    )
 
 
 def read_unit(batch: dict[str, np.ndarray], holdout_fraction: float) -> Iterator[dict[str, np.ndarray]]:
@@ -212,8 +243,9 @@ def resample_and_crop(batch: dict[str, np.ndarray], duration_s: float, sample_ra
     return batch
 
 
-def read_and_resample(batch: dict[str, np.ndarray], holdout_fraction: float, duration_s: float,
-                      sample_rate_hz: int) -> Iterator[dict[str, np.ndarray]]:
+def read_and_resample(
+    batch: dict[str, np.ndarray], holdout_fraction: float, duration_s: float, sample_rate_hz: int
+) -> Iterator[dict[str, np.ndarray]]:
     """Ray Data stage (one unit -> note rows at the codec's rate): `read_unit`, then `resample_and_crop`
     on each chunk of rows, in the same task."""
     for rows in read_unit(batch, holdout_fraction):
@@ -252,20 +284,21 @@ class NoteEncoder:
 
         with torch.inference_mode():
             x = torch.from_numpy(audio)
-            codes = self.codec.encode(x[:, None, :])[:, :self.n_codebooks]
+            codes = self.codec.encode(x[:, None, :])[:, : self.n_codebooks]
             clap_embedding = self.clap.embed_audio(x, self.codec.sample_rate_hz)
         return codes.cpu().numpy().astype(np.int16), clap_embedding.float().cpu().numpy().astype(np.float16)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         size = len(batch["reason"])
         encoded = {column.name: column.empty(size, self.n_codebooks, self.n_frames) for column in ENCODER_COLUMNS}
-        encoded.update(codec_model_id=np.full(size, self.codec.model_id),
-                       clap_model_id=np.full(size, self.clap.model_id))
+        encoded.update(
+            codec_model_id=np.full(size, self.codec.model_id), clap_model_id=np.full(size, self.clap.model_id)
+        )
         kept = np.flatnonzero(batch["reason"] == "")
         # Chunks of the block's own rows, never rows of other units: a note's CLAP embedding moves
         # by a float16 step with the batch it is computed in, and shards must not depend on timing.
         for start in range(0, len(kept), self.batch_size):
-            chunk = kept[start:start + self.batch_size]
+            chunk = kept[start : start + self.batch_size]
             audio = np.stack([np.frombuffer(batch["audio"][i], np.float32) for i in chunk])
             encoded["codes"][chunk], encoded["clap_embedding"][chunk] = self.encode(audio)
         return {**{name: column for name, column in batch.items() if name != "audio"}, **encoded}

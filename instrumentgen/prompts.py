@@ -15,6 +15,7 @@ One line asks for one instrument (or `variations` of it). Fields:
 A line that cannot be used becomes a `PromptFailure` with its 1-based line number, a reason code
 and a message naming the field and what is allowed; the other lines go on. Blank lines are skipped.
 """
+
 from __future__ import annotations
 
 import csv
@@ -28,8 +29,18 @@ from instrumentgen import storage
 from instrumentgen.errors import UserError
 from instrumentgen.vocab import FAMILIES, PITCH_MAX, PITCH_MIN, SOURCES, VELOCITIES, VocabError, family_id, source_id
 
-FIELDS = ("prompt", "family", "source", "reference_audio", "name", "seed", "variations", "keys", "velocities",
-          "candidates")
+FIELDS = (
+    "prompt",
+    "family",
+    "source",
+    "reference_audio",
+    "name",
+    "seed",
+    "variations",
+    "keys",
+    "velocities",
+    "candidates",
+)
 MAX_SEED = 2**32 - 1  # the range of derived seeds (mix_seed); hashed as int64, so far from overflow
 
 
@@ -96,8 +107,11 @@ def _int(data: dict, key: str, low: int, high: int, default: int) -> int:
 
 def _keys(value) -> tuple[int, int]:
     allowed = f"[low, high] with MIDI {PITCH_MIN} <= low <= high <= {PITCH_MAX}"
-    if (not isinstance(value, (list, tuple)) or len(value) != 2
-            or not all(isinstance(k, int) and not isinstance(k, bool) for k in value)):
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != 2
+        or not all(isinstance(k, int) and not isinstance(k, bool) for k in value)
+    ):
         raise _LineError("bad_value", f"keys={value!r} is not allowed; allowed: {allowed}")
     low, high = value
     if not PITCH_MIN <= low <= high <= PITCH_MAX:
@@ -143,22 +157,30 @@ def parse_request(data: dict, line: int, default_seed: int, max_variations: int,
         try:
             reachable = storage.exists(reference)
         except Exception as e:  # any fsspec backend error (no credentials, bad endpoint) means unreachable
-            raise _LineError("unreachable_reference", f"reference_audio={reference!r} cannot be reached "
-                             f"({type(e).__name__})") from None
+            raise _LineError(
+                "unreachable_reference", f"reference_audio={reference!r} cannot be reached ({type(e).__name__})"
+            ) from None
         if not reachable:
             raise _LineError("unreachable_reference", f"reference_audio={reference!r} does not exist")
     name = _text(data, "name")
     if name is not None and not name.strip():
         raise _LineError("bad_value", "name is empty; allowed: a non-empty name, or leave it out")
-    default_name = prompt or (reference.rstrip("/").rsplit("/", 1)[-1] if reference else
-                              " ".join(v for v in (source, family) if v))
+    default_name = prompt or (
+        reference.rstrip("/").rsplit("/", 1)[-1] if reference else " ".join(v for v in (source, family) if v)
+    )
     return RenderRequest(
-        line=line, name=(name or default_name).strip(), seed=_int(data, "seed", 0, MAX_SEED, default_seed),
-        prompt=prompt.strip() if prompt else None, family=family, source=source, reference_audio=reference,
+        line=line,
+        name=(name or default_name).strip(),
+        seed=_int(data, "seed", 0, MAX_SEED, default_seed),
+        prompt=prompt.strip() if prompt else None,
+        family=family,
+        source=source,
+        reference_audio=reference,
         variations=_int(data, "variations", 1, max_variations, 1),
         keys=_keys(data["keys"]) if "keys" in data else (PITCH_MIN, PITCH_MAX),
         velocities=_velocities(data["velocities"]) if "velocities" in data else VELOCITIES,
-        candidates=_int(data, "candidates", 1, max_candidates, 1))
+        candidates=_int(data, "candidates", 1, max_candidates, 1),
+    )
 
 
 def _csv_fields(row: dict) -> dict:
@@ -209,15 +231,16 @@ def _lines(text: str, fmt: str):
 
 
 def prompt_format(url: str) -> str:
-    """"jsonl" or "csv", from the file's extension; `PromptError` for any other."""
+    """ "jsonl" or "csv", from the file's extension; `PromptError` for any other."""
     fmt = url.rsplit(".", 1)[-1].lower()
     if fmt not in ("jsonl", "csv"):
         raise PromptError(f"prompts={url!r} has an unknown extension; allowed: .jsonl or .csv")
     return fmt
 
 
-def read_prompts(url: str, default_seed: int = 0, max_variations: int = 16,
-                 max_candidates: int = 8) -> tuple[list[RenderRequest], list[PromptFailure]]:
+def read_prompts(
+    url: str, default_seed: int = 0, max_variations: int = 16, max_candidates: int = 8
+) -> tuple[list[RenderRequest], list[PromptFailure]]:
     """A JSONL or CSV prompt file (path or fsspec URL) -> (requests in file order, failures by line)."""
     fmt = prompt_format(url)
     if not storage.exists(url):
@@ -236,16 +259,24 @@ def read_prompts(url: str, default_seed: int = 0, max_variations: int = 16,
 
 def expand_variations(request: RenderRequest) -> list[RenderRequest]:
     """A line of n variations -> n requests with seeds seed, seed + 1, ..., seed + n - 1."""
-    return [dataclasses.replace(request, seed=request.seed + i, variations=1, variation=i)
-            for i in range(request.variations)]
+    return [
+        dataclasses.replace(request, seed=request.seed + i, variations=1, variation=i)
+        for i in range(request.variations)
+    ]
 
 
 def normalised_cue(request: RenderRequest) -> dict:
     """What makes the timbre, normalised: case and spacing of a prompt do not change it."""
     prompt = " ".join(request.prompt.lower().split()) if request.prompt else None
-    return {"prompt": prompt, "family": request.family, "source": request.source,
-            "reference_audio": request.reference_audio, "keys": list(request.keys),
-            "velocities": list(request.velocities), "candidates": request.candidates}
+    return {
+        "prompt": prompt,
+        "family": request.family,
+        "source": request.source,
+        "reference_audio": request.reference_audio,
+        "keys": list(request.keys),
+        "velocities": list(request.velocities),
+        "candidates": request.candidates,
+    }
 
 
 def instrument_id(request: RenderRequest, checkpoint_id: str, settings: dict) -> str:

@@ -20,6 +20,7 @@ its notes and codes, with the same level policy, selection and scores:
 
 Returns a small JSON-able row (id, status, scores); audio never leaves this function.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -69,9 +70,15 @@ def render_settings(cfg: Config) -> dict:
     """Every setting that changes an instrument's files for a given (cue, seed, checkpoint): part of its id."""
     generate = {k: v for k, v in dataclasses.asdict(cfg.generate).items() if k not in ("seed", "batch_size")}
     gate = {k: getattr(cfg.render, k) for k in ("max_tc", "max_mad_pitch", "retries", "on_fail", "audio_format")}
-    return {"generate": generate, "duration_s": cfg.data.note_duration_s, "codec": cfg.codec.weights,
-            "n_codebooks": cfg.codec.n_codebooks, "clap": cfg.clap.weights, "metrics": dataclasses.asdict(cfg.metrics),
-            "render": gate}
+    return {
+        "generate": generate,
+        "duration_s": cfg.data.note_duration_s,
+        "codec": cfg.codec.weights,
+        "n_codebooks": cfg.codec.n_codebooks,
+        "clap": cfg.clap.weights,
+        "metrics": dataclasses.asdict(cfg.metrics),
+        "render": gate,
+    }
 
 
 def retry_seed(seed: int, attempt: int) -> int:
@@ -95,6 +102,7 @@ def _score_text(value: float | None) -> str:
 
 def read_notes(urls: list[str]) -> torch.Tensor:
     """The audio files at `urls` -> [S, L] float32, read several at once (object stores are latency-bound)."""
+
     def read(url: str) -> np.ndarray:
         return decode_audio(storage.read_bytes(url), url)[0]
 
@@ -121,16 +129,30 @@ class Renderer:
         if request.reference_audio is not None:
             audio, rate = decode_audio(storage.read_bytes(request.reference_audio), request.reference_audio)
             reference = (torch.from_numpy(audio), rate)
-        return InstrumentCue(prompt=request.prompt, reference_audio=reference, family=request.family,
-                             source=request.source)
+        return InstrumentCue(
+            prompt=request.prompt, reference_audio=reference, family=request.family, source=request.source
+        )
 
-    def attempt(self, cue: InstrumentCue, seed: int, candidates: int, slots: list[tuple[int, int]], url: str,
-                attempt: int = 0) -> ScoredInstrument:
+    def attempt(
+        self, cue: InstrumentCue, seed: int, candidates: int, slots: list[tuple[int, int]], url: str, attempt: int = 0
+    ) -> ScoredInstrument:
         """Attempt `attempt` of the instrument at `url`: k candidates of every slot with instrument seed
         `seed`, as one shard (`render_shard`, notes written), then the kept notes and their scores."""
         gen = dataclasses.replace(self.cfg.generate, seed=seed)
-        shard = render_shard(self.lm, self.codec, None, cue, gen, self.cfg.data.note_duration_s, slots, url,
-                             self.cfg.render.audio_format, candidates, self.cfg.metrics, attempt=attempt)
+        shard = render_shard(
+            self.lm,
+            self.codec,
+            None,
+            cue,
+            gen,
+            self.cfg.data.note_duration_s,
+            slots,
+            url,
+            self.cfg.render.audio_format,
+            candidates,
+            self.cfg.metrics,
+            attempt=attempt,
+        )
         return score_shards([shard])
 
     def cue_score(self, cue: InstrumentCue, url: str, scored: ScoredInstrument) -> float | None:
@@ -141,12 +163,18 @@ class Renderer:
         return clap_score(cue.clap_embedding, self.clap.embed_audio(audio, self.codec.sample_rate_hz).cpu())
 
     @torch.no_grad()
-    def render(self, request: RenderRequest, instrument_id: str, url: str, fault: Fault | None = None,
-               count: int = 0) -> dict:
+    def render(
+        self, request: RenderRequest, instrument_id: str, url: str, fault: Fault | None = None, count: int = 0
+    ) -> dict:
         """Render `request` into `url` (its folder); returns {id, line, name, status, reason, scores...}."""
         render_cfg, start = self.cfg.render, time.perf_counter()
-        row = {"id": instrument_id, "line": request.line, "name": request.name, "prompt": request.prompt,
-               "seed": request.seed}
+        row = {
+            "id": instrument_id,
+            "line": request.line,
+            "name": request.name,
+            "prompt": request.prompt,
+            "seed": request.seed,
+        }
         cue = self.cue(request)
         embedded = embedded_cue(cue, self.clap, self.lm.cfg)  # CLAP once, for every attempt and the score
         attempts = []
@@ -157,28 +185,51 @@ class Renderer:
             if passes_gate(scored.scores(), render_cfg.max_tc, render_cfg.max_mad_pitch):
                 break
         passed = passes_gate(attempts[-1][1].scores(), render_cfg.max_tc, render_cfg.max_mad_pitch)
-        seed, kept = attempts[-1] if passed else min(
-            attempts, key=lambda a: math.inf if a[1].tc is None else a[1].tc)
+        seed, kept = attempts[-1] if passed else min(attempts, key=lambda a: math.inf if a[1].tc is None else a[1].tc)
         scores = kept.scores()
         row.update(scores, attempts=len(attempts), quality="passed" if passed else "flagged")
         if not passed and render_cfg.on_fail == "drop":
             fs, path = storage.filesystem(url)
             fs.rm(path, recursive=True)  # no manifest was written: nothing of this instrument is kept
-            return {**row, "status": "failed", "reason": "quality_gate",
-                    "message": f"TC {_score_text(scores['tc'])} / MAD_pitch {_score_text(scores['mad_pitch'])} "
-                               f"over the gate after {len(attempts)} attempts"}
+            return {
+                **row,
+                "status": "failed",
+                "reason": "quality_gate",
+                "message": f"TC {_score_text(scores['tc'])} / MAD_pitch {_score_text(scores['mad_pitch'])} "
+                f"over the gate after {len(attempts)} attempts",
+            }
         row["clap_score"] = self.cue_score(embedded, url, kept)
         gen = dataclasses.replace(self.cfg.generate, seed=seed)
         metadata = {
-            **cue.describe(), "id": instrument_id, "name": request.name, "line": request.line, "seed": seed,
-            "requested_seed": request.seed, "variation": request.variation,
-            "reference_audio": request.reference_audio, "checkpoint": self.checkpoint, "model_id": self.lm.model_id,
-            "codec_model_id": self.codec.model_id, "clap_model_id": getattr(self.clap, "model_id", None),
-            "generate": config_hash(vars(gen)), "duration_s": self.cfg.data.note_duration_s,
-            "num_frames": self.codec.frames_for(self.cfg.data.note_duration_s), "attempts": len(attempts),
-            "quality": row["quality"], "clap_score": row["clap_score"],
-            "timings": {"render_s": round(time.perf_counter() - start, 3)}}
+            **cue.describe(),
+            "id": instrument_id,
+            "name": request.name,
+            "line": request.line,
+            "seed": seed,
+            "requested_seed": request.seed,
+            "variation": request.variation,
+            "reference_audio": request.reference_audio,
+            "checkpoint": self.checkpoint,
+            "model_id": self.lm.model_id,
+            "codec_model_id": self.codec.model_id,
+            "clap_model_id": getattr(self.clap, "model_id", None),
+            "generate": config_hash(vars(gen)),
+            "duration_s": self.cfg.data.note_duration_s,
+            "num_frames": self.codec.frames_for(self.cfg.data.note_duration_s),
+            "attempts": len(attempts),
+            "quality": row["quality"],
+            "clap_score": row["clap_score"],
+            "timings": {"render_s": round(time.perf_counter() - start, 3)},
+        }
         num_samples = round(self.cfg.data.note_duration_s * self.codec.sample_rate_hz)
-        write_instrument(url, kept, metadata, render_cfg.audio_format, self.codec.sample_rate_hz, num_samples,
-                         request.name, before_manifest=lambda: fault_point(fault, FAULT_POINT, count))
+        write_instrument(
+            url,
+            kept,
+            metadata,
+            render_cfg.audio_format,
+            self.codec.sample_rate_hz,
+            num_samples,
+            request.name,
+            before_manifest=lambda: fault_point(fault, FAULT_POINT, count),
+        )
         return {**row, "status": "rendered", "reason": None, "message": None, "used_seed": seed}

@@ -7,6 +7,7 @@ flattened). The selection keeps, per slot, the candidate nearest in L1 to the el
 feature of all candidates, then once more against the median of the notes it kept. The Serve
 application and the batch render job both call `select_candidates`.
 """
+
 from __future__ import annotations
 
 import torch

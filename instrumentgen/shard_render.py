@@ -30,6 +30,7 @@ quality-gate retry (candidates/retry<a>/<c>/notes/...), removed once the kept no
 notes/; codes.npy (int16 [S, K, N] of the kept notes), instrument.zip (notes + presets + manifest).
 manifest.json is written last: a folder without it is unfinished.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -111,12 +112,15 @@ def candidate_url(url: str, candidate: int, candidates: int, attempt: int = 0) -
     return url if candidates == 1 else storage.join(url, CANDIDATES_DIR, str(candidate))
 
 
-def note_features(audio: torch.Tensor, sample_rate_hz: int,
-                  metrics_cfg: MetricsConfig) -> tuple[torch.Tensor, list[int]]:
+def note_features(
+    audio: torch.Tensor, sample_rate_hz: int, metrics_cfg: MetricsConfig
+) -> tuple[torch.Tensor, list[int]]:
     """audio [S, L] -> (TC features [S, F] float32, values per TC scale): the liftered log-mel of
     `metrics/tc.py` at every configured scale, flattened and concatenated."""
-    per_scale = [liftered_log_mel(audio, sample_rate_hz, scale, metrics_cfg.tc_power).flatten(1)
-                 for scale in scales_from_config(metrics_cfg)]
+    per_scale = [
+        liftered_log_mel(audio, sample_rate_hz, scale, metrics_cfg.tc_power).flatten(1)
+        for scale in scales_from_config(metrics_cfg)
+    ]
     return torch.cat(per_scale, dim=1).float(), [part.shape[1] for part in per_scale]
 
 
@@ -131,8 +135,9 @@ def features_tc(features: torch.Tensor, feature_sizes: list[int]) -> float | Non
     return float(torch.stack([pairwise_l1_sum(part) / (pairs * part.shape[1]) for part in parts]).mean())
 
 
-def _write_notes(folder: str, slots: list[tuple[int, int]], audio: np.ndarray, sample_rate_hz: int,
-                 audio_format: str) -> None:
+def _write_notes(
+    folder: str, slots: list[tuple[int, int]], audio: np.ndarray, sample_rate_hz: int, audio_format: str
+) -> None:
     def write(i: int) -> None:
         pitch, velocity = slots[i]
         data = encode_audio(audio[i], sample_rate_hz, audio_format)
@@ -142,9 +147,21 @@ def _write_notes(folder: str, slots: list[tuple[int, int]], audio: np.ndarray, s
         list(pool.map(write, range(len(slots))))
 
 
-def render_shard(lm, codec, clap, cue: InstrumentCue, gen_cfg: GenerateConfig, duration_s: float,
-                 slots: list[tuple[int, int]], url: str, audio_format: str = "wav24", candidates: int = 1,
-                 metrics_cfg: MetricsConfig | None = None, worker: str = "", attempt: int = 0) -> ShardResult:
+def render_shard(
+    lm,
+    codec,
+    clap,
+    cue: InstrumentCue,
+    gen_cfg: GenerateConfig,
+    duration_s: float,
+    slots: list[tuple[int, int]],
+    url: str,
+    audio_format: str = "wav24",
+    candidates: int = 1,
+    metrics_cfg: MetricsConfig | None = None,
+    worker: str = "",
+    attempt: int = 0,
+) -> ShardResult:
     """Generate, decode and write `slots` of the instrument at `url` (k = `candidates` per slot, seeded by
     `gen_cfg.seed`), returning codes, TC features and pitch estimates. clap may be None for a cue from
     `embedded_cue`. `attempt` > 0 (a quality-gate retry) stages every note, keeping the first attempt's."""
@@ -158,16 +175,29 @@ def render_shard(lm, codec, clap, cue: InstrumentCue, gen_cfg: GenerateConfig, d
         if not torch.isfinite(audio).all():
             raise GenerateError("the codec produced NaN or inf audio; refusing to write a broken note")
         gain = note_gains(audio)
-        _write_notes(candidate_url(url, index, candidates, attempt), slots, (audio * gain[:, None]).numpy(),
-                     codec.sample_rate_hz, audio_format)
+        _write_notes(
+            candidate_url(url, index, candidates, attempt),
+            slots,
+            (audio * gain[:, None]).numpy(),
+            codec.sample_rate_hz,
+            audio_format,
+        )
         candidate_features, sizes = note_features(audio, codec.sample_rate_hz, metrics_cfg)
         report = pitch_report(audio, codec.sample_rate_hz, [p for p, _ in slots], metrics_cfg.pitch_estimator)
         codes.append(candidate_codes.to(torch.int16))
         features.append(candidate_features)
         f0.append(report.f0_hz.float())
         gains.append(gain.float())
-    return ShardResult(list(slots), torch.stack(codes), torch.stack(features), torch.stack(f0), torch.stack(gains),
-                       sizes, worker, attempt)
+    return ShardResult(
+        list(slots),
+        torch.stack(codes),
+        torch.stack(features),
+        torch.stack(f0),
+        torch.stack(gains),
+        sizes,
+        worker,
+        attempt,
+    )
 
 
 def _finite(value: float) -> float | None:
@@ -202,9 +232,14 @@ class ScoredInstrument:
 
     def scores(self) -> dict:
         """The scores that the manifest, the quality gate, an index row and an HTTP status carry (JSON-able)."""
-        return {"tc": self.tc, "tc_without_selection": self.tc_without_selection, "mad_pitch": self.mad_pitch,
-                "unvoiced": self.unvoiced, "candidates": self.candidates,
-                "candidates_kept": torch.bincount(self.chosen, minlength=self.candidates).tolist()}
+        return {
+            "tc": self.tc,
+            "tc_without_selection": self.tc_without_selection,
+            "mad_pitch": self.mad_pitch,
+            "unvoiced": self.unvoiced,
+            "candidates": self.candidates,
+            "candidates_kept": torch.bincount(self.chosen, minlength=self.candidates).tolist(),
+        }
 
 
 def score_shards(shards: list[ShardResult]) -> ScoredInstrument:
@@ -226,19 +261,30 @@ def score_shards(shards: list[ShardResult]) -> ScoredInstrument:
     error = 12 * torch.log2(f0.double() / torch.tensor([midi_to_hz(p) for p, _ in slots], dtype=torch.float64))
     voiced = torch.isfinite(error)
     return ScoredInstrument(
-        slots=slots, chosen=chosen, codes=torch.cat([s.codes for s in shards], dim=1)[chosen, rows], f0_hz=f0,
-        pitch_error=error, gains=torch.cat([s.gains for s in shards], dim=1)[chosen, rows], candidates=count,
-        attempt=shards[0].attempt, workers=sorted({s.worker for s in shards if s.worker}),
-        tc=features_tc(features[chosen, rows], sizes), tc_without_selection=features_tc(features[0], sizes),
+        slots=slots,
+        chosen=chosen,
+        codes=torch.cat([s.codes for s in shards], dim=1)[chosen, rows],
+        f0_hz=f0,
+        pitch_error=error,
+        gains=torch.cat([s.gains for s in shards], dim=1)[chosen, rows],
+        candidates=count,
+        attempt=shards[0].attempt,
+        workers=sorted({s.worker for s in shards if s.worker}),
+        tc=features_tc(features[chosen, rows], sizes),
+        tc_without_selection=features_tc(features[0], sizes),
         mad_pitch=_finite(error[voiced].abs().median().item()) if voiced.any() else None,
-        unvoiced=int((~voiced).sum()))
+        unvoiced=int((~voiced).sum()),
+    )
 
 
 def kept_note_urls(url: str, scored: ScoredInstrument, audio_format: str) -> list[str]:
     """Where `render_shard` wrote each kept note of the instrument at `url` (slot order)."""
-    return [storage.join(candidate_url(url, candidate, scored.candidates, scored.attempt),
-                         note_file(pitch, velocity, audio_format))
-            for (pitch, velocity), candidate in zip(scored.slots, scored.chosen.tolist())]
+    return [
+        storage.join(
+            candidate_url(url, candidate, scored.candidates, scored.attempt), note_file(pitch, velocity, audio_format)
+        )
+        for (pitch, velocity), candidate in zip(scored.slots, scored.chosen.tolist())
+    ]
 
 
 def _bundle(url: str, files: list[str], manifest_bytes: bytes) -> None:
@@ -266,18 +312,27 @@ def remove_staging(url: str) -> None:
         fs.rm(path, recursive=True)
 
 
-def write_instrument(url: str, scored: ScoredInstrument, metadata: dict, audio_format: str, sample_rate_hz: int,
-                     num_samples: int, title: str | None = None,
-                     before_manifest: Callable[[], None] | None = None) -> dict:
+def write_instrument(
+    url: str,
+    scored: ScoredInstrument,
+    metadata: dict,
+    audio_format: str,
+    sample_rate_hz: int,
+    num_samples: int,
+    title: str | None = None,
+    before_manifest: Callable[[], None] | None = None,
+) -> dict:
     """Write the instrument at `url`: the kept notes to notes/ (copied from where `render_shard` staged
     them), codes.npy, SFZ, DecentSampler preset, the zip bundle, remove the staged candidates and, last,
     the manifest (`metadata` + layout + `scored.scores()` + one entry per note); returns the manifest.
     `before_manifest` runs just before the manifest is written (a fault point)."""
     pitches, velocities = [p for p, _ in scored.slots], [v for _, v in scored.slots]
     files = [note_file(p, v, audio_format) for p, v in scored.slots]
-    copies = [(source, storage.join(url, file))
-              for source, file in zip(kept_note_urls(url, scored, audio_format), files)
-              if source != storage.join(url, file)]
+    copies = [
+        (source, storage.join(url, file))
+        for source, file in zip(kept_note_urls(url, scored, audio_format), files)
+        if source != storage.join(url, file)
+    ]
     with concurrent.futures.ThreadPoolExecutor(WRITE_THREADS) as pool:
         list(pool.map(lambda job: storage.write_bytes(job[1], storage.read_bytes(job[0])), copies))
     buffer = io.BytesIO()
@@ -288,14 +343,37 @@ def write_instrument(url: str, scored: ScoredInstrument, metadata: dict, audio_f
     preset = dspreset_xml(pitches, velocities, title, audio_format)
     storage.write_bytes(storage.join(url, DSPRESET_FILE), preset.encode())
     manifest = {
-        **metadata, **scored.scores(), "sample_rate_hz": sample_rate_hz, "num_samples": num_samples,
-        "gain": "per_note", "sfz": SFZ_FILE, "dspreset": DSPRESET_FILE, "format": audio_format, "codes": CODES_FILE,
-        "bundle": BUNDLE_FILE, "workers": scored.workers,
-        "notes": [{"pitch": p, "velocity": v, "file": file, "gain": float(g), "candidate": int(c),
-                   "f0_hz": _finite(float(hz)), "pitch_error_semitones": _finite(float(e))}
-                  for p, v, file, g, c, hz, e in zip(pitches, velocities, files, scored.gains.tolist(),
-                                                     scored.chosen.tolist(), scored.f0_hz.tolist(),
-                                                     scored.pitch_error.tolist())],
+        **metadata,
+        **scored.scores(),
+        "sample_rate_hz": sample_rate_hz,
+        "num_samples": num_samples,
+        "gain": "per_note",
+        "sfz": SFZ_FILE,
+        "dspreset": DSPRESET_FILE,
+        "format": audio_format,
+        "codes": CODES_FILE,
+        "bundle": BUNDLE_FILE,
+        "workers": scored.workers,
+        "notes": [
+            {
+                "pitch": p,
+                "velocity": v,
+                "file": file,
+                "gain": float(g),
+                "candidate": int(c),
+                "f0_hz": _finite(float(hz)),
+                "pitch_error_semitones": _finite(float(e)),
+            }
+            for p, v, file, g, c, hz, e in zip(
+                pitches,
+                velocities,
+                files,
+                scored.gains.tolist(),
+                scored.chosen.tolist(),
+                scored.f0_hz.tolist(),
+                scored.pitch_error.tolist(),
+            )
+        ],
     }
     manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()
     _bundle(url, [*files, SFZ_FILE, DSPRESET_FILE], manifest_bytes)
@@ -306,7 +384,14 @@ def write_instrument(url: str, scored: ScoredInstrument, metadata: dict, audio_f
     return manifest
 
 
-def finish_instrument(url: str, shards: list[ShardResult], metadata: dict, audio_format: str,
-                      sample_rate_hz: int, num_samples: int, title: str | None = None) -> dict:
+def finish_instrument(
+    url: str,
+    shards: list[ShardResult],
+    metadata: dict,
+    audio_format: str,
+    sample_rate_hz: int,
+    num_samples: int,
+    title: str | None = None,
+) -> dict:
     """`score_shards` then `write_instrument`: the shards of one instrument -> its manifest (written last)."""
     return write_instrument(url, score_shards(shards), metadata, audio_format, sample_rate_hz, num_samples, title)

@@ -12,6 +12,7 @@ re-run skips it and rewrites the same files for the others, so rows are never du
 "preprocess.unit" (count: units committed so far) lies between a unit's files and its marker,
 the worst moment for a crash.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,10 +50,13 @@ PIPELINE_COLUMNS = (
     Column("clap_model_id", "str", "the CLAP weights that made `clap_embedding`"),
 )
 _PIPELINE = {column.name: column for column in PIPELINE_COLUMNS}
-READ_COLUMNS = (*PIPELINE_COLUMNS[:7],
-                *(c for c in SHARD_COLUMNS if not c.shape and c.name not in SHAPE_COLUMNS))
-ENCODER_COLUMNS = (COLUMNS_BY_NAME["codes"], COLUMNS_BY_NAME["clap_embedding"], _PIPELINE["codec_model_id"],
-                   _PIPELINE["clap_model_id"])
+READ_COLUMNS = (*PIPELINE_COLUMNS[:7], *(c for c in SHARD_COLUMNS if not c.shape and c.name not in SHAPE_COLUMNS))
+ENCODER_COLUMNS = (
+    COLUMNS_BY_NAME["codes"],
+    COLUMNS_BY_NAME["clap_embedding"],
+    _PIPELINE["codec_model_id"],
+    _PIPELINE["clap_model_id"],
+)
 STORED_COLUMNS = tuple(c.name for c in SHARD_COLUMNS if c.name not in SHAPE_COLUMNS)
 
 
@@ -90,9 +94,11 @@ class ShardWriter:
         for marker_url in storage.list_files(storage.join(self.url, PROGRESS), ".json"):
             marker = storage.read_json(marker_url)
             if marker["config_hash"] != self.config_hash:
-                raise ShardError(f"data.shards={self.url!r} holds shards made with config hash "
-                                 f"{marker['config_hash']}, this run has {self.config_hash}; "
-                                 "use a fresh data.shards or the same settings")
+                raise ShardError(
+                    f"data.shards={self.url!r} holds shards made with config hash "
+                    f"{marker['config_hash']}, this run has {self.config_hash}; "
+                    "use a fresh data.shards or the same settings"
+                )
             done.add((marker["source_split"], marker["unit"]))
         return done
 
@@ -118,7 +124,7 @@ class ShardWriter:
         end = next(r for r in rows if r["reason"] == UNIT_END)
         records = sorted((r for r in rows if r["reason"] != UNIT_END), key=lambda r: int(r["position"]))
         kept = [r for r in records if r["reason"] == ""]
-        (n_codebooks, n_frames), = {np.shape(r["codes"]) for r in rows}  # every row has codes [K, N]
+        ((n_codebooks, n_frames),) = {np.shape(r["codes"]) for r in rows}  # every row has codes [K, N]
         files, kept_counts = {}, {}
         for split in sorted({str(r["split"]) for r in kept}):
             split_rows = [r for r in kept if r["split"] == split]
@@ -127,13 +133,29 @@ class ShardWriter:
             kept_counts[split] = len(split_rows)
             write_shard(storage.join(self.url, files[split]), shard_table(columns))
         fault_point(self.fault, "preprocess.unit", self.committed)
-        marker = {"config_hash": self.config_hash, "source_split": source_split, "unit": unit,
-                  "records": len(records), "kept": kept_counts, "files": files,
-                  "skipped": dict(Counter(str(r["reason"]) for r in records if r["reason"] != "")),
-                  "rejected": [{"split": source_split, "note_str": str(r["note_str"]), "reason": str(r["reason"]),
-                                "detail": str(r["detail"])} for r in records if r["reason"] != ""],
-                  "codec_model_id": str(end["codec_model_id"]), "clap_model_id": str(end["clap_model_id"]),
-                  "n_codebooks": int(n_codebooks), "n_frames": int(n_frames)}
+        marker = {
+            "config_hash": self.config_hash,
+            "source_split": source_split,
+            "unit": unit,
+            "records": len(records),
+            "kept": kept_counts,
+            "files": files,
+            "skipped": dict(Counter(str(r["reason"]) for r in records if r["reason"] != "")),
+            "rejected": [
+                {
+                    "split": source_split,
+                    "note_str": str(r["note_str"]),
+                    "reason": str(r["reason"]),
+                    "detail": str(r["detail"]),
+                }
+                for r in records
+                if r["reason"] != ""
+            ],
+            "codec_model_id": str(end["codec_model_id"]),
+            "clap_model_id": str(end["clap_model_id"]),
+            "n_codebooks": int(n_codebooks),
+            "n_frames": int(n_frames),
+        }
         storage.write_json(storage.join(self.url, PROGRESS, unit_key(source_split, unit) + ".json"), marker)
         self.committed += 1
         self.kept_this_run += len(kept)
@@ -144,8 +166,9 @@ class ShardWriter:
         for source_split, unit in units:
             marker_url = storage.join(self.url, PROGRESS, unit_key(source_split, unit) + ".json")
             if not storage.exists(marker_url):
-                raise ShardError(f"unit {unit_key(source_split, unit)} of {self.url!r} is not complete; "
-                                 "re-run to finish it")
+                raise ShardError(
+                    f"unit {unit_key(source_split, unit)} of {self.url!r} is not complete; re-run to finish it"
+                )
             markers.append(storage.read_json(marker_url))
         kept, skipped, files = Counter(), Counter(), {}
         for marker in markers:
@@ -156,10 +179,19 @@ class ShardWriter:
         rejected = [r for marker in markers for r in marker["rejected"]]
         storage.write_bytes(storage.join(self.url, REJECTED), "".join(json.dumps(r) + "\n" for r in rejected).encode())
         first = markers[0] if markers else {}
-        manifest = {"format_version": FORMAT_VERSION, "config_hash": self.config_hash, "sources": self.sources,
-                    "records": sum(m["records"] for m in markers), "kept": dict(sorted(kept.items())),
-                    "skipped": dict(sorted(skipped.items())), "files": {s: sorted(f) for s, f in sorted(files.items())},
-                    "codec_model_id": first.get("codec_model_id"), "clap_model_id": first.get("clap_model_id"),
-                    "n_codebooks": first.get("n_codebooks"), "n_frames": first.get("n_frames"), **settings}
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "config_hash": self.config_hash,
+            "sources": self.sources,
+            "records": sum(m["records"] for m in markers),
+            "kept": dict(sorted(kept.items())),
+            "skipped": dict(sorted(skipped.items())),
+            "files": {s: sorted(f) for s, f in sorted(files.items())},
+            "codec_model_id": first.get("codec_model_id"),
+            "clap_model_id": first.get("clap_model_id"),
+            "n_codebooks": first.get("n_codebooks"),
+            "n_frames": first.get("n_frames"),
+            **settings,
+        }
         storage.write_json(storage.join(self.url, storage.MANIFEST), manifest)
         return manifest

@@ -13,6 +13,7 @@ and resumed is `instrumentgen.shard_writer`. Only files listed in the manifest c
 The columns of a shard file are `SHARD_COLUMNS` (name, dtype, shape per row, meaning): the one
 declaration the writer (`shard_table`), the reader (`collate`) and the preprocessing stages use.
 """
+
 from __future__ import annotations
 
 import io
@@ -38,8 +39,13 @@ PROGRESS = "_progress"
 REJECTED = "rejected.jsonl"
 FORMAT_VERSION = 1
 CLAP_DIM = 512
-ARROW_TYPES = {"str": pa.string(), "int16": pa.int16(), "int32": pa.int32(), "int64": pa.int64(),
-               "float16": pa.float16()}
+ARROW_TYPES = {
+    "str": pa.string(),
+    "int16": pa.int16(),
+    "int32": pa.int32(),
+    "int64": pa.int64(),
+    "float16": pa.float16(),
+}
 
 
 class ShardError(UserError):
@@ -102,8 +108,12 @@ def shard_table(rows: dict[str, np.ndarray]) -> pa.Table:
     """
     codes = np.ascontiguousarray(rows["codes"], dtype=np.int16)
     batch, n_codebooks, n_frames = codes.shape
-    values = {**rows, "codes": codes, "n_codebooks": np.full(batch, n_codebooks, np.int16),
-              "n_frames": np.full(batch, n_frames, np.int16)}
+    values = {
+        **rows,
+        "codes": codes,
+        "n_codebooks": np.full(batch, n_codebooks, np.int16),
+        "n_frames": np.full(batch, n_frames, np.int16),
+    }
     columns = {}
     for column in SHARD_COLUMNS:
         kind = ARROW_TYPES[column.dtype]
@@ -132,8 +142,10 @@ def read_manifest(url: str) -> dict:
     """The manifest of a complete shard set; `ShardError` if there is none."""
     manifest_url = storage.join(url, storage.MANIFEST)
     if not storage.exists(manifest_url):
-        raise ShardError(f"no {storage.MANIFEST} under data.shards={url!r}: the shards are missing or incomplete; "
-                         f"run (or finish) `python -m jobs.preprocess data.shards={url}`")
+        raise ShardError(
+            f"no {storage.MANIFEST} under data.shards={url!r}: the shards are missing or incomplete; "
+            f"run (or finish) `python -m jobs.preprocess data.shards={url}`"
+        )
     return storage.read_json(manifest_url)
 
 
@@ -168,13 +180,17 @@ def collate(batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, Cues]:
     """A numpy batch of shard rows -> (codes long [B, K, N], cues with clap_embedding float [B, 512])."""
     missing = [column.name for column in SHARD_COLUMNS if column.name not in batch]
     if missing:
-        raise ShardError(f"shard rows lack the columns {missing}; allowed: shards written by jobs.preprocess "
-                         f"(format {FORMAT_VERSION})")
+        raise ShardError(
+            f"shard rows lack the columns {missing}; allowed: shards written by jobs.preprocess "
+            f"(format {FORMAT_VERSION})"
+        )
     n_codebooks, n_frames = np.unique(batch["n_codebooks"]), np.unique(batch["n_frames"])
     if len(n_codebooks) != 1 or len(n_frames) != 1:
-        raise ShardError(f"a batch mixes code shapes: n_codebooks {n_codebooks.tolist()}, "
-                         f"n_frames {n_frames.tolist()}; "
-                         "shards of one set must share note_duration_s and codec")
+        raise ShardError(
+            f"a batch mixes code shapes: n_codebooks {n_codebooks.tolist()}, "
+            f"n_frames {n_frames.tolist()}; "
+            "shards of one set must share note_duration_s and codec"
+        )
     codes = torch.from_numpy(_stack(batch["codes"]).astype(np.int64))
     codes = codes.reshape(len(codes), int(n_codebooks[0]), int(n_frames[0]))
 

@@ -4,6 +4,7 @@ Writes are atomic per object: data goes to a temporary key beside the target and
 place only when complete, so a reader never sees a half-written object under its final name.
 A folder of objects is complete when its `manifest.json` exists (written last).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,9 +21,20 @@ from instrumentgen.errors import MissingObjectError, StorageError
 
 MANIFEST = "manifest.json"
 # botocore / aiohttp errors by name: storage must not import every backend to recognise them.
-NO_CREDENTIALS = ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError", "DefaultCredentialsError")
-UNREACHABLE = ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError", "ClientConnectorError",
-               "ServerTimeoutError", "ConnectionError")
+NO_CREDENTIALS = (
+    "NoCredentialsError",
+    "PartialCredentialsError",
+    "CredentialRetrievalError",
+    "DefaultCredentialsError",
+)
+UNREACHABLE = (
+    "EndpointConnectionError",
+    "ConnectTimeoutError",
+    "ConnectionClosedError",
+    "ClientConnectorError",
+    "ServerTimeoutError",
+    "ConnectionError",
+)
 
 
 @contextlib.contextmanager
@@ -37,17 +49,23 @@ def storage_errors(url: str, action: str) -> Iterator[None]:
     except (FileExistsError, NotADirectoryError):  # makedirs through a file
         raise StorageError(f"cannot {action} {url!r}: a file stands where its path needs a folder") from None
     except PermissionError:
-        raise StorageError(f"cannot {action} {url!r}: permission denied; allowed: a path or bucket this user "
-                           "can write (check its permissions or the credentials' policy)") from None
+        raise StorageError(
+            f"cannot {action} {url!r}: permission denied; allowed: a path or bucket this user "
+            "can write (check its permissions or the credentials' policy)"
+        ) from None
     except Exception as e:
         kind = type(e).__name__
         if kind in NO_CREDENTIALS:
-            raise StorageError(f"cannot {action} {url!r}: no credentials for it; set AWS_ACCESS_KEY_ID and "
-                               "AWS_SECRET_ACCESS_KEY (or a profile / instance role) for s3://, "
-                               "GOOGLE_APPLICATION_CREDENTIALS for gs://") from None
+            raise StorageError(
+                f"cannot {action} {url!r}: no credentials for it; set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY (or a profile / instance role) for s3://, "
+                "GOOGLE_APPLICATION_CREDENTIALS for gs://"
+            ) from None
         if kind in UNREACHABLE:
-            raise StorageError(f"cannot {action} {url!r}: its endpoint is unreachable ({str(e).splitlines()[0]}); "
-                               "check AWS_ENDPOINT_URL / the network") from None
+            raise StorageError(
+                f"cannot {action} {url!r}: its endpoint is unreachable ({str(e).splitlines()[0]}); "
+                "check AWS_ENDPOINT_URL / the network"
+            ) from None
         if isinstance(e, OSError):  # not a directory, read-only file system, ...
             raise StorageError(f"cannot {action} {url!r}: {e.strerror or e}") from None
         raise
@@ -58,8 +76,10 @@ def filesystem(url: str) -> tuple[AbstractFileSystem, str]:
     try:
         return fsspec.core.url_to_fs(url)
     except (ImportError, ValueError) as e:  # unknown protocol, or its backend (gcsfs, ...) is not installed
-        raise StorageError(f"{url!r}: {str(e).splitlines()[0]}; allowed: a local path or a file://, s3://, "
-                           "memory:// URL (gs:// needs gcsfs installed)") from None
+        raise StorageError(
+            f"{url!r}: {str(e).splitlines()[0]}; allowed: a local path or a file://, s3://, "
+            "memory:// URL (gs:// needs gcsfs installed)"
+        ) from None
 
 
 def join(url: str, *parts: str) -> str:

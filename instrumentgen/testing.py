@@ -4,6 +4,7 @@ Notes are genuinely pitched: a sum of harmonics of the labelled MIDI pitch's f0 
 under an attack/decay envelope. Each instrument has its own `Timbre` (spectral tilt, odd/even
 balance, decay), so timbre metrics have something true to measure; loudness grows with velocity.
 """
+
 from __future__ import annotations
 
 import io
@@ -30,12 +31,17 @@ class Timbre:
 def timbre_for(index: int) -> Timbre:
     """A distinct, deterministic timbre for the index-th fixture instrument."""
     rng = np.random.default_rng(1000 + index)
-    return Timbre(tilt_db_per_octave=float(rng.uniform(-18, -3)), even_gain=float(rng.uniform(0, 1)),
-                  decay_s=float(rng.uniform(0.3, 3.0)), attack_s=float(rng.uniform(0.002, 0.05)))
+    return Timbre(
+        tilt_db_per_octave=float(rng.uniform(-18, -3)),
+        even_gain=float(rng.uniform(0, 1)),
+        decay_s=float(rng.uniform(0.3, 3.0)),
+        attack_s=float(rng.uniform(0.002, 0.05)),
+    )
 
 
-def synth_note(pitch: int, velocity: int, timbre: Timbre, sample_rate_hz: int = NSYNTH_SAMPLE_RATE_HZ,
-               duration_s: float = 4.0) -> np.ndarray:
+def synth_note(
+    pitch: int, velocity: int, timbre: Timbre, sample_rate_hz: int = NSYNTH_SAMPLE_RATE_HZ, duration_s: float = 4.0
+) -> np.ndarray:
     """A harmonic note -> float32 [duration_s * sample_rate_hz], peak about 0.9 * velocity / 127."""
     n = int(round(duration_s * sample_rate_hz))
     t = np.arange(n) / sample_rate_hz
@@ -70,11 +76,21 @@ def default_instruments(count: int) -> list[FixtureInstrument]:
 
 
 def _metadata(inst: FixtureInstrument, inst_id: int, pitch: int, velocity: int, note_id: int) -> dict:
-    return {"note": note_id, "note_str": f"{inst.name}-{pitch:03d}-{velocity:03d}", "instrument": inst_id,
-            "instrument_str": inst.name, "pitch": pitch, "velocity": velocity,
-            "sample_rate": NSYNTH_SAMPLE_RATE_HZ, "qualities": [0] * 10, "qualities_str": [],
-            "instrument_family": FAMILIES.index(inst.family), "instrument_family_str": inst.family,
-            "instrument_source": SOURCES.index(inst.source), "instrument_source_str": inst.source}
+    return {
+        "note": note_id,
+        "note_str": f"{inst.name}-{pitch:03d}-{velocity:03d}",
+        "instrument": inst_id,
+        "instrument_str": inst.name,
+        "pitch": pitch,
+        "velocity": velocity,
+        "sample_rate": NSYNTH_SAMPLE_RATE_HZ,
+        "qualities": [0] * 10,
+        "qualities_str": [],
+        "instrument_family": FAMILIES.index(inst.family),
+        "instrument_family_str": inst.family,
+        "instrument_source": SOURCES.index(inst.source),
+        "instrument_source_str": inst.source,
+    }
 
 
 def fixture_notes(instruments: list[FixtureInstrument], pitches: list[int], velocities: list[int]):
@@ -97,15 +113,22 @@ def bad_records() -> list[tuple[dict, np.ndarray | bytes, int, str]]:
     del missing["velocity"]
     wrong_rate = _metadata(inst, 900, 62, 100, 9002)
     corrupt = _metadata(inst, 900, 63, 100, 9003)
-    return [(pitch12, good, NSYNTH_SAMPLE_RATE_HZ, "pitch_out_of_range"),
-            (missing, good, NSYNTH_SAMPLE_RATE_HZ, "missing_field"),
-            (wrong_rate, good[:44100], 22050, "wrong_sample_rate"),
-            (corrupt, b"RIFF\x00\x00garbage-not-a-wav", NSYNTH_SAMPLE_RATE_HZ, "unreadable_audio")]
+    return [
+        (pitch12, good, NSYNTH_SAMPLE_RATE_HZ, "pitch_out_of_range"),
+        (missing, good, NSYNTH_SAMPLE_RATE_HZ, "missing_field"),
+        (wrong_rate, good[:44100], 22050, "wrong_sample_rate"),
+        (corrupt, b"RIFF\x00\x00garbage-not-a-wav", NSYNTH_SAMPLE_RATE_HZ, "unreadable_audio"),
+    ]
 
 
-def write_fixture_nsynth(root: str, instruments: int | list[FixtureInstrument] = 3,
-                         pitches: list[int] | None = None, velocities: list[int] | None = None,
-                         formats: tuple[str, ...] = ("jsonwav", "tfrecord"), with_bad_records: bool = False) -> dict:
+def write_fixture_nsynth(
+    root: str,
+    instruments: int | list[FixtureInstrument] = 3,
+    pitches: list[int] | None = None,
+    velocities: list[int] | None = None,
+    formats: tuple[str, ...] = ("jsonwav", "tfrecord"),
+    with_bad_records: bool = False,
+) -> dict:
     """Write a fixture split under `root` (path or fsspec URL); returns {format: url}.
 
     jsonwav -> `<root>/jsonwav/` (examples.json + audio/*.wav), tfrecord -> `<root>/nsynth.tfrecord`.
@@ -122,7 +145,10 @@ def write_fixture_nsynth(root: str, instruments: int | list[FixtureInstrument] =
         url = storage.join(root, "jsonwav")
         examples = {}
         for meta, audio in notes:
-            storage.write_bytes(storage.join(url, "audio", meta["note_str"] + ".wav"), encode_audio(audio, NSYNTH_SAMPLE_RATE_HZ, "wav16"))
+            storage.write_bytes(
+                storage.join(url, "audio", meta["note_str"] + ".wav"),
+                encode_audio(audio, NSYNTH_SAMPLE_RATE_HZ, "wav16"),
+            )
             examples[meta["note_str"]] = meta
         for meta, audio, rate, _ in bad:
             data = audio if isinstance(audio, bytes) else encode_audio(audio, rate, "wav16")

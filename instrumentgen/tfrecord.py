@@ -6,6 +6,7 @@ its public `.proto` definition and parsed by protobuf's own (upb) parser.
 
 Record framing (TFRecord): uint64 length | uint32 masked crc32c(length) | data | uint32 masked crc32c(data).
 """
+
 from __future__ import annotations
 
 import struct
@@ -39,19 +40,26 @@ def _example_class():
     message("BytesList", [("value", 1, F.TYPE_BYTES, F.LABEL_REPEATED, None)])
     message("FloatList", [("value", 1, F.TYPE_FLOAT, F.LABEL_REPEATED, None)])
     message("Int64List", [("value", 1, F.TYPE_INT64, F.LABEL_REPEATED, None)])
-    feature = message("Feature", [
-        ("bytes_list", 1, F.TYPE_MESSAGE, F.LABEL_OPTIONAL, ".tensorflow.BytesList"),
-        ("float_list", 2, F.TYPE_MESSAGE, F.LABEL_OPTIONAL, ".tensorflow.FloatList"),
-        ("int64_list", 3, F.TYPE_MESSAGE, F.LABEL_OPTIONAL, ".tensorflow.Int64List"),
-    ])
+    feature = message(
+        "Feature",
+        [
+            ("bytes_list", 1, F.TYPE_MESSAGE, F.LABEL_OPTIONAL, ".tensorflow.BytesList"),
+            ("float_list", 2, F.TYPE_MESSAGE, F.LABEL_OPTIONAL, ".tensorflow.FloatList"),
+            ("int64_list", 3, F.TYPE_MESSAGE, F.LABEL_OPTIONAL, ".tensorflow.Int64List"),
+        ],
+    )
     feature.oneof_decl.add(name="kind")
     for f in feature.field:
         f.oneof_index = 0
-    features = message("Features", [("feature", 1, F.TYPE_MESSAGE, F.LABEL_REPEATED, ".tensorflow.Features.FeatureEntry")])
+    features = message(
+        "Features", [("feature", 1, F.TYPE_MESSAGE, F.LABEL_REPEATED, ".tensorflow.Features.FeatureEntry")]
+    )
     entry = features.nested_type.add(name="FeatureEntry")
     entry.options.map_entry = True
     entry.field.add(name="key", number=1, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
-    entry.field.add(name="value", number=2, type=F.TYPE_MESSAGE, label=F.LABEL_OPTIONAL, type_name=".tensorflow.Feature")
+    entry.field.add(
+        name="value", number=2, type=F.TYPE_MESSAGE, label=F.LABEL_OPTIONAL, type_name=".tensorflow.Feature"
+    )
     message("Example", [("features", 1, F.TYPE_MESSAGE, F.LABEL_OPTIONAL, ".tensorflow.Features")])
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fdp)

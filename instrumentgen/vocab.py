@@ -1,11 +1,21 @@
 """NSynth's vocabulary: instrument families and sources with NSynth's ids, the 88 keys, 5 velocities."""
+
 from __future__ import annotations
 
 from instrumentgen.errors import UserError
 
 FAMILIES = (
-    "bass", "brass", "flute", "guitar", "keyboard", "mallet",
-    "organ", "reed", "string", "synth_lead", "vocal",
+    "bass",
+    "brass",
+    "flute",
+    "guitar",
+    "keyboard",
+    "mallet",
+    "organ",
+    "reed",
+    "string",
+    "synth_lead",
+    "vocal",
 )  # index == NSynth `instrument_family`
 SOURCES = ("acoustic", "electronic", "synthetic")  # index == NSynth `instrument_source`
 PITCH_MIN, PITCH_MAX = 21, 108  # MIDI A0..C8, the 88 keys of a piano

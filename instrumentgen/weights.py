@@ -11,6 +11,7 @@ the first, so no test ever tries the internet, and `instrumentgen.clap` defaults
 import of transformers can hang without internet), so a process that loads CLAP downloads
 nothing unless the user sets `HF_HUB_OFFLINE=0`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -42,14 +43,17 @@ def cache_dir(kind: str) -> Path:
 
 def is_offline() -> bool:
     """Whether downloads are off (HF_HUB_OFFLINE or INSTRUMENTGEN_OFFLINE true)."""
-    return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on")
-               for k in ("HF_HUB_OFFLINE", "INSTRUMENTGEN_OFFLINE"))
+    return any(
+        os.environ.get(k, "").lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "INSTRUMENTGEN_OFFLINE")
+    )
 
 
 def missing_message(what: str, url: str, dest: Path, key: str, reason: str) -> str:
     """The error for a missing weight file: what to fetch, where to put it, which key takes its path."""
-    return (f"{what} weights are not on this machine and cannot be downloaded ({reason}). "
-            f"Fetch {url} and put it at {dest}, or set {key}=<local path or URL of that file>.")
+    return (
+        f"{what} weights are not on this machine and cannot be downloaded ({reason}). "
+        f"Fetch {url} and put it at {dest}, or set {key}=<local path or URL of that file>."
+    )
 
 
 def download(url: str, dest: Path, what: str, key: str) -> Path:

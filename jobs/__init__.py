@@ -4,6 +4,7 @@ Importing the package, before any job imports Ray, gives a run on this machine t
 `jobs/local.env` (loopback only, offline); a job submitted to a cluster (`RAY_ADDRESS` set) keeps
 the cluster's environment.
 """
+
 from __future__ import annotations
 
 import os

@@ -11,6 +11,7 @@ and optionally `plot(rows, folder)`. Each area's result (rows, command, machine)
 `<out>/benchmarks.json`; `<out>/benchmarks.md` is `docs/benchmarks.template.md` (the hand-written
 explanations) with each `{{area:<name>}}` line replaced by that area's command, machine and table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,15 +37,22 @@ PLACEHOLDER = re.compile(r"^\{\{area:(\w+)\}\}$", re.M)
 
 def this_machine() -> dict:
     """What the numbers depend on: cores, torch threads, the GPU if any, versions."""
-    return {"cores": os.cpu_count(), "cpu": platform.machine(), "torch_threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "torch": torch.__version__.split("+")[0], "python": platform.python_version()}
+    return {
+        "cores": os.cpu_count(),
+        "cpu": platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch": torch.__version__.split("+")[0],
+        "python": platform.python_version(),
+    }
 
 
 def describe_machine(machine: dict) -> str:
     """One line for the report: cores, torch threads, GPU, versions."""
-    return (f"{machine['cores']} cores ({machine['cpu']}), {machine['torch_threads']} torch threads, "
-            f"{machine['gpu'] or 'no GPU'}; torch {machine['torch']}, Python {machine['python']}")
+    return (
+        f"{machine['cores']} cores ({machine['cpu']}), {machine['torch_threads']} torch threads, "
+        f"{machine['gpu'] or 'no GPU'}; torch {machine['torch']}, Python {machine['python']}"
+    )
 
 
 def goal_of(row: dict) -> float | str | None:
@@ -86,8 +94,10 @@ def area_block(area: str, result: dict | None) -> str:
     if result is None:
         return f"Not measured yet: `python -m jobs.benchmark --only {area}` fills this table."
     quick = " Quick run: smaller sizes, not comparable with the full run." if result["quick"] else ""
-    return (f"```\n{result['command']}\n```\n\nMachine: {describe_machine(result['machine'])}.{quick}\n\n"
-            f"{markdown_table(result['rows'])}")
+    return (
+        f"```\n{result['command']}\n```\n\nMachine: {describe_machine(result['machine'])}.{quick}\n\n"
+        f"{markdown_table(result['rows'])}"
+    )
 
 
 def render_report(template: str, results: dict[str, dict]) -> str:
@@ -112,8 +122,9 @@ def run_area(area: str, quick: bool, figures: Path) -> dict:
 def write_report(out: Path, results: dict[str, dict]) -> Path:
     """`<out>/benchmarks.json` and `<out>/benchmarks.md` from `results`; returns the report's path."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / RESULTS).write_text(json.dumps({area: results[area] for area in AREAS if area in results},
-                                          indent=1, ensure_ascii=False) + "\n")
+    (out / RESULTS).write_text(
+        json.dumps({area: results[area] for area in AREAS if area in results}, indent=1, ensure_ascii=False) + "\n"
+    )
     report = out / REPORT
     report.write_text(render_report(TEMPLATE.read_text(), results))
     return report
@@ -130,14 +141,19 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=AREAS, default=list(AREAS), help="areas to run")
     parser.add_argument("--quick", action="store_true", help="smaller sizes; asserts nothing about time")
-    parser.add_argument("--out", type=Path, help="folder of benchmarks.{json,md} and figures/ "
-                        "(default: docs/ for full runs, a new temp folder for --quick)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="folder of benchmarks.{json,md} and figures/ "
+        "(default: docs/ for full runs, a new temp folder for --quick)",
+    )
     parser.add_argument("--render", action="store_true", help="run nothing; write the report from the JSON")
     args = parser.parse_args(argv)
     out = args.out or (Path(tempfile.mkdtemp(prefix="benchmarks-")) if args.quick else DOCS)
     if args.quick and out.resolve() == DOCS:
-        parser.error("--quick results never go to docs/ (they would replace the recorded full runs); "
-                     "give --out <another folder>")
+        parser.error(
+            "--quick results never go to docs/ (they would replace the recorded full runs); give --out <another folder>"
+        )
     results = read_results(out)
     if not args.render:
         print(f"# machine: {describe_machine(this_machine())}", flush=True)

@@ -14,6 +14,7 @@ Everything lands in `demo-output/` or the folder given (a re-run reuses what is 
 downloaded: the DAC and CLAP models are the tiny random-init ones of the tiny config, so the
 instruments are noise shaped by a trained LM, not music. Ray and Serve shut down on exit and on Ctrl-C.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,11 @@ from serve.local import serving, wait_done
 PITCHES = [36, 43, 48, 55, 60, 67, 72, 79, 84]
 VELOCITIES = [50, 100]
 PROMPT = "warm analog brass"
-LIBRARY_PROMPTS = [{"prompt": "bright plucked synth", "name": "pluck"}, {"prompt": "dark bowed strings", "name": "strings"},
-                   {"family": "mallet", "source": "acoustic", "name": "mallet"}]
+LIBRARY_PROMPTS = [
+    {"prompt": "bright plucked synth", "name": "pluck"},
+    {"prompt": "dark bowed strings", "name": "strings"},
+    {"family": "mallet", "source": "acoustic", "name": "mallet"},
+]
 
 
 def step(number: int, title: str) -> None:
@@ -52,13 +56,21 @@ def step(number: int, title: str) -> None:
 def fixture(out: str) -> dict[str, str]:
     """train (6 instruments, json/wav, bad records mixed in), valid and test (TFRecord, 2 unseen instruments each)."""
     instruments = default_instruments(10)
-    splits = {"train": (instruments[:6], ("jsonwav",)), "valid": (instruments[6:8], ("tfrecord",)),
-              "test": (instruments[8:], ("tfrecord",))}
+    splits = {
+        "train": (instruments[:6], ("jsonwav",)),
+        "valid": (instruments[6:8], ("tfrecord",)),
+        "test": (instruments[8:], ("tfrecord",)),
+    }
     urls = {}
     for split, (members, formats) in splits.items():
         root = storage.join(out, "nsynth", split)
-        urls[split] = write_fixture_nsynth(root, members, PITCHES, VELOCITIES, formats, with_bad_records=split == "train")[formats[0]]
-        print(f"{split}: {len(members)} instruments x {len(PITCHES)} pitches x {len(VELOCITIES)} velocities -> {urls[split]}")
+        urls[split] = write_fixture_nsynth(
+            root, members, PITCHES, VELOCITIES, formats, with_bad_records=split == "train"
+        )[formats[0]]
+        print(
+            f"{split}: {len(members)} instruments x {len(PITCHES)} pitches x {len(VELOCITIES)} velocities "
+            f"-> {urls[split]}"
+        )
     return urls
 
 
@@ -68,8 +80,11 @@ def codec_round_trip(cfg, shards_url: str) -> None:
     table = shards.read_table(shards.shard_files(shards_url, "train")[0]).slice(0, 1).to_pydict()
     codes = torch.tensor(table["codes"][0]).reshape(1, table["n_codebooks"][0], table["n_frames"][0]).long()
     audio = codec.decode(codes)
-    print(f"note {table['note_str'][0]}: codes {list(codes.shape)} -> decoded audio {list(audio.shape)} "
-          f"at {codec.sample_rate_hz} Hz, peak {audio.abs().max():.3f}; CLAP embedding [{len(table['clap_embedding'][0])}]")
+    print(
+        f"note {table['note_str'][0]}: codes {list(codes.shape)} -> decoded audio {list(audio.shape)} "
+        f"at {codec.sample_rate_hz} Hz, peak {audio.abs().max():.3f}; "
+        f"CLAP embedding [{len(table['clap_embedding'][0])}]"
+    )
 
 
 def show_training(cfg, out: str) -> None:
@@ -80,8 +95,13 @@ def show_training(cfg, out: str) -> None:
         valid = f"{row['valid_loss']:10.4f}" if "valid_loss" in row else " " * 10
         print(f"{row['step']:4d}   {row['loss']:10.4f}   {valid}   {row['lr']:.2e}")
     figure = storage.join(out, "figures", "training_loss.png")
-    storage.write_bytes(figure, loss_figure(history, f"tiny InstrumentLM, {cfg.train.num_workers} workers, "
-                                                     f"{cfg.train.strategy} ZeRO-{cfg.train.zero_stage}"))
+    storage.write_bytes(
+        figure,
+        loss_figure(
+            history,
+            f"tiny InstrumentLM, {cfg.train.num_workers} workers, {cfg.train.strategy} ZeRO-{cfg.train.zero_stage}",
+        ),
+    )
     print(f"loss {history[0]['loss']:.3f} -> {history[-1]['loss']:.3f}; plot: {figure}")
 
 
@@ -95,9 +115,13 @@ def serve_one(cfg, checkpoint: str, out: str, keep_serving: bool) -> str:
         status = wait_done(base, answer["id"], timeout_s=600, progress=True)
         if status["status"] != "done":
             raise RuntimeError(f"the served instrument failed: {status.get('error')}")
-        print(f"{PROMPT!r}: {status['notes_total']} notes, TC {status['tc']:.3f}, served by {len(status['workers'])} "
-              f"Generator replica(s) -> {served}/{answer['id']}/")
-        print(f"page: {base}/?id={answer['id']}   status: {base}{answer['status_url']}   bundle: {base}{status['bundle']}")
+        print(
+            f"{PROMPT!r}: {status['notes_total']} notes, TC {status['tc']:.3f}, served by {len(status['workers'])} "
+            f"Generator replica(s) -> {served}/{answer['id']}/"
+        )
+        print(
+            f"page: {base}/?id={answer['id']}   status: {base}{answer['status_url']}   bundle: {base}{status['bundle']}"
+        )
         if keep_serving:
             print("serving until Ctrl-C (open the page above in a browser on this machine)", flush=True)
             while True:
@@ -113,16 +137,30 @@ def render_library(cfg, checkpoint: str, out: str) -> dict:
 
 
 def show_clap_codes(cfg, checkpoint: str) -> None:
-    """The RVQ codes each test instrument's CLAP cue quantizes to: equal codes, equal generations."""
+    """The RVQ codes each test instrument's CLAP cue quantizes to, and how the test notes use each codebook."""
     from instrumentgen.evaluation import load_test_instruments
 
     lm, clap = InstrumentLM.load(checkpoint), Clap.load(cfg.clap)
-    for instrument in load_test_instruments(cfg):
-        reference = torch.from_numpy(instrument.audio)[instrument.reference_index()][None]
-        _, codes, _ = lm.conditioners.clap.rvq(clap.embed_audio(reference, cfg.data.sample_rate_hz))
-        print(f"{instrument.name}: CLAP cue -> RVQ codes {codes[0].tolist()}")
-    print("(the tiny CLAP is random-init: it maps different instruments to nearly parallel embeddings, which can "
-          "share RVQ codes; equal codes give equal generations and equal scores)")
+    rvq, rate = lm.conditioners.clap.rvq, cfg.data.sample_rate_hz
+    instruments = load_test_instruments(cfg)
+    references = torch.cat(
+        [clap.embed_audio(torch.from_numpy(i.audio)[i.reference_index()][None], rate) for i in instruments]
+    )
+    codes = rvq.encode(references)  # [instruments, codebooks]
+    for instrument, instrument_codes in zip(instruments, codes.tolist()):
+        print(f"{instrument.name}: CLAP cue -> RVQ codes {instrument_codes}")
+    notes = torch.cat([clap.embed_audio(torch.from_numpy(i.audio), rate) for i in instruments])
+    usage = rvq.code_usage(notes)
+    for index, (perplexity, live) in enumerate(zip(usage.perplexity.tolist(), usage.live.tolist())):
+        print(
+            f"codebook {index}: perplexity {perplexity:.1f}, {live} of {rvq.bins} entries used by the "
+            f"{len(notes)} test notes"
+        )
+    if len({tuple(c) for c in codes.tolist()}) < len(instruments):
+        print(
+            "(two instruments share all their codes: the tiny random-init CLAP maps different instruments to "
+            "nearly parallel embeddings, cosine ~0.99; equal codes give equal generations)"
+        )
 
 
 def run_demo(out: str, keep_serving: bool) -> None:
@@ -157,20 +195,33 @@ def run_demo(out: str, keep_serving: bool) -> None:
     show_clap_codes(test_cfg, checkpoint)
 
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s; everything is under {out}:")
-    for what, where in (("fixture NSynth", "nsynth/"), ("token shards", "shards/"), ("training run", "runs/demo/"),
-                        ("model", checkpoint), ("served instrument", served), ("library", "library/ (index.parquet, "
-                        f"results.md; {summary['rendered']} rendered, {summary['skipped']} already complete)"),
-                        ("evaluation", "eval/results.md"), ("figures", "figures/")):
+    for what, where in (
+        ("fixture NSynth", "nsynth/"),
+        ("token shards", "shards/"),
+        ("training run", "runs/demo/"),
+        ("model", checkpoint),
+        ("served instrument", served),
+        (
+            "library",
+            "library/ (index.parquet, "
+            f"results.md; {summary['rendered']} rendered, {summary['skipped']} already complete)",
+        ),
+        ("evaluation", "eval/results.md"),
+        ("figures", "figures/"),
+    ):
         print(f"  {what:18s} {where}")
-    print("The tiny DAC and CLAP are random-init, so these instruments are noise, not music. For real ones, give the\n"
-          "released weights (codec.weights=44khz clap.weights=music, or paths/URLs of the files) and train\n"
-          "config=paper on a GPU cluster: docs/cluster.md, docs/serving.md, docs/batch.md.")
+    print(
+        "The tiny DAC and CLAP are random-init, so these instruments are noise, not music. For real ones, give the\n"
+        "released weights (codec.weights=44khz clap.weights=music, or paths/URLs of the files) and train\n"
+        "config=paper on a GPU cluster: docs/cluster.md, docs/serving.md, docs/batch.md."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m jobs.demo [out] [--serve]`: everything under `out` (default `demo-output/`)."""
-    parser = argparse.ArgumentParser(prog="python -m jobs.demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("out", nargs="?", default="demo-output", help="output folder (default demo-output)")
     parser.add_argument("--serve", action="store_true", help="keep the Serve app running at the end")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)

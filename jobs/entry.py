@@ -6,6 +6,7 @@
 `local_ray` gives a block the running Ray, the cluster of `RAY_ADDRESS`, or a fresh local one
 on 127.0.0.1 that it shuts down afterwards (the demo, the benchmarks and the tests use it).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,8 +29,9 @@ def config_from_argv(argv: Sequence[str], check: Callable[[Config], object] = la
     return (cfg,)
 
 
-def parse_job_args(argv: Sequence[str], required: dict[str, str],
-                   optional: dict[str, str] | None = None) -> tuple[dict[str, str | None], Config]:
+def parse_job_args(
+    argv: Sequence[str], required: dict[str, str], optional: dict[str, str] | None = None
+) -> tuple[dict[str, str | None], Config]:
     """A job's own `key=value` arguments + `config=<name>` and config overrides -> (own values, cfg).
 
     required / optional: {key: what it takes}, e.g. {"out": "<folder or URL>"}, used in the errors.
@@ -49,8 +51,10 @@ def parse_job_args(argv: Sequence[str], required: dict[str, str],
             own[key] = value
         elif is_pair and "." not in key and key != "config" and key not in {f.name for f in dataclasses.fields(Config)}:
             allowed = ", ".join(f"{k}={what}" for k, what in own_keys.items())
-            raise ConfigError(f"argument {key}= is unknown; allowed: {allowed}, config=<name> and config overrides "
-                              "such as model.num_layers=4")
+            raise ConfigError(
+                f"argument {key}= is unknown; allowed: {allowed}, config=<name> and config overrides "
+                "such as model.num_layers=4"
+            )
         else:
             rest.append(arg)
     for key, what in required.items():
@@ -68,8 +72,13 @@ def start_ray(num_cpus: int | None = None, quiet: bool = False) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
         return
-    ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=not quiet, configure_logging=not quiet)
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=not quiet,
+        configure_logging=not quiet,
+    )
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ instruments). Written to `out`, per model under `<model folder>/`: `instruments/
 `_pitch.png` and `pitch_error.png`; then for all models `results.md` and `results.json` (last:
 the run is complete when it exists). See docs/evaluation.md.
 """
+
 from __future__ import annotations
 
 import io
@@ -42,9 +43,12 @@ from jobs.entry import job_main, parse_job_args
 RESULTS = "results.json"
 CHECKPOINT = f"<exported .pt path or URL, or {GROUND_TRUTH}>"
 REQUIRED = {"out": "<folder or URL>"}
-OPTIONAL = {"checkpoints": f"<comma-separated list of [name=]{CHECKPOINT}>", "checkpoint": CHECKPOINT,
-            "actors": "<whole number of scorers; default one per CPU>",
-            "max_instruments": "<whole number: the first N test instruments>"}
+OPTIONAL = {
+    "checkpoints": f"<comma-separated list of [name=]{CHECKPOINT}>",
+    "checkpoint": CHECKPOINT,
+    "actors": "<whole number of scorers; default one per CPU>",
+    "max_instruments": "<whole number: the first N test instruments>",
+}
 
 
 @dataclass(frozen=True)
@@ -79,8 +83,10 @@ def models_from(specs: list[str]) -> list[Model]:
     models = [Model(m.name, m.checkpoint, re.sub(r"[^\w.-]+", "_", m.name)) for m in models]
     folders = [m.folder for m in models]
     if len(set(folders)) < len(folders):
-        raise ConfigError(f"checkpoints={','.join(specs)!r} gives two models one name ({', '.join(folders)}); "
-                          "allowed: distinct checkpoints, or name them as <name>=<url>")
+        raise ConfigError(
+            f"checkpoints={','.join(specs)!r} gives two models one name ({', '.join(folders)}); "
+            "allowed: distinct checkpoints, or name them as <name>=<url>"
+        )
     return models
 
 
@@ -105,12 +111,20 @@ class InstrumentScorer:
         buffer = io.BytesIO()
         np.savez(buffer, **scores.arrays())
         storage.write_bytes(storage.join(out, "instruments", f"{instrument.name}.npz"), buffer.getvalue())
-        storage.write_bytes(storage.join(out, "figures", f"{instrument.name}_tc.png"),
-                            tc_matrix_figure(scores.tc_matrix, scores.pitches, scores.velocities,
-                                             f"{instrument.name}: TC {scores.tc:.3f}"))
-        storage.write_bytes(storage.join(out, "figures", f"{instrument.name}_pitch.png"),
-                            pitch_error_figure(np.array(scores.pitches), scores.pitch_errors,
-                                               f"{instrument.name}: MAD_pitch {score_cell(scores.mad_pitch)}"))
+        storage.write_bytes(
+            storage.join(out, "figures", f"{instrument.name}_tc.png"),
+            tc_matrix_figure(
+                scores.tc_matrix, scores.pitches, scores.velocities, f"{instrument.name}: TC {scores.tc:.3f}"
+            ),
+        )
+        storage.write_bytes(
+            storage.join(out, "figures", f"{instrument.name}_pitch.png"),
+            pitch_error_figure(
+                np.array(scores.pitches),
+                scores.pitch_errors,
+                f"{instrument.name}: MAD_pitch {score_cell(scores.mad_pitch)}",
+            ),
+        )
         row = scores.json_row()
         storage.write_json(storage.join(out, "instruments", f"{instrument.name}.json"), row)  # last: done
         return row
@@ -127,8 +141,10 @@ def check_checkpoint(url: str) -> None:
     try:
         InstrumentLM.load(url)
     except (LMError, RuntimeError, KeyError, TypeError) as e:  # torch's reasons run to many lines
-        raise ConfigError(f"checkpoint={url!r} is not an InstrumentLM checkpoint ({type(e).__name__}); "
-                          "allowed: a file written by InstrumentLM.save, e.g. <run>/model.pt of jobs.train") from None
+        raise ConfigError(
+            f"checkpoint={url!r} is not an InstrumentLM checkpoint ({type(e).__name__}); "
+            "allowed: a file written by InstrumentLM.save, e.g. <run>/model.pt of jobs.train"
+        ) from None
 
 
 def parse_args(argv: list[str]) -> tuple[Config, list[str], str, int, int]:
@@ -144,8 +160,9 @@ def parse_args(argv: list[str]) -> tuple[Config, list[str], str, int, int]:
         if own[key] is not None and not own[key].isdigit():
             raise ConfigError(f"{key}={own[key]!r} is not allowed; allowed: a whole number")
     if not cfg.data.source:
-        raise ConfigError("data.source is empty; allowed: an NSynth-format test set (json/wav folder or TFRecord, "
-                          "path or URL)")
+        raise ConfigError(
+            "data.source is empty; allowed: an NSynth-format test set (json/wav folder or TFRecord, path or URL)"
+        )
     check_sources_exist(cfg.data, {"test": cfg.data.source})
     models = models_from(specs)
     for model in models:
@@ -195,14 +212,20 @@ def run(cfg: Config, checkpoints: list[str], out: str, actors: int = 0, max_inst
     for model in models:
         folder = storage.join(out, model.folder)
         rows = score_model(cfg, model, instruments, folder, actors)
-        arrays = [np.load(io.BytesIO(storage.read_bytes(storage.join(folder, "instruments", f"{i.name}.npz"))))
-                  for i in instruments]
-        fad_value = fad(np.concatenate([a["embeddings"] for a in arrays]),
-                        np.concatenate([a["real_embeddings"] for a in arrays]))
+        arrays = [
+            np.load(io.BytesIO(storage.read_bytes(storage.join(folder, "instruments", f"{i.name}.npz"))))
+            for i in instruments
+        ]
+        fad_value = fad(
+            np.concatenate([a["embeddings"] for a in arrays]), np.concatenate([a["real_embeddings"] for a in arrays])
+        )
         all_errors = np.array([np.nan if e is None else e for r in rows for e in r["pitch_errors"]])
-        storage.write_bytes(storage.join(folder, "figures", "pitch_error.png"),
-                            pitch_error_figure(np.concatenate([r["pitches"] for r in rows]), all_errors,
-                                               f"{model.name}: pitch error, all test notes"))
+        storage.write_bytes(
+            storage.join(folder, "figures", "pitch_error.png"),
+            pitch_error_figure(
+                np.concatenate([r["pitches"] for r in rows]), all_errors, f"{model.name}: pitch error, all test notes"
+            ),
+        )
         model_rows.append(model_row(model.name, model.checkpoint, rows, fad_value))
     results, table = summary_table(model_rows, cfg.metrics.fad_embedder)
     storage.write_bytes(storage.join(out, "results.md"), table.encode())

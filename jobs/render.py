@@ -11,6 +11,7 @@ JSON row). At the end: `failures.jsonl`, `summary.json`, `index.parquet` rebuilt
 and, with `report=true`, the paper's Table 2 for the list (`results.md`, `results.json`, a figure).
 See docs/batch.md.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,11 @@ from instrumentgen.prompts import RenderRequest, expand_variations, instrument_i
 from instrumentgen.render import Renderer, checkpoint_id, render_settings
 from jobs.entry import job_main, parse_job_args
 
-REQUIRED_KEYS = {"checkpoint": "<exported checkpoint, path or URL>", "prompts": "<a .jsonl or .csv file>",
-                 "out": "<the library folder, path or URL>"}
+REQUIRED_KEYS = {
+    "checkpoint": "<exported checkpoint, path or URL>",
+    "prompts": "<a .jsonl or .csv file>",
+    "out": "<the library folder, path or URL>",
+}
 
 
 class RenderActor:
@@ -49,11 +53,18 @@ class RenderActor:
         for index, request_json, instrument in zip(batch["index"], batch["request"], batch["id"]):
             request = RenderRequest.from_json(str(request_json))
             try:
-                row = self.renderer.render(request, str(instrument), storage.join(self.out, str(instrument)),
-                                           self.fault, int(index))
+                row = self.renderer.render(
+                    request, str(instrument), storage.join(self.out, str(instrument)), self.fault, int(index)
+                )
             except UserError as e:  # this instrument's own problem (unreadable reference, bad cue): report it
-                row = {"id": str(instrument), "line": request.line, "name": request.name, "status": "failed",
-                       "reason": type(e).__name__, "message": str(e)}
+                row = {
+                    "id": str(instrument),
+                    "line": request.line,
+                    "name": request.name,
+                    "status": "failed",
+                    "reason": type(e).__name__,
+                    "message": str(e),
+                }
             rows.append(json.dumps(row))
         return {"result": np.array(rows)}
 
@@ -81,27 +92,37 @@ def plan(cfg: Config, checkpoint: str, prompts: str) -> tuple[list[tuple[str, Re
     return list(planned.items()), [f.to_dict() for f in failures]
 
 
-def build_dataset(cfg: Config, checkpoint: str, out: str, todo: list[tuple[int, str, RenderRequest]],
-                  fault: Fault | None) -> ray.data.Dataset:
+def build_dataset(
+    cfg: Config, checkpoint: str, out: str, todo: list[tuple[int, str, RenderRequest]], fault: Fault | None
+) -> ray.data.Dataset:
     """One row per instrument to render -> one small JSON result row each, from the actor pool."""
     rows = [{"index": index, "id": instrument, "request": request.to_json()} for index, instrument, request in todo]
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
     # batch_size=1: one instrument per call, so a slow instrument never holds others back and a
     # killed actor loses one instrument's work.
-    return ds.map_batches(RenderActor, fn_constructor_args=(cfg, checkpoint, out, fault), batch_size=1,
-                          compute=ray.data.ActorPoolStrategy(size=min(cfg.render.actors, len(rows))),
-                          num_cpus=cfg.render.num_cpus, num_gpus=cfg.render.num_gpus)
+    return ds.map_batches(
+        RenderActor,
+        fn_constructor_args=(cfg, checkpoint, out, fault),
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=min(cfg.render.actors, len(rows))),
+        num_cpus=cfg.render.num_cpus,
+        num_gpus=cfg.render.num_gpus,
+    )
 
 
 def summary(stats: dict) -> str:
     """The end-of-run lines a person reads."""
     failed = ", ".join(f"{reason} {n}" for reason, n in Counter(stats["failed_by_reason"]).most_common()) or "none"
+
     def score(key):
         return "n/a" if stats[key] is None else f"{stats[key]:.3f}"
-    lines = [f"{stats['instruments']} instruments in the list: rendered {stats['rendered']}, skipped as already "
-             f"complete {stats['skipped']}, failed {stats['failed']} ({failed})",
-             f"mean TC {score('mean_tc')}, mean MAD_pitch {score('mean_mad_pitch')} over the list's "
-             f"{stats['complete']} complete instruments; {stats['per_minute']:.1f} instruments/min this run"]
+
+    lines = [
+        f"{stats['instruments']} instruments in the list: rendered {stats['rendered']}, skipped as already "
+        f"complete {stats['skipped']}, failed {stats['failed']} ({failed})",
+        f"mean TC {score('mean_tc')}, mean MAD_pitch {score('mean_mad_pitch')} over the list's "
+        f"{stats['complete']} complete instruments; {stats['per_minute']:.1f} instruments/min this run",
+    ]
     if stats["rendered"] == 0 and stats["skipped"] == stats["instruments"]:
         lines.insert(0, "nothing to render: every instrument of the list is already complete")
     return "\n".join(lines)
@@ -115,8 +136,11 @@ def run(cfg: Config, checkpoint: str, prompts: str, out: str, report: bool = Fal
     planned, failures = plan(cfg, checkpoint, prompts)
     done = library.complete_ids(out, [i for i, _ in planned])
     todo = [(index, i, request) for index, (i, request) in enumerate(planned) if i not in done]
-    print(f"{len(planned)} instruments from {prompts}: {len(done)} already complete, {len(todo)} to render; "
-          f"{len(failures)} lines not usable", flush=True)
+    print(
+        f"{len(planned)} instruments from {prompts}: {len(done)} already complete, {len(todo)} to render; "
+        f"{len(failures)} lines not usable",
+        flush=True,
+    )
     rendered, flagged = 0, 0
     if todo:
         results = build_dataset(cfg, checkpoint, out, todo, fault).iter_rows()
@@ -127,19 +151,33 @@ def run(cfg: Config, checkpoint: str, prompts: str, out: str, report: bool = Fal
                 rendered += 1
                 flagged += result["quality"] == "flagged"
             else:
-                failures.append({"line": result["line"], "reason": result["reason"], "message": result["message"],
-                                 "id": result["id"]})
+                failures.append(
+                    {
+                        "line": result["line"],
+                        "reason": result["reason"],
+                        "message": result["message"],
+                        "id": result["id"],
+                    }
+                )
             bar.set_postfix(per_min=f"{60 * bar.n / max(time.perf_counter() - start, 1e-9):.1f}")
     elapsed_s = time.perf_counter() - start
     index = library.write_index(out)
     ids = {i for i, _ in planned}
     listed = [row for row in index.to_pylist() if row["id"] in ids]
-    stats = {"instruments": len(planned), "rendered": rendered, "skipped": len(done), "failed": len(failures),
-             "flagged": flagged, "failed_by_reason": dict(Counter(f["reason"] for f in failures)),
-             "complete": len(listed), "mean_tc": library.mean([r["tc"] for r in listed]),
-             "mean_mad_pitch": library.mean([r["mad_pitch"] for r in listed]),
-             "elapsed_s": round(elapsed_s, 2), "per_minute": 60 * rendered / max(elapsed_s, 1e-9),
-             "library_instruments": index.num_rows}
+    stats = {
+        "instruments": len(planned),
+        "rendered": rendered,
+        "skipped": len(done),
+        "failed": len(failures),
+        "flagged": flagged,
+        "failed_by_reason": dict(Counter(f["reason"] for f in failures)),
+        "complete": len(listed),
+        "mean_tc": library.mean([r["tc"] for r in listed]),
+        "mean_mad_pitch": library.mean([r["mad_pitch"] for r in listed]),
+        "elapsed_s": round(elapsed_s, 2),
+        "per_minute": 60 * rendered / max(elapsed_s, 1e-9),
+        "library_instruments": index.num_rows,
+    }
     library.write_failures(out, failures)
     storage.write_json(storage.join(out, "summary.json"), stats)
     if report:

@@ -13,6 +13,7 @@ When training ends the latest checkpoint's weights are exported to `<run>/model.
 (`train.export_dtype`), which `instrumentgen generate`, serving and `jobs.evaluate` load.
 See docs/training.md.
 """
+
 from __future__ import annotations
 
 import os
@@ -57,13 +58,17 @@ def build_trainer(cfg: Config, fault: Fault | None = None) -> TorchTrainer:
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg, "fault": fault, "datasets": list(datasets)},
-        scaling_config=ray.train.ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
-                                               resources_per_worker=resources),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=train.num_workers, use_gpu=train.use_gpu, resources_per_worker=resources
+        ),
         run_config=ray.train.RunConfig(
-            name=train.run_name, storage_path=path, storage_filesystem=filesystem,
+            name=train.run_name,
+            storage_path=path,
+            storage_filesystem=filesystem,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=train.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=train.max_failures),
-            logging_config=ray.train.LoggingConfig(log_level="WARNING")),  # not a line per report per rank
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+        ),  # not a line per report per rank
         datasets=datasets,
         # Preserved order makes each worker's split, hence the batches, the same in every attempt.
         dataset_config=ray.train.DataConfig(execution_options=ray.data.ExecutionOptions(preserve_order=True)),
@@ -100,8 +105,10 @@ def check(cfg: Config) -> None:
     if not cfg.data.shards:
         raise ConfigError("data.shards is empty; allowed: the output folder or URL of jobs.preprocess")
     if not storage.exists(storage.join(cfg.data.shards, storage.MANIFEST)):
-        raise ConfigError(f"data.shards={cfg.data.shards!r} has no manifest.json; allowed: a complete "
-                          "jobs.preprocess output (run it, or re-run it to finish)")
+        raise ConfigError(
+            f"data.shards={cfg.data.shards!r} has no manifest.json; allowed: a complete "
+            "jobs.preprocess output (run it, or re-run it to finish)"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

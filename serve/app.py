@@ -5,6 +5,7 @@
 
 `build_app(cfg)` is what tests and benchmarks call with a config of their own.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,14 +25,21 @@ def build_app(cfg: Config) -> Application:
     """The application graph with replicas, queues and resources from `cfg.serve`."""
     limits = cfg.serve
     generator = Generator.options(
-        autoscaling_config={"min_replicas": limits.min_replicas, "max_replicas": limits.max_replicas,
-                            "target_ongoing_requests": limits.target_ongoing_requests},
-        max_ongoing_requests=limits.max_ongoing_requests, max_queued_requests=limits.max_queued_requests,
+        autoscaling_config={
+            "min_replicas": limits.min_replicas,
+            "max_replicas": limits.max_replicas,
+            "target_ongoing_requests": limits.target_ongoing_requests,
+        },
+        max_ongoing_requests=limits.max_ongoing_requests,
+        max_queued_requests=limits.max_queued_requests,
         ray_actor_options={"num_cpus": limits.num_cpus, "num_gpus": limits.num_gpus},
     ).bind(cfg)
     scorer = Scorer.options(num_replicas=1, ray_actor_options={"num_cpus": limits.scorer_num_cpus, "num_gpus": 0})
-    ingress = Ingress.options(num_replicas=limits.ingress_replicas, max_ongoing_requests=256,
-                              ray_actor_options={"num_cpus": limits.ingress_num_cpus, "num_gpus": 0})
+    ingress = Ingress.options(
+        num_replicas=limits.ingress_replicas,
+        max_ongoing_requests=256,
+        ray_actor_options={"num_cpus": limits.ingress_num_cpus, "num_gpus": 0},
+    )
     return ingress.bind(generator, scorer.bind(), cfg)
 
 

@@ -4,6 +4,7 @@ Each replica writes the notes it decodes straight to storage (`instrumentgen.sha
 returns only codes, TC features and pitch estimates. Torch work runs in a worker thread so the
 replica's event loop keeps answering health checks and queue probes.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -39,17 +40,22 @@ class Generator:
     def info(self) -> dict:
         """What the ingress needs before accepting a request: the model id (part of instrument ids) and
         its conditioning (a metadata model refuses prompts)."""
-        return {"model_id": self.model_id, "conditioning": self.lm.cfg.conditioning,
-                "codec_model_id": self.codec.model_id, "clap_model_id": getattr(self.clap, "model_id", None),
-                "sample_rate_hz": self.codec.sample_rate_hz}
+        return {
+            "model_id": self.model_id,
+            "conditioning": self.lm.cfg.conditioning,
+            "codec_model_id": self.codec.model_id,
+            "clap_model_id": getattr(self.clap, "model_id", None),
+            "sample_rate_hz": self.codec.sample_rate_hz,
+        }
 
     def _embed(self, cue: dict) -> InstrumentCue:
         reference = None
         if cue.get("reference_audio") is not None:
             audio, rate = decode_audio(cue["reference_audio"], "reference_audio_url")
             reference = (torch.from_numpy(audio[: round(self.cfg.serve.max_reference_seconds * rate)]), rate)
-        full = InstrumentCue(prompt=cue.get("prompt"), reference_audio=reference, family=cue.get("family"),
-                             source=cue.get("source"))
+        full = InstrumentCue(
+            prompt=cue.get("prompt"), reference_audio=reference, family=cue.get("family"), source=cue.get("source")
+        )
         return embedded_cue(full, self.clap, self.lm.cfg)
 
     async def embed(self, cue: dict) -> InstrumentCue:
@@ -59,8 +65,20 @@ class Generator:
     async def generate_shard(self, job: dict) -> ShardResult:
         """job: cue, gen (GenerateConfig), slots, url, format, candidates -> `ShardResult` (notes written)."""
         return await asyncio.to_thread(
-            render_shard, self.lm, self.codec, None, job["cue"], job["gen"], self.cfg.data.note_duration_s,
-            job["slots"], job["url"], job["format"], job["candidates"], self.cfg.metrics, self.replica)
+            render_shard,
+            self.lm,
+            self.codec,
+            None,
+            job["cue"],
+            job["gen"],
+            self.cfg.data.note_duration_s,
+            job["slots"],
+            job["url"],
+            job["format"],
+            job["candidates"],
+            self.cfg.metrics,
+            self.replica,
+        )
 
     def check_health(self) -> None:
         """Serve restarts a replica whose models are gone (a failed CUDA context, say)."""

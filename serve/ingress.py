@@ -1,10 +1,10 @@
 """Ingress deployment: the FastAPI app (OpenAPI at /docs), API keys, body limit, the page at /.
 
-    POST /v1/instruments                    202 {id, status_url, seed, status}; 200 when already done
-    GET  /v1/instruments/{id}               queued | running | done | failed, progress, results
-    GET  /v1/instruments/{id}/files/{path}  the instrument's notes, presets, zip (nothing else)
-    GET  /v1/info                           limits and vocabulary for clients and the page
-    GET  /healthz, /                        liveness; the audition page (serve/static)
+POST /v1/instruments                    202 {id, status_url, seed, status}; 200 when already done
+GET  /v1/instruments/{id}               queued | running | done | failed, progress, results
+GET  /v1/instruments/{id}/files/{path}  the instrument's notes, presets, zip (nothing else)
+GET  /v1/info                           limits and vocabulary for clients and the page
+GET  /healthz, /                        liveness; the audition page (serve/static)
 """
 
 import asyncio
@@ -28,8 +28,15 @@ from serve.schema import error_body, request_model, user_error, validation_error
 
 STATIC_DIR = Path(__file__).with_name("static")
 API_KEYS_ENV = "INSTRUMENTGEN_API_KEYS"  # comma-separated; added to serve.api_keys
-MEDIA_TYPES = {".wav": "audio/wav", ".flac": "audio/flac", ".zip": "application/zip", ".json": "application/json",
-               ".sfz": "text/plain; charset=utf-8", ".dspreset": "application/xml", ".npy": "application/octet-stream"}
+MEDIA_TYPES = {
+    ".wav": "audio/wav",
+    ".flac": "audio/flac",
+    ".zip": "application/zip",
+    ".json": "application/json",
+    ".sfz": "text/plain; charset=utf-8",
+    ".dspreset": "application/xml",
+    ".npy": "application/octet-stream",
+}
 CHUNK_BYTES = 1 << 20
 
 
@@ -60,8 +67,12 @@ async def _stream(url: str):
 
 def build_api(service: InstrumentService, cfg: Config, keys: list[str]) -> FastAPI:
     """The HTTP routes of one ingress replica, bound to its `InstrumentService`."""
-    api = FastAPI(title="InstrumentGen", version="1", description="Text-to-instrument generation: POST a cue, "
-                  "GET the status, then the notes, SFZ / DecentSampler presets and a zip bundle.")
+    api = FastAPI(
+        title="InstrumentGen",
+        version="1",
+        description="Text-to-instrument generation: POST a cue, "
+        "GET the status, then the notes, SFZ / DecentSampler presets and a zip bundle.",
+    )
     Body = request_model(cfg)
     limit = cfg.serve.max_body_bytes
     api.add_exception_handler(RequestValidationError, validation_error)
@@ -75,8 +86,9 @@ def build_api(service: InstrumentService, cfg: Config, keys: list[str]) -> FastA
     async def body_limit(request: Request, call_next):
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):
-            return _json_error(413, "body", f"the body has {length} bytes; allowed: at most {limit} "
-                                            "(serve.max_body_bytes)")
+            return _json_error(
+                413, "body", f"the body has {length} bytes; allowed: at most {limit} (serve.max_body_bytes)"
+            )
         if length is None and request.method in ("POST", "PUT", "PATCH") and len(await request.body()) > limit:
             return _json_error(413, "body", f"the body is larger than {limit} bytes; allowed: at most {limit}")
         return await call_next(request)
@@ -90,12 +102,25 @@ def build_api(service: InstrumentService, cfg: Config, keys: list[str]) -> FastA
 
     @api.exception_handler(Unauthorised)
     async def unauthorised(request: Request, exc: Unauthorised) -> JSONResponse:
-        return _json_error(401, "authorization", "missing or unknown API key; allowed: 'Authorization: Bearer <key>' "
-                                                 "or 'X-API-Key: <key>'", {"WWW-Authenticate": "Bearer"})
+        return _json_error(
+            401,
+            "authorization",
+            "missing or unknown API key; allowed: 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+            {"WWW-Authenticate": "Bearer"},
+        )
 
-    @api.post("/v1/instruments", status_code=202, dependencies=[Depends(authorised)],
-              responses={200: {"description": "the same request was already done"}, 401: {}, 413: {}, 422: {},
-                         503: {"description": "too many instruments in flight; see Retry-After"}})
+    @api.post(
+        "/v1/instruments",
+        status_code=202,
+        dependencies=[Depends(authorised)],
+        responses={
+            200: {"description": "the same request was already done"},
+            401: {},
+            413: {},
+            422: {},
+            503: {"description": "too many instruments in flight; see Retry-After"},
+        },
+    )
     async def create(body: Body) -> JSONResponse:  # type: ignore[valid-type]  (no postponed annotations here: FastAPI must see the class)
         code, answer = await service.submit(body)
         return JSONResponse(answer, status_code=code)
@@ -107,22 +132,32 @@ def build_api(service: InstrumentService, cfg: Config, keys: list[str]) -> FastA
             return _json_error(404, "id", f"no instrument {instrument}; allowed: an id from POST /v1/instruments")
         return JSONResponse(found)
 
-    @api.get("/v1/instruments/{instrument}/files/{path:path}", dependencies=[Depends(authorised)],
-             responses={404: {}})
+    @api.get("/v1/instruments/{instrument}/files/{path:path}", dependencies=[Depends(authorised)], responses={404: {}})
     async def files(instrument: str, path: str):
         url = await asyncio.to_thread(service.file_url, instrument, path)
         if url is None:
-            return _json_error(404, "path", f"{path!r} is not a file of instrument {instrument!r}; allowed: "
-                                            "notes/<pitch>_v<velocity>.<ext>, instrument.sfz, instrument.dspreset, "
-                                            "instrument.zip, codes.npy, manifest.json, status.json")
+            return _json_error(
+                404,
+                "path",
+                f"{path!r} is not a file of instrument {instrument!r}; allowed: "
+                "notes/<pitch>_v<velocity>.<ext>, instrument.sfz, instrument.dspreset, "
+                "instrument.zip, codes.npy, manifest.json, status.json",
+            )
         media = MEDIA_TYPES.get(Path(path).suffix, "application/octet-stream")
         return StreamingResponse(_stream(url), media_type=media)
 
     @api.get("/v1/info")
     async def info() -> dict:
-        return {"families": FAMILIES, "sources": SOURCES, "velocities": VELOCITIES, "keys": [PITCH_MIN, PITCH_MAX],
-                "max_candidates": cfg.serve.max_candidates, "max_prompt_chars": cfg.serve.max_prompt_chars,
-                "api_key_required": bool(keys), "note_duration_s": cfg.data.note_duration_s}
+        return {
+            "families": FAMILIES,
+            "sources": SOURCES,
+            "velocities": VELOCITIES,
+            "keys": [PITCH_MIN, PITCH_MAX],
+            "max_candidates": cfg.serve.max_candidates,
+            "max_prompt_chars": cfg.serve.max_prompt_chars,
+            "api_key_required": bool(keys),
+            "note_duration_s": cfg.data.note_duration_s,
+        }
 
     @api.get("/healthz")
     async def healthz() -> dict:

@@ -9,6 +9,7 @@ instrument never has a manifest.
 Ids: sha256 of the normalised request (defaults filled in, velocities sorted, the reference
 recording by the sha256 of its bytes), the seed and the model id; never raw text in a path.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -36,8 +37,10 @@ from serve.schema import SEED_MAX, RequestError
 STATUS = "status.json"
 ID_PATTERN = r"^[0-9a-f]{32}$"
 # The only paths served from an instrument's folder: its notes, presets, bundle, codes and records.
-FILE_PATTERN = re.compile(r"^(notes/\d{3}_v\d{3}\.(wav|flac)|instrument\.(sfz|dspreset|zip)|codes\.npy|"
-                          r"manifest\.json|status\.json)$")
+FILE_PATTERN = re.compile(
+    r"^(notes/\d{3}_v\d{3}\.(wav|flac)|instrument\.(sfz|dspreset|zip)|codes\.npy|"
+    r"manifest\.json|status\.json)$"
+)
 REFERENCE_TIMEOUT_S = 20
 log = logging.getLogger("ray.serve")
 
@@ -74,12 +77,18 @@ def read_reference(url: str, max_bytes: int) -> bytes:
         with fsspec.open(url, "rb", **options) as f:
             data = f.read(max_bytes + 1)
     except Exception as e:  # any reason a URL cannot be read is the client's: say which
-        raise RequestError("reference_audio_url", f"{url!r} is not reachable ({type(e).__name__}: "
-                                                  f"{str(e).splitlines()[0][:200] if str(e) else 'no detail'}); "
-                                                  "allowed: a readable http(s):// or s3:// URL") from None
+        raise RequestError(
+            "reference_audio_url",
+            f"{url!r} is not reachable ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200] if str(e) else 'no detail'}); "
+            "allowed: a readable http(s):// or s3:// URL",
+        ) from None
     if len(data) > max_bytes:
-        raise RequestError("reference_audio_url", f"the recording is larger than {max_bytes} bytes; "
-                                                  f"allowed: at most {max_bytes} bytes (serve.max_reference_bytes)")
+        raise RequestError(
+            "reference_audio_url",
+            f"the recording is larger than {max_bytes} bytes; "
+            f"allowed: at most {max_bytes} bytes (serve.max_reference_bytes)",
+        )
     return data
 
 
@@ -96,8 +105,11 @@ def check_reference(data: bytes, max_seconds: float) -> None:
     except UserError as e:
         raise RequestError("reference_audio_url", str(e)) from None
     if len(audio) > max_seconds * rate:
-        raise RequestError("reference_audio_url", f"the recording lasts {len(audio) / rate:.1f} s; "
-                                                  f"allowed: at most {max_seconds} s (serve.max_reference_seconds)")
+        raise RequestError(
+            "reference_audio_url",
+            f"the recording lasts {len(audio) / rate:.1f} s; "
+            f"allowed: at most {max_seconds} s (serve.max_reference_seconds)",
+        )
 
 
 def instrument_id(request: dict, seed: int, model_id: str) -> str:
@@ -143,8 +155,9 @@ class InstrumentService:
         request = body.model_dump(exclude={"seed"})
         if info["conditioning"] != "clap" and (body.prompt or body.reference_audio_url):
             field = "prompt" if body.prompt else "reference_audio_url"
-            raise RequestError(field, "this deployment's model is conditioned on metadata only; "
-                                      "allowed cue: family and/or source")
+            raise RequestError(
+                field, "this deployment's model is conditioned on metadata only; allowed cue: family and/or source"
+            )
         cue = {"prompt": body.prompt, "family": body.family, "source": body.source}
         if body.reference_audio_url is not None:
             data = await asyncio.to_thread(read_reference, body.reference_audio_url, self.limits.max_reference_bytes)
@@ -160,9 +173,11 @@ class InstrumentService:
         if existing is not None and not self._restartable(existing):
             return (200 if existing["status"] == "done" else 202), {**answer, "status": existing["status"]}
         if len(self.tasks) >= self.limits.max_instruments_in_flight:
-            raise Busy(f"{len(self.tasks)} instruments are in flight on this replica "
-                       f"(serve.max_instruments_in_flight={self.limits.max_instruments_in_flight}); retry later",
-                       retry_after_s=10)
+            raise Busy(
+                f"{len(self.tasks)} instruments are in flight on this replica "
+                f"(serve.max_instruments_in_flight={self.limits.max_instruments_in_flight}); retry later",
+                retry_after_s=10,
+            )
         job = Job(instrument, self.url(instrument), seed, request, cue, request_slots(request))
         self.tasks[instrument] = None  # the place is taken before the next await: the cap holds under concurrency
         try:
@@ -195,16 +210,34 @@ class InstrumentService:
     def _results(self, instrument: str, manifest: dict) -> dict:
         files = f"/v1/instruments/{instrument}/files"
         return {
-            "id": instrument, "seed": manifest["seed"], "model_id": manifest["model_id"],
-            "notes_done": len(manifest["notes"]), "notes_total": len(manifest["notes"]),
-            "tc": manifest["tc"], "tc_without_selection": manifest["tc_without_selection"],
-            "mad_pitch": manifest["mad_pitch"], "unvoiced": manifest["unvoiced"], "candidates": manifest["candidates"],
-            "workers": manifest["workers"], "format": manifest["format"],
-            "sfz": f"{files}/{SFZ_FILE}", "dspreset": f"{files}/{DSPRESET_FILE}", "bundle": f"{files}/{BUNDLE_FILE}",
-            "codes": f"{files}/{CODES_FILE}", "manifest": f"{files}/{storage.MANIFEST}",
-            "notes": [{"pitch": n["pitch"], "velocity": n["velocity"], "url": f"{files}/{n['file']}",
-                       "gain": n["gain"], "f0_hz": n["f0_hz"], "pitch_error_semitones": n["pitch_error_semitones"]}
-                      for n in manifest["notes"]],
+            "id": instrument,
+            "seed": manifest["seed"],
+            "model_id": manifest["model_id"],
+            "notes_done": len(manifest["notes"]),
+            "notes_total": len(manifest["notes"]),
+            "tc": manifest["tc"],
+            "tc_without_selection": manifest["tc_without_selection"],
+            "mad_pitch": manifest["mad_pitch"],
+            "unvoiced": manifest["unvoiced"],
+            "candidates": manifest["candidates"],
+            "workers": manifest["workers"],
+            "format": manifest["format"],
+            "sfz": f"{files}/{SFZ_FILE}",
+            "dspreset": f"{files}/{DSPRESET_FILE}",
+            "bundle": f"{files}/{BUNDLE_FILE}",
+            "codes": f"{files}/{CODES_FILE}",
+            "manifest": f"{files}/{storage.MANIFEST}",
+            "notes": [
+                {
+                    "pitch": n["pitch"],
+                    "velocity": n["velocity"],
+                    "url": f"{files}/{n['file']}",
+                    "gain": n["gain"],
+                    "f0_hz": n["f0_hz"],
+                    "pitch_error_semitones": n["pitch_error_semitones"],
+                }
+                for n in manifest["notes"]
+            ],
         }
 
     def file_url(self, instrument: str, path: str) -> str | None:
@@ -216,8 +249,17 @@ class InstrumentService:
         return url if storage.exists(url) else None
 
     async def _write_status(self, job: Job, state: str, notes_done: int, error: str | None = None) -> None:
-        status = {"id": job.id, "status": state, "seed": job.seed, "request": job.request, "notes_done": notes_done,
-                  "notes_total": len(job.slots), "retries": job.retries, "updated_at": time.time(), "error": error}
+        status = {
+            "id": job.id,
+            "status": state,
+            "seed": job.seed,
+            "request": job.request,
+            "notes_done": notes_done,
+            "notes_total": len(job.slots),
+            "retries": job.retries,
+            "updated_at": time.time(),
+            "error": error,
+        }
         async with self._status_lock:
             await asyncio.to_thread(storage.write_json, storage.join(job.url, STATUS), status)
 
@@ -227,17 +269,31 @@ class InstrumentService:
             await self._write_status(job, "running", 0)
             cue = await self._call(job, "embed", job.cue)
             request = job.request
-            gen = dataclasses.replace(self.cfg.generate, seed=job.seed, cfg_coef=request["cfg_coef"],
-                                      top_k=request["top_k"], temperature=request["temperature"])
+            gen = dataclasses.replace(
+                self.cfg.generate,
+                seed=job.seed,
+                cfg_coef=request["cfg_coef"],
+                top_k=request["top_k"],
+                temperature=request["temperature"],
+            )
             size = self.limits.shard_size
-            shards = [job.slots[i: i + size] for i in range(0, len(job.slots), size)]
+            shards = [job.slots[i : i + size] for i in range(0, len(job.slots), size)]
             done = 0
 
             async def shard(slots: list[tuple[int, int]]):
                 nonlocal done
-                result = await self._call(job, "generate_shard", {
-                    "cue": cue, "gen": gen, "slots": slots, "url": job.url, "format": request["format"],
-                    "candidates": request["candidates"]})
+                result = await self._call(
+                    job,
+                    "generate_shard",
+                    {
+                        "cue": cue,
+                        "gen": gen,
+                        "slots": slots,
+                        "url": job.url,
+                        "format": request["format"],
+                        "candidates": request["candidates"],
+                    },
+                )
                 done += len(slots)
                 await self._write_status(job, "running", done)
                 return result
@@ -250,18 +306,28 @@ class InstrumentService:
                     task.cancel()
                 raise
             info = await self.model_info()
-            metadata = {"id": job.id, **{k: v for k, v in request.items() if k in ("prompt", "family", "source")},
-                        "reference_audio": request.get("reference_audio_url"), "seed": job.seed,
-                        "model_id": info["model_id"], "codec_model_id": info["codec_model_id"],
-                        "clap_model_id": info["clap_model_id"], "request": request,
-                        "duration_s": self.cfg.data.note_duration_s}
+            metadata = {
+                "id": job.id,
+                **{k: v for k, v in request.items() if k in ("prompt", "family", "source")},
+                "reference_audio": request.get("reference_audio_url"),
+                "seed": job.seed,
+                "model_id": info["model_id"],
+                "codec_model_id": info["codec_model_id"],
+                "clap_model_id": info["clap_model_id"],
+                "request": request,
+                "duration_s": self.cfg.data.note_duration_s,
+            }
             num_samples = round(self.cfg.data.note_duration_s * info["sample_rate_hz"])
-            await self.scorer.finish.remote(job.url, results, metadata, request["format"], info["sample_rate_hz"],
-                                            num_samples)
+            await self.scorer.finish.remote(
+                job.url, results, metadata, request["format"], info["sample_rate_hz"], num_samples
+            )
             await self._write_status(job, "done", len(job.slots))
         except asyncio.CancelledError:
-            await asyncio.shield(self._write_status(job, "failed", 0, "interrupted: the server shut down; "
-                                                                      "POST the same request to start it again"))
+            await asyncio.shield(
+                self._write_status(
+                    job, "failed", 0, "interrupted: the server shut down; POST the same request to start it again"
+                )
+            )
             raise
         except Exception as e:  # every failure ends the instrument `failed` with its reason, never a manifest
             log.warning("instrument %s failed: %s", job.id, _short(e))
@@ -289,11 +355,14 @@ class InstrumentService:
             except Exception as e:
                 failures += 1
                 job.retries += 1
-                log.warning("Generator.%s failed (try %d of %d): %s", method, failures,
-                            self.limits.shard_retries + 1, _short(e))
+                log.warning(
+                    "Generator.%s failed (try %d of %d): %s", method, failures, self.limits.shard_retries + 1, _short(e)
+                )
                 if failures > self.limits.shard_retries:
-                    raise ShardFailed(f"Generator.{method} failed {failures} times "
-                                      f"(serve.shard_retries={self.limits.shard_retries}); last: {_short(e)}") from None
+                    raise ShardFailed(
+                        f"Generator.{method} failed {failures} times "
+                        f"(serve.shard_retries={self.limits.shard_retries}); last: {_short(e)}"
+                    ) from None
                 await asyncio.sleep(min(2.0**failures, 10.0))
 
     async def shutdown(self) -> None:

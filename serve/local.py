@@ -1,4 +1,5 @@
 """The application on this machine (tests, benchmarks): Serve on a free loopback port, and a client-side wait."""
+
 from __future__ import annotations
 
 import contextlib
@@ -35,9 +36,16 @@ def serving(cfg: Config, name: str = "instrumentgen") -> Iterator[str]:
         serve.shutdown()
 
 
-def wait_done(base: str, instrument: str, timeout_s: float = 300, headers: dict | None = None,
-              poll_s: float = 0.5, progress: bool = False) -> dict:
-    """Poll GET /v1/instruments/{id} until done or failed (a notes bar with `progress`); `TimeoutError` after `timeout_s`."""
+def wait_done(
+    base: str,
+    instrument: str,
+    timeout_s: float = 300,
+    headers: dict | None = None,
+    poll_s: float = 0.5,
+    progress: bool = False,
+) -> dict:
+    """Poll GET /v1/instruments/{id} until done or failed (a bar of notes with `progress`);
+    `TimeoutError` after `timeout_s`."""
     deadline = time.time() + timeout_s
     status = None
     with tqdm(desc="notes", unit="note", disable=not progress) as bar:

@@ -4,6 +4,7 @@ The request model is built from the config (`request_model(cfg)`), so the limits
 sets (`serve.max_prompt_chars`, `serve.max_candidates`, the model's codebook size) are the
 constraints of its OpenAPI schema at `/openapi.json`, which clients and fuzzers read.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -42,8 +43,10 @@ class KeyRange(BaseModel):
     @model_validator(mode="after")
     def _ordered(self) -> "KeyRange":
         if self.low > self.high:
-            raise ValueError(f"keys.low={self.low} is above keys.high={self.high}; "
-                             f"allowed: {PITCH_MIN} <= low <= high <= {PITCH_MAX}")
+            raise ValueError(
+                f"keys.low={self.low} is above keys.high={self.high}; "
+                f"allowed: {PITCH_MIN} <= low <= high <= {PITCH_MAX}"
+            )
         return self
 
 
@@ -54,15 +57,26 @@ def request_model(cfg: Config) -> type[BaseModel]:
     class InstrumentRequest(BaseModel):
         """Exactly one cue (prompt, reference_audio_url, or family/source) and optional generation settings."""
 
-        model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
-            "examples": [{"prompt": "warm analog brass", "seed": 7, "keys": {"low": 48, "high": 72},
-                          "velocities": [50, 100]}]})
-        prompt: str | None = Field(None, min_length=1, max_length=limits.max_prompt_chars,
-                                   description="text description of the timbre")
+        model_config = ConfigDict(
+            extra="forbid",
+            strict=True,
+            json_schema_extra={
+                "examples": [
+                    {"prompt": "warm analog brass", "seed": 7, "keys": {"low": 48, "high": 72}, "velocities": [50, 100]}
+                ]
+            },
+        )
+        prompt: str | None = Field(
+            None, min_length=1, max_length=limits.max_prompt_chars, description="text description of the timbre"
+        )
         reference_audio_url: str | None = Field(
-            None, min_length=8, max_length=2048, pattern=r"^(https?|s3)://[^\s]+$",
+            None,
+            min_length=8,
+            max_length=2048,
+            pattern=r"^(https?|s3)://[^\s]+$",
             description=f"a recording to imitate ({', '.join(REFERENCE_SCHEMES)}; at most "
-                        f"{limits.max_reference_bytes} bytes and {limits.max_reference_seconds} s)")
+            f"{limits.max_reference_bytes} bytes and {limits.max_reference_seconds} s)",
+        )
         family: Literal[FAMILIES] | None = Field(None, description="NSynth instrument family")
         source: Literal[SOURCES] | None = Field(None, description="NSynth instrument source")
         seed: int | None = Field(None, ge=0, le=SEED_MAX, description="drawn and reported when omitted")
@@ -70,10 +84,15 @@ def request_model(cfg: Config) -> type[BaseModel]:
         top_k: int = Field(defaults.top_k, ge=0, le=cfg.model.card, description="0: the whole vocabulary")
         temperature: float = Field(defaults.temperature, ge=0.0, le=10.0, description="0: greedy")
         keys: KeyRange = Field(default_factory=KeyRange)
-        velocities: list[int] = Field(list(VELOCITIES), min_length=1, max_length=len(VELOCITIES),
-                                      description=f"velocity layers, each at most once, of {list(VELOCITIES)}")
-        candidates: int = Field(1, ge=1, le=limits.max_candidates,
-                                description="k > 1: k candidates per note, the most consistent kept")
+        velocities: list[int] = Field(
+            list(VELOCITIES),
+            min_length=1,
+            max_length=len(VELOCITIES),
+            description=f"velocity layers, each at most once, of {list(VELOCITIES)}",
+        )
+        candidates: int = Field(
+            1, ge=1, le=limits.max_candidates, description="k > 1: k candidates per note, the most consistent kept"
+        )
         format: Literal[tuple(AUDIO_FORMATS)] = Field("wav24", description="audio format of the notes")
 
         @field_validator("prompt")
@@ -99,8 +118,9 @@ def request_model(cfg: Config) -> type[BaseModel]:
             if self.family is not None or self.source is not None:
                 given.append("family/source")
             if len(given) != 1:
-                raise ValueError(f"the request gives {' and '.join(given) or 'no cue'}; "
-                                 f"allowed: exactly one of {CUE_FIELDS}")
+                raise ValueError(
+                    f"the request gives {' and '.join(given) or 'no cue'}; allowed: exactly one of {CUE_FIELDS}"
+                )
             return self
 
     return InstrumentRequest
@@ -118,9 +138,14 @@ def _field(location: tuple) -> str:
 
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     """FastAPI's validation errors as `error_body`: field path, message, allowed values (from pydantic's context)."""
-    details = [{"field": _field(tuple(e.get("loc", ()))), "message": e.get("msg", "invalid"),
-                "allowed": {k: v for k, v in e.get("ctx", {}).items() if k in ALLOWED_CONTEXT}}
-               for e in exc.errors()]
+    details = [
+        {
+            "field": _field(tuple(e.get("loc", ()))),
+            "message": e.get("msg", "invalid"),
+            "allowed": {k: v for k, v in e.get("ctx", {}).items() if k in ALLOWED_CONTEXT},
+        }
+        for e in exc.errors()
+    ]
     first = details[0] if details else {"field": "body", "message": "invalid request"}
     return JSONResponse(error_body(first["field"], first["message"], details), status_code=422)
 

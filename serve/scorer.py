@@ -1,5 +1,6 @@
 """Scorer deployment: gathers the shards' results into the finished instrument (selection, TC,
 MAD_pitch, presets, zip, manifest last), off the ingress so its event loop stays responsive."""
+
 from __future__ import annotations
 
 import asyncio
@@ -13,8 +14,16 @@ from instrumentgen.shard_render import ShardResult, finish_instrument
 class Scorer:
     """Runs `instrumentgen.shard_render.finish_instrument` in a worker thread."""
 
-    async def finish(self, url: str, shards: list[ShardResult], metadata: dict, audio_format: str,
-                     sample_rate_hz: int, num_samples: int) -> dict:
+    async def finish(
+        self,
+        url: str,
+        shards: list[ShardResult],
+        metadata: dict,
+        audio_format: str,
+        sample_rate_hz: int,
+        num_samples: int,
+    ) -> dict:
         """The shards of one instrument, in slot order -> its manifest (written last)."""
-        return await asyncio.to_thread(finish_instrument, url, shards, metadata, audio_format, sample_rate_hz,
-                                       num_samples)
+        return await asyncio.to_thread(
+            finish_instrument, url, shards, metadata, audio_format, sample_rate_hz, num_samples
+        )

@@ -1,4 +1,5 @@
 """Shared fixtures: offline environment, one local Ray for the session, a real S3 server on loopback."""
+
 from __future__ import annotations
 
 import os
@@ -53,8 +54,9 @@ def s3_server(tmp_path_factory):
     """
     port = _free_port()
     log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
+    )
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -66,9 +68,13 @@ def s3_server(tmp_path_factory):
     else:
         proc.kill()
         raise RuntimeError(f"moto_server did not start on {endpoint}")
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint,
-           "AWS_ENDPOINT_URL_S3": endpoint}
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ENDPOINT_URL_S3": endpoint,
+    }
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     yield endpoint
@@ -86,7 +92,11 @@ def s3_bucket(s3_server, request):
     """A fresh bucket on the loopback S3 server; yields `s3://<bucket>`."""
     import s3fs
 
-    name = "t-" + request.node.name.lower().replace("_", "-").replace("[", "-").replace("]", "")[:40] + f"-{os.getpid() % 10000}"
+    name = (
+        "t-"
+        + request.node.name.lower().replace("_", "-").replace("[", "-").replace("]", "")[:40]
+        + f"-{os.getpid() % 10000}"
+    )
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server})
     fs.mkdir(name)
     s3fs.S3FileSystem.clear_instance_cache()

@@ -38,8 +38,10 @@ def test_crop_and_resample_keeps_pitch():
     assert abs(np.argmax(spectrum) * SR / 22050 - midi_to_hz(69)) < 3
 
 
-@pytest.mark.parametrize("audio_format, subtype, tolerance", [("wav24", "PCM_24", 2**-22), ("wav16", "PCM_16", 2**-14),
-                                                              ("flac", "PCM_24", 2**-22)])
+@pytest.mark.parametrize(
+    "audio_format, subtype, tolerance",
+    [("wav24", "PCM_24", 2**-22), ("wav16", "PCM_16", 2**-14), ("flac", "PCM_24", 2**-22)],
+)
 def test_encode_decode_round_trip_at_each_bit_depth(audio_format, subtype, tolerance):
     note = synth_note(60, 100, timbre_for(2), SR, 0.1)
     data = encode_audio(note, SR, audio_format)

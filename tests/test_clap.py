@@ -1,5 +1,6 @@
 """The CLAP wrapper: embeddings, determinism, the checkpoint round trip through load_ckpt, the
 RoBERTa tower from a local folder, offline errors, and an import that does not hang."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,8 +34,10 @@ def clap(cache, tiny_cfg) -> Clap:
 
 def notes(sample_rate_hz: int = 16000) -> torch.Tensor:
     """Three different harmonic notes, 1 s -> [3, L]."""
-    audio = [synth_note(pitch, 100, timbre_for(i), sample_rate_hz=sample_rate_hz, duration_s=1.0)
-             for i, pitch in enumerate((40, 64, 90))]
+    audio = [
+        synth_note(pitch, 100, timbre_for(i), sample_rate_hz=sample_rate_hz, duration_s=1.0)
+        for i, pitch in enumerate((40, 64, 90))
+    ]
     return torch.from_numpy(np.stack(audio))
 
 
@@ -110,8 +113,14 @@ def roberta_folder(path) -> str:
     vocab = ["<s>", "<pad>", "</s>", "<unk>", "<mask>", *bytes_to_unicode().values()]
     (path / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
     (path / "merges.txt").write_text("#version: 0.2\n")
-    RobertaConfig(vocab_size=len(vocab), hidden_size=768, num_hidden_layers=1, num_attention_heads=12,
-                  intermediate_size=64, max_position_embeddings=80).save_pretrained(path)
+    RobertaConfig(
+        vocab_size=len(vocab),
+        hidden_size=768,
+        num_hidden_layers=1,
+        num_attention_heads=12,
+        intermediate_size=64,
+        max_position_embeddings=80,
+    ).save_pretrained(path)
     return str(path)
 
 
@@ -146,6 +155,7 @@ def test_music_offline_names_file_place_and_key(tmp_path, monkeypatch):
 
 def test_import_in_a_fresh_process_does_not_hang():
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-c", "import instrumentgen.clap"], env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", "import instrumentgen.clap"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]

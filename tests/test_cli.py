@@ -13,8 +13,11 @@ def test_config_prints_resolved_yaml(capsys):
 
 
 def test_bad_override_exits_2_with_one_line():
-    proc = subprocess.run([sys.executable, "-m", "instrumentgen.cli", "config", "tiny", "train.zero_stage=7"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "instrumentgen.cli", "config", "tiny", "train.zero_stage=7"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: train.zero_stage=7 is not allowed; allowed: 0, 1, 2, 3"
 
@@ -35,8 +38,21 @@ def test_generate_writes_a_playable_instrument_from_a_checkpoint(tmp_path, capsy
     torch.manual_seed(0)
     InstrumentLM(load_config("tiny").model).save(str(tmp_path / "model.pt"))
     out = tmp_path / "brass"
-    assert cli.main(["generate", str(tmp_path / "model.pt"), "data.note_duration_s=0.1", "generate.batch_size=220",
-                     "--family", "brass", "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "generate",
+                str(tmp_path / "model.pt"),
+                "data.note_duration_s=0.1",
+                "generate.batch_size=220",
+                "--family",
+                "brass",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert f"wrote 440 notes, instrument.sfz and instrument.dspreset to {out}" in capsys.readouterr().out
     instrument = Instrument.read(str(out))
     assert instrument.audio.shape == (440, 4410) and instrument.metadata["family"] == "brass"
@@ -59,16 +75,35 @@ def _checkpoint(path):
 
 
 def _generate(*args, env=None):
-    proc = subprocess.run([sys.executable, "-m", "instrumentgen.cli", "generate", *args], capture_output=True, text=True,
-                          env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "instrumentgen.cli", "generate", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     return proc.returncode, proc.stderr.strip().splitlines()
 
 
 def test_overrides_after_options_are_overrides(tmp_path, capsys):
     checkpoint = _checkpoint(tmp_path / "model.pt")
     out = tmp_path / "keys"
-    assert cli.main(["generate", checkpoint, "--family", "brass", "--out", str(out), "data.note_duration_s=0.1",
-                     "generate.seed=5", "generate.top_k=5"]) == 0
+    assert (
+        cli.main(
+            [
+                "generate",
+                checkpoint,
+                "--family",
+                "brass",
+                "--out",
+                str(out),
+                "data.note_duration_s=0.1",
+                "generate.seed=5",
+                "generate.top_k=5",
+            ]
+        )
+        == 0
+    )
     from instrumentgen.instrument import Instrument
 
     assert Instrument.read(str(out)).metadata["seed"] == 5  # the config's seed when --seed is not given
@@ -85,21 +120,43 @@ def test_every_user_error_of_generate_is_one_line_with_exit_2(tmp_path, s3_serve
     (tmp_path / "a-file").write_text("not a folder")
     base = [checkpoint, "--family", "brass", "data.note_duration_s=0.05", "generate.batch_size=440"]
     no_credentials = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    no_credentials.update(AWS_ENDPOINT_URL=s3_server, AWS_EC2_METADATA_DISABLED="true",
-                          AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), AWS_CONFIG_FILE=str(tmp_path / "none"))
+    no_credentials.update(
+        AWS_ENDPOINT_URL=s3_server,
+        AWS_EC2_METADATA_DISABLED="true",
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+        AWS_CONFIG_FILE=str(tmp_path / "none"),
+    )
     cases = [
-        ([*base, "--out", str(tmp_path / "o"), "model.bogus=1"], None,
-         "error: model.bogus: Key 'bogus' not in 'ModelConfig'"),
-        (["--out", str(tmp_path / "o"), *base, "generate.top_k=-1"], None,
-         "error: generate.top_k=-1 is out of range; allowed: [0, inf]"),
-        (["--out", str(tmp_path / "o"), *base, "codec.weights=/missing/dac.pth"], None,
-         "error: codec.weights='/missing/dac.pth': no such file; give an existing local path or fsspec URL"),
-        ([str(tmp_path / "corrupt.pt"), "--family", "brass", "--out", str(tmp_path / "o")], None,
-         f"error: checkpoint='{tmp_path}/corrupt.pt' is not an InstrumentLM checkpoint (UnpicklingError: "),
-        (["--out", "s3://no-credentials/brass", *base], no_credentials,
-         "error: cannot write to 's3://no-credentials/brass': no credentials for it; "),
-        (["--out", str(tmp_path / "a-file" / "brass"), *base], None,
-         f"error: cannot write to '{tmp_path}/a-file/brass': a file stands where its path needs a folder"),
+        (
+            [*base, "--out", str(tmp_path / "o"), "model.bogus=1"],
+            None,
+            "error: model.bogus: Key 'bogus' not in 'ModelConfig'",
+        ),
+        (
+            ["--out", str(tmp_path / "o"), *base, "generate.top_k=-1"],
+            None,
+            "error: generate.top_k=-1 is out of range; allowed: [0, inf]",
+        ),
+        (
+            ["--out", str(tmp_path / "o"), *base, "codec.weights=/missing/dac.pth"],
+            None,
+            "error: codec.weights='/missing/dac.pth': no such file; give an existing local path or fsspec URL",
+        ),
+        (
+            [str(tmp_path / "corrupt.pt"), "--family", "brass", "--out", str(tmp_path / "o")],
+            None,
+            f"error: checkpoint='{tmp_path}/corrupt.pt' is not an InstrumentLM checkpoint (UnpicklingError: ",
+        ),
+        (
+            ["--out", "s3://no-credentials/brass", *base],
+            no_credentials,
+            "error: cannot write to 's3://no-credentials/brass': no credentials for it; ",
+        ),
+        (
+            ["--out", str(tmp_path / "a-file" / "brass"), *base],
+            None,
+            f"error: cannot write to '{tmp_path}/a-file/brass': a file stands where its path needs a folder",
+        ),
     ]
     for args, env, expected in cases:
         code, lines = _generate(*args, env=env)

@@ -1,4 +1,5 @@
 """cluster.yaml: Ray's own schema, plus what the schema cannot know about this repo and AWS."""
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,18 @@ CLUSTER = yaml.safe_load((REPO / "cluster.yaml").read_text())
 FILE_OPTIONS = {"-c", "--constraint", "-r", "--requirement", "-e", "--editable"}
 # vCPUs and GPUs of the AWS instance types a node type may use (from the AWS instance pages).
 INSTANCES = {
-    "m6i.2xlarge": (8, 0), "m6i.4xlarge": (16, 0), "m6i.8xlarge": (32, 0), "m6i.16xlarge": (64, 0),
-    "g5.xlarge": (4, 1), "g5.2xlarge": (8, 1), "g5.12xlarge": (48, 4), "g5.48xlarge": (192, 8),
-    "g6.xlarge": (4, 1), "g6.12xlarge": (48, 4), "p4d.24xlarge": (96, 8), "p5.48xlarge": (192, 8),
+    "m6i.2xlarge": (8, 0),
+    "m6i.4xlarge": (16, 0),
+    "m6i.8xlarge": (32, 0),
+    "m6i.16xlarge": (64, 0),
+    "g5.xlarge": (4, 1),
+    "g5.2xlarge": (8, 1),
+    "g5.12xlarge": (48, 4),
+    "g5.48xlarge": (192, 8),
+    "g6.xlarge": (4, 1),
+    "g6.12xlarge": (48, 4),
+    "p4d.24xlarge": (96, 8),
+    "p5.48xlarge": (192, 8),
 }
 
 

@@ -1,5 +1,6 @@
 """The DAC wrapper: tiny weights saved and loaded through DAC.save/DAC.load, shapes, codes,
 determinism, loudness, fsspec loading, the offline error, resampling."""
+
 from __future__ import annotations
 
 import math
@@ -127,4 +128,3 @@ def test_release_offline_fails_fast_naming_file_place_and_key(tmp_path, monkeypa
     assert "https://github.com/descriptinc/descript-audio-codec/releases/download/0.0.1/weights.pth" in message
     assert str(tmp_path / "dac" / "weights_44khz_8kbps_0.0.1.pth") in message
     assert "codec.weights=" in message
-

@@ -34,13 +34,16 @@ def test_config_from_a_yaml_path(tmp_path):
     assert cfg.name == "mine" and cfg.model.dim == 32 and cfg.model.num_layers == 12
 
 
-@pytest.mark.parametrize("override, message", [
-    ("model.nope=1", "model.nope: Key 'nope' not in 'ModelConfig'"),
-    ("train.zero_stage=5", "train.zero_stage=5 is not allowed; allowed: 0, 1, 2, 3"),
-    ("train.strategy=horovod", "train.strategy='horovod' is not allowed; allowed: 'deepspeed', 'ddp'"),
-    ("model.dim=abc", "model.dim: Value 'abc' of type 'str' could not be converted to Integer"),
-    ("data.note_duration_s=9", "data.note_duration_s=9.0 is out of range; allowed: [0.05, 4.0]"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.nope=1", "model.nope: Key 'nope' not in 'ModelConfig'"),
+        ("train.zero_stage=5", "train.zero_stage=5 is not allowed; allowed: 0, 1, 2, 3"),
+        ("train.strategy=horovod", "train.strategy='horovod' is not allowed; allowed: 'deepspeed', 'ddp'"),
+        ("model.dim=abc", "model.dim: Value 'abc' of type 'str' could not be converted to Integer"),
+        ("data.note_duration_s=9", "data.note_duration_s=9.0 is out of range; allowed: [0.05, 4.0]"),
+    ],
+)
 def test_bad_overrides_fail_with_one_line_naming_the_key(override, message):
     with pytest.raises(ConfigError) as e:
         load_config("tiny", [override])

@@ -9,7 +9,10 @@ def test_make_cues_shares_one_timbre_across_the_notes():
     embedding = torch.arange(512, dtype=torch.float64)
     cues = make_cues([21, 60, 108], [25, 100, 127], "brass", "acoustic", embedding)
     assert len(cues) == 3
-    assert cues.family.tolist() == [FAMILIES.index("brass")] * 3 and cues.source.tolist() == [SOURCES.index("acoustic")] * 3
+    assert (
+        cues.family.tolist() == [FAMILIES.index("brass")] * 3
+        and cues.source.tolist() == [SOURCES.index("acoustic")] * 3
+    )
     assert cues.pitch.tolist() == [21, 60, 108] and cues.velocity.tolist() == [25, 100, 127]
     assert cues.clap_embedding.shape == (3, 512) and cues.clap_embedding.dtype == torch.float32
     assert torch.equal(cues.clap_embedding[2], embedding.float())
@@ -20,12 +23,20 @@ def test_absent_attributes_are_not_given_and_slicing_keeps_every_field():
     assert cues.family.tolist() == [NOT_GIVEN] * 4 and cues.source.tolist() == [NOT_GIVEN] * 4
     assert cues.clap_embedding is None
     part = cues.with_clap(torch.ones(4, 512))[1:3]
-    assert part.pitch.tolist() == [41, 42] and part.velocity.tolist() == [50, 75] and part.clap_embedding.shape == (2, 512)
+    assert (
+        part.pitch.tolist() == [41, 42] and part.velocity.tolist() == [50, 75] and part.clap_embedding.shape == (2, 512)
+    )
     assert cues.clap_embedding is None  # with_clap returns a new batch
 
 
-@pytest.mark.parametrize("pitches, velocities, message", [
-    ([20], [50], "pitch"), ([60], [51], "velocity"), ([60, 61], [50], "differ in length; allowed: one velocity per pitch")])
+@pytest.mark.parametrize(
+    "pitches, velocities, message",
+    [
+        ([20], [50], "pitch"),
+        ([60], [51], "velocity"),
+        ([60, 61], [50], "differ in length; allowed: one velocity per pitch"),
+    ],
+)
 def test_bad_notes_name_the_value(pitches, velocities, message):
     with pytest.raises(VocabError, match=message):
         make_cues(pitches, velocities)

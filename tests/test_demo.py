@@ -1,5 +1,6 @@
 """`make demo` end to end on the session's Ray: every step's output exists and is sound, and a
 re-run reuses what the first run completed."""
+
 import json
 import re
 
@@ -32,7 +33,9 @@ def test_demo_runs_the_whole_loop_then_reuses_it(ray_local, cache, tmp_path, cap
     results = json.loads((out / "eval" / "results.json").read_text())
     assert len(results["models"][0]["instruments"]) == 2
     assert "2 test instruments, 0 already scored" in first
-    assert first.count("CLAP cue -> RVQ codes") == 2
+    assert first.count("CLAP cue -> RVQ codes") == 2 and re.search(
+        r"codebook 0: perplexity [\d.]+, \d+ of 64 entries", first
+    )
 
     metrics = (out / "runs" / "demo" / "metrics.csv").read_bytes()  # with each window's timings
     assert demo.main([str(out)]) == 0

@@ -1,4 +1,5 @@
 """Table 1 arithmetic, the records of an instrument's scores and the fixed cue (no Ray)."""
+
 import types
 
 import numpy as np
@@ -15,15 +16,24 @@ from instrumentgen.testing import write_fixture_nsynth
 
 def instrument_row(name, pitch_errors, clap=0.5, tc=1.0):
     voiced = [abs(e) for e in pitch_errors if e is not None]
-    return {"name": name, "family": "brass", "source": "electronic", "tc": tc, "clap": clap,
-            "mad_pitch": float(np.median(voiced)) if voiced else None,
-            "unvoiced": sum(e is None for e in pitch_errors), "pitch_errors": pitch_errors}
+    return {
+        "name": name,
+        "family": "brass",
+        "source": "electronic",
+        "tc": tc,
+        "clap": clap,
+        "mad_pitch": float(np.median(voiced)) if voiced else None,
+        "unvoiced": sum(e is None for e in pitch_errors),
+        "pitch_errors": pitch_errors,
+    }
 
 
 def test_mad_pitch_of_a_model_is_the_median_over_all_voiced_notes():
-    rows = [instrument_row("a", [0.1, -0.1, 0.1, 0.2, -0.2], clap=0.2, tc=1.0),
-            instrument_row("b", [2.0, None], clap=0.6, tc=2.0),
-            instrument_row("c", [None, None], clap=0.4, tc=3.0)]
+    rows = [
+        instrument_row("a", [0.1, -0.1, 0.1, 0.2, -0.2], clap=0.2, tc=1.0),
+        instrument_row("b", [2.0, None], clap=0.6, tc=2.0),
+        instrument_row("c", [None, None], clap=0.4, tc=3.0),
+    ]
     row = model_row("clap", "runs/clap/model.pt", rows, fad_value=1.5)
     # |errors| of the 6 voiced notes: 0.1 0.1 0.1 0.2 0.2 2.0 -> 0.15; the mean of the instruments'
     # medians (0.1 and 2.0) would be 1.05.
@@ -43,13 +53,34 @@ def test_mad_pitch_of_a_model_is_the_median_over_all_voiced_notes():
 
 
 def test_instrument_scores_split_into_a_json_row_and_arrays():
-    scores = InstrumentScores("a", "brass", "electronic", tc=1.2, mad_pitch=0.1, unvoiced=1, clap=0.5,
-                              pitches=[60, 62], velocities=[100, 100], pitch_errors=np.array([0.1, np.nan]),
-                              tc_matrix=np.zeros((2, 2)), embeddings=np.ones((2, 3)), real_embeddings=np.ones((2, 3)))
+    scores = InstrumentScores(
+        "a",
+        "brass",
+        "electronic",
+        tc=1.2,
+        mad_pitch=0.1,
+        unvoiced=1,
+        clap=0.5,
+        pitches=[60, 62],
+        velocities=[100, 100],
+        pitch_errors=np.array([0.1, np.nan]),
+        tc_matrix=np.zeros((2, 2)),
+        embeddings=np.ones((2, 3)),
+        real_embeddings=np.ones((2, 3)),
+    )
     row = scores.json_row()
-    assert row == {"name": "a", "family": "brass", "source": "electronic", "tc": 1.2, "mad_pitch": 0.1,
-                   "unvoiced": 1, "clap": 0.5, "pitches": [60, 62], "velocities": [100, 100],
-                   "pitch_errors": [0.1, None]}
+    assert row == {
+        "name": "a",
+        "family": "brass",
+        "source": "electronic",
+        "tc": 1.2,
+        "mad_pitch": 0.1,
+        "unvoiced": 1,
+        "clap": 0.5,
+        "pitches": [60, 62],
+        "velocities": [100, 100],
+        "pitch_errors": [0.1, None],
+    }
     assert set(scores.arrays()) == {"tc_matrix", "embeddings", "real_embeddings"}
     assert scores.arrays()["embeddings"].shape == (2, 3)
 
@@ -87,7 +118,7 @@ def test_the_mean_embedding_cue_reaches_the_model_and_the_clap_score(models, mon
     monkeypatch.setattr(evaluation, "generate_instrument", fake_generate)
     lm = types.SimpleNamespace(cfg=types.SimpleNamespace(conditioning="clap"))
     scores = evaluation.evaluate_instrument(cfg, instrument, lm, codec, clap, embedder)
-    (given, slots), = seen
+    ((given, slots),) = seen
     assert torch.allclose(given.clap_embedding, cue, atol=1e-6)
     assert slots == list(zip(instrument.pitches, instrument.velocities))
     assert scores.clap == pytest.approx(clap_score(cue, clap.embed_audio(real.flip(0), 44100)), abs=1e-5)

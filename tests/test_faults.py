@@ -19,8 +19,10 @@ def test_an_armed_fault_fires_once_at_its_point_count_and_rank(tmp_path):
 
 
 def test_kill_ends_the_process_with_sigkill(tmp_path):
-    code = ("from instrumentgen.faults import Fault, fault_point; "
-            f"fault_point(Fault('train.step', 3, {str(tmp_path / 'm')!r}), 'train.step', 3); print('survived')")
+    code = (
+        "from instrumentgen.faults import Fault, fault_point; "
+        f"fault_point(Fault('train.step', 3, {str(tmp_path / 'm')!r}), 'train.step', 3); print('survived')"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == -9 and "survived" not in done.stdout
 

@@ -62,23 +62,40 @@ def test_each_kind_of_cue_reaches_the_model(models):
     torch.testing.assert_close(generate(models, InstrumentCue(clap_embedding=embedding)).audio, by_text.audio)
 
 
-@pytest.mark.parametrize("cue, error, message", [
-    (InstrumentCue(prompt="   "), GenerateError, "prompt is empty; allowed: a description"),
-    (InstrumentCue(), GenerateError, "the cue is empty; give prompt, reference_audio, clap_embedding, or family/source"),
-    (InstrumentCue(prompt="a", clap_embedding=torch.zeros(512)), GenerateError,
-     "the cue gives prompt and clap_embedding; allowed: one of"),
-    (InstrumentCue(family="kazoo"), VocabError, "family='kazoo' is unknown; allowed: 0=bass, 1=brass"),
-    (InstrumentCue(clap_embedding=torch.zeros(7)), GenerateError, "clap_embedding has 7 values; allowed: 512 finite values"),
-])
+@pytest.mark.parametrize(
+    "cue, error, message",
+    [
+        (InstrumentCue(prompt="   "), GenerateError, "prompt is empty; allowed: a description"),
+        (
+            InstrumentCue(),
+            GenerateError,
+            "the cue is empty; give prompt, reference_audio, clap_embedding, or family/source",
+        ),
+        (
+            InstrumentCue(prompt="a", clap_embedding=torch.zeros(512)),
+            GenerateError,
+            "the cue gives prompt and clap_embedding; allowed: one of",
+        ),
+        (InstrumentCue(family="kazoo"), VocabError, "family='kazoo' is unknown; allowed: 0=bass, 1=brass"),
+        (
+            InstrumentCue(clap_embedding=torch.zeros(7)),
+            GenerateError,
+            "clap_embedding has 7 values; allowed: 512 finite values",
+        ),
+    ],
+)
 def test_bad_cues_raise_one_clear_error(models, cue, error, message):
     with pytest.raises(error, match=re.escape(message)):
         generate(models, cue)
 
 
-@pytest.mark.parametrize("slots, message", [
-    ([(20, 100)], "pitch=20 is outside the 88 keys; allowed: MIDI 21..108"),
-    ([(60, 60)], "velocity=60 is not a velocity layer; allowed: 25, 50, 75, 100, 127"),
-])
+@pytest.mark.parametrize(
+    "slots, message",
+    [
+        ([(20, 100)], "pitch=20 is outside the 88 keys; allowed: MIDI 21..108"),
+        ([(60, 60)], "velocity=60 is not a velocity layer; allowed: 25, 50, 75, 100, 127"),
+    ],
+)
 def test_bad_slots_name_the_value(models, slots, message):
     with pytest.raises(VocabError, match=re.escape(message)):
         generate(models, InstrumentCue(prompt="brass"), slots=slots)

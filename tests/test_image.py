@@ -1,4 +1,5 @@
 """The Dockerfile builds the environment CI tests: same constraints, Python and Ray (CI does not build it)."""
+
 from __future__ import annotations
 
 import re

@@ -16,14 +16,18 @@ NUM_SAMPLES = 441  # 10 ms: the mapping is what is under test, not the audio
 
 def full_instrument() -> Instrument:
     pitches, velocities = instrument_grid()
-    audio = torch.stack([0.5 * (v / 127) * torch.sin(torch.arange(NUM_SAMPLES) * p / 200.0)
-                         for p, v in zip(pitches, velocities)]).float()
+    audio = torch.stack(
+        [0.5 * (v / 127) * torch.sin(torch.arange(NUM_SAMPLES) * p / 200.0) for p, v in zip(pitches, velocities)]
+    ).float()
     return Instrument(audio, pitches, velocities, 44100, {"prompt": "warm analog brass", "seed": 3})
 
 
 def sfz_regions(text: str) -> list[dict]:
-    return [dict(item.split("=", 1) for item in line.split()[1:]) for line in text.splitlines()
-            if line.startswith("<region>")]
+    return [
+        dict(item.split("=", 1) for item in line.split()[1:])
+        for line in text.splitlines()
+        if line.startswith("<region>")
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +41,17 @@ def test_sfz_maps_all_88_keys_and_5_velocity_layers_to_existing_files(written):
     root, _, _ = written
     regions = sfz_regions(storage.read_bytes(storage.join(root, "instrument.sfz")).decode())
     assert len(regions) == 440
-    covered = {(key, vel) for r in regions for key in range(int(r["lokey"]), int(r["hikey"]) + 1)
-               for vel in range(int(r["lovel"]), int(r["hivel"]) + 1)}
+    covered = {
+        (key, vel)
+        for r in regions
+        for key in range(int(r["lokey"]), int(r["hikey"]) + 1)
+        for vel in range(int(r["lovel"]), int(r["hivel"]) + 1)
+    }
     assert covered == {(key, vel) for key in PITCHES for vel in range(1, 128)}  # every key, every velocity, once
-    assert sum((int(r["hikey"]) - int(r["lokey"]) + 1) * (int(r["hivel"]) - int(r["lovel"]) + 1) for r in regions) == 88 * 127
+    assert (
+        sum((int(r["hikey"]) - int(r["lokey"]) + 1) * (int(r["hivel"]) - int(r["lovel"]) + 1) for r in regions)
+        == 88 * 127
+    )
     for r in regions:
         assert r["lokey"] == r["hikey"] == r["pitch_keycenter"]  # all 88 keys sampled: no stretching
         assert int(r["hivel"]) in VELOCITIES
@@ -54,9 +65,13 @@ def test_dspreset_is_xml_with_the_same_mapping(written):
     samples = tree.findall("./groups/group/sample")
     assert len(samples) == 440
     regions = sfz_regions(storage.read_bytes(storage.join(root, "instrument.sfz")).decode())
-    as_sfz = {(s.get("path"), s.get("rootNote"), s.get("loNote"), s.get("hiNote"), s.get("loVel"), s.get("hiVel"))
-              for s in samples}
-    assert as_sfz == {(r["sample"], r["pitch_keycenter"], r["lokey"], r["hikey"], r["lovel"], r["hivel"]) for r in regions}
+    as_sfz = {
+        (s.get("path"), s.get("rootNote"), s.get("loNote"), s.get("hiNote"), s.get("loVel"), s.get("hiVel"))
+        for s in samples
+    }
+    assert as_sfz == {
+        (r["sample"], r["pitch_keycenter"], r["lokey"], r["hikey"], r["lovel"], r["hivel"]) for r in regions
+    }
 
 
 def test_wavs_are_44k1_and_read_back_as_written(written):

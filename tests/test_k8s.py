@@ -1,4 +1,5 @@
 """deploy/k8s: KubeRay manifests that parse, run real jobs with valid configs, and match the image and Ray."""
+
 from __future__ import annotations
 
 import importlib
@@ -36,8 +37,11 @@ def containers(resource: dict) -> list[dict]:
 
 
 def gpu_groups(resource: dict) -> list[dict]:
-    return [group for group in cluster_spec(resource).get("workerGroupSpecs", [])
-            if any("nvidia.com/gpu" in c["resources"]["limits"] for c in group["template"]["spec"]["containers"])]
+    return [
+        group
+        for group in cluster_spec(resource).get("workerGroupSpecs", [])
+        if any("nvidia.com/gpu" in c["resources"]["limits"] for c in group["template"]["spec"]["containers"])
+    ]
 
 
 def render_rayservice():
@@ -86,8 +90,11 @@ def test_entrypoint_runs_a_real_job_with_a_valid_config(name, job):
     assert module in JOB_ARGUMENTS, f"{name}: {module} is not a job of jobs/"
     assert (REPO / Path(*module.split("."))).with_suffix(".py").exists()
     assert callable(importlib.import_module(module).main)
-    own = {word.split("=", 1)[0]: word.split("=", 1)[1] for word in words[3:]
-           if word.split("=", 1)[0] in JOB_ARGUMENTS[module]}
+    own = {
+        word.split("=", 1)[0]: word.split("=", 1)[1]
+        for word in words[3:]
+        if word.split("=", 1)[0] in JOB_ARGUMENTS[module]
+    }
     assert all(value.startswith("s3://") for value in own.values())  # on a cluster, inputs and outputs live in storage
     config_name, overrides = split_overrides([word for word in words[3:] if word.split("=", 1)[0] not in own])
     assert config_name == "paper"
@@ -125,8 +132,10 @@ def test_serve_config_validates_and_listens_on_the_documented_port():
 def test_render_rayservice_replaces_only_the_serve_block():
     manifest = "spec:\n  serveConfigV2: |\n    old: 1\n\n    older: 2\n  rayClusterConfig:\n    rayVersion: x\n"
     rendered = render_rayservice().with_serve_config(manifest, "# comment\napplications:\n  - name: a\n")
-    assert rendered == ("spec:\n  serveConfigV2: |\n    # comment\n    applications:\n      - name: a\n"
-                        "  rayClusterConfig:\n    rayVersion: x\n")
+    assert rendered == (
+        "spec:\n  serveConfigV2: |\n    # comment\n    applications:\n      - name: a\n"
+        "  rayClusterConfig:\n    rayVersion: x\n"
+    )
 
 
 def test_render_job_reads_the_model_the_train_job_exports():

@@ -21,13 +21,22 @@ def _notes(url):
 
 
 def test_both_formats_read_the_same_good_records(local_fixture):
-    (json_notes, json_skipped), (tf_notes, tf_skipped) = _notes(local_fixture["jsonwav"]), _notes(local_fixture["tfrecord"])
+    (json_notes, json_skipped), (tf_notes, tf_skipped) = (
+        _notes(local_fixture["jsonwav"]),
+        _notes(local_fixture["tfrecord"]),
+    )
     assert len(json_notes) == len(tf_notes) == 2 * 2 * 2
     assert sorted(n.note_str for n in json_notes) == sorted(n.note_str for n in tf_notes)
     by_name = {n.note_str: n for n in tf_notes}
     for n in json_notes:
         other = by_name[n.note_str]
-        assert (n.pitch, n.velocity, n.family, n.source, n.instrument) == (other.pitch, other.velocity, other.family, other.source, other.instrument)
+        assert (n.pitch, n.velocity, n.family, n.source, n.instrument) == (
+            other.pitch,
+            other.velocity,
+            other.family,
+            other.source,
+            other.instrument,
+        )
         np.testing.assert_allclose(n.audio, other.audio, atol=1 / 32768)  # 16-bit wav vs float
     expected = Counter(reason for *_, reason in bad_records())
     assert json_skipped == expected
@@ -55,8 +64,17 @@ def test_reading_from_s3_equals_local(local_fixture, s3_bucket, tmp_path):
 
 
 def test_validator_names_each_reason():
-    good = {"note_str": "x", "instrument": 1, "instrument_str": "x", "pitch": 60, "velocity": 100,
-            "instrument_family": 1, "instrument_source": 0, "sample_rate": 16000, "audio": np.zeros(64000, np.float32)}
+    good = {
+        "note_str": "x",
+        "instrument": 1,
+        "instrument_str": "x",
+        "pitch": 60,
+        "velocity": 100,
+        "instrument_family": 1,
+        "instrument_source": 0,
+        "sample_rate": 16000,
+        "audio": np.zeros(64000, np.float32),
+    }
     assert nsynth.validate(good) is None
     cases = {
         "missing_field": {k: v for k, v in good.items() if k != "pitch"},

@@ -22,8 +22,16 @@ def fixture(root):
 
 
 def tiny_config(urls, shards_url, *extra):
-    return load_config("tiny", [f"data.splits.train={urls['jsonwav']}", f"data.splits.valid={urls['tfrecord']}",
-                                f"data.shards={shards_url}", *SETTINGS, *extra])
+    return load_config(
+        "tiny",
+        [
+            f"data.splits.train={urls['jsonwav']}",
+            f"data.splits.valid={urls['tfrecord']}",
+            f"data.shards={shards_url}",
+            *SETTINGS,
+            *extra,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +66,11 @@ def test_tfrecord_byte_ranges_partition_the_records(local_data):
         records = list(tfrecord.iter_records(f))
     size = storage.filesystem(url)[0].size(url)
     for unit_bytes in (50_000, 256_600, 600_000, size):  # ranges smaller than, equal to, spanning records
-        read = [r for start in range(0, size, unit_bytes)
-                for r in preprocess.iter_tfrecord_range(url, start, min(start + unit_bytes, size))]
+        read = [
+            r
+            for start in range(0, size, unit_bytes)
+            for r in preprocess.iter_tfrecord_range(url, start, min(start + unit_bytes, size))
+        ]
         assert read == records, unit_bytes
 
 
@@ -86,8 +97,10 @@ def test_read_unit_gives_one_row_per_record_and_names_each_rejection(local_data)
     expected = {meta.get("note_str"): reason for meta, *_, reason in bad_records()}
     assert {r["note_str"]: r["reason"] for r in rows if r["reason"]} == expected
     kept = [r for r in rows if not r["reason"]]
-    assert {(r["instrument_str"], r["split"]) for r in kept} == {("bass_acoustic_000", "holdout"),
-                                                                  ("brass_electronic_001", "train")}
+    assert {(r["instrument_str"], r["split"]) for r in kept} == {
+        ("bass_acoustic_000", "holdout"),
+        ("brass_electronic_001", "train"),
+    }
     assert all(len(r["audio"]) == 64000 * 4 for r in kept) and all(r["audio"] == b"" for r in rows if r["reason"])
 
 
@@ -119,8 +132,12 @@ def test_held_out_is_a_stable_fraction_of_instruments():
 def test_job_keeps_exactly_the_good_records(clean_run):
     out, manifest = clean_run
     rows = shard_rows(out)
-    good = {f"{i}-{p:03d}-{v:03d}" for i in ("bass_acoustic_000", "brass_electronic_001")
-            for p in PITCHES for v in VELOCITIES}
+    good = {
+        f"{i}-{p:03d}-{v:03d}"
+        for i in ("bass_acoustic_000", "brass_electronic_001")
+        for p in PITCHES
+        for v in VELOCITIES
+    }
     assert set(rows["train"]) | set(rows["holdout"]) == good
     assert set(rows["valid"]) == good
     assert {r["instrument_str"] for r in rows["holdout"].values()} == {"bass_acoustic_000"}
@@ -128,10 +145,12 @@ def test_job_keeps_exactly_the_good_records(clean_run):
     reasons = Counter(reason for *_, reason in bad_records())
     tf_reasons = reasons - Counter(["unreadable_audio"]) + Counter(["wrong_length"])  # as the TFRecord fixture has it
     assert manifest["skipped"] == dict(reasons + tf_reasons)
-    rejected = [json.loads(line)
-                for line in storage.read_bytes(storage.join(out, shards.REJECTED)).decode().splitlines()]
-    assert {(r["split"], r["note_str"], r["reason"]) for r in rejected if r["split"] == "train"} == \
-        {("train", meta.get("note_str"), reason) for meta, *_, reason in bad_records()}
+    rejected = [
+        json.loads(line) for line in storage.read_bytes(storage.join(out, shards.REJECTED)).decode().splitlines()
+    ]
+    assert {(r["split"], r["note_str"], r["reason"]) for r in rejected if r["split"] == "train"} == {
+        ("train", meta.get("note_str"), reason) for meta, *_, reason in bad_records()
+    }
     assert manifest["n_codebooks"] == 4 and manifest["n_frames"] == 44  # 0.5 s at 44.1 kHz, hop 512
     assert manifest["codec_model_id"] and manifest["clap_model_id"] and manifest["config_hash"]
     assert manifest["records"] == 24
@@ -156,15 +175,21 @@ def test_codes_equal_codec_encode_of_the_same_notes(clean_run, local_data):
         row = rows[note.note_str]
         np.testing.assert_array_equal(np.array(row["codes"]).reshape(4, 44), note_codes)
         np.testing.assert_allclose(np.array(row["clap_embedding"], np.float32), note_clap, atol=2e-3)
-        assert (row["pitch"], row["velocity"], row["family"], row["source"], row["instrument"]) == \
-            (note.pitch, note.velocity, note.family, note.source, note.instrument)
+        assert (row["pitch"], row["velocity"], row["family"], row["source"], row["instrument"]) == (
+            note.pitch,
+            note.velocity,
+            note.family,
+            note.source,
+            note.instrument,
+        )
 
 
 @pytest.mark.slow
 def test_job_on_s3_gives_identical_shards(clean_run, s3_bucket, ray_local):
     endpoint = ray_local.get(ray_local.remote(lambda: __import__("os").environ.get("AWS_ENDPOINT_URL")).remote())
-    assert endpoint and endpoint.startswith("http://127.0.0.1"), \
+    assert endpoint and endpoint.startswith("http://127.0.0.1"), (
         "Ray workers do not see the loopback S3 server: start s3_server before ray_local in this session"
+    )
     out, manifest = clean_run
     urls = fixture(storage.join(s3_bucket, "nsynth"))
     s3_out = storage.join(s3_bucket, "shards")
@@ -187,8 +212,18 @@ def test_a_failed_run_resumes_to_the_rows_of_a_clean_run(clean_run, local_data, 
     assert not storage.exists(storage.join(resumed, "manifest.json"))
     committed = storage.list_files(storage.join(resumed, shards.PROGRESS), ".json")
     assert len(committed) == 2
-    assert job.main(["config=tiny", f"data.splits.train={local_data['jsonwav']}",
-                     f"data.splits.valid={local_data['tfrecord']}", f"data.shards={resumed}", *SETTINGS]) == 0
+    assert (
+        job.main(
+            [
+                "config=tiny",
+                f"data.splits.train={local_data['jsonwav']}",
+                f"data.splits.valid={local_data['tfrecord']}",
+                f"data.shards={resumed}",
+                *SETTINGS,
+            ]
+        )
+        == 0
+    )
     assert "2 already complete" in capsys.readouterr().out
     assert shard_rows(resumed) == shard_rows(out)
     assert shards.read_manifest(resumed) == manifest
@@ -212,9 +247,17 @@ def test_a_killed_driver_resumes_to_the_rows_of_a_clean_run(clean_run, local_dat
 
     out, _ = clean_run
     resumed = str(tmp_path / "shards")
-    args = [sys.executable, "-m", "jobs.preprocess", "config=tiny", f"data.splits.train={local_data['jsonwav']}",
-            f"data.splits.valid={local_data['tfrecord']}", f"data.shards={resumed}", *SETTINGS,
-            "data.notes_per_shard=1"]
+    args = [
+        sys.executable,
+        "-m",
+        "jobs.preprocess",
+        "config=tiny",
+        f"data.splits.train={local_data['jsonwav']}",
+        f"data.splits.valid={local_data['tfrecord']}",
+        f"data.shards={resumed}",
+        *SETTINGS,
+        "data.notes_per_shard=1",
+    ]
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
     driver = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     markers = storage.join(resumed, shards.PROGRESS)
@@ -224,8 +267,9 @@ def test_a_killed_driver_resumes_to_the_rows_of_a_clean_run(clean_run, local_dat
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     committed = len(storage.list_files(markers, ".json"))
-    assert committed >= 1 and not storage.exists(storage.join(resumed, storage.MANIFEST)), \
+    assert committed >= 1 and not storage.exists(storage.join(resumed, storage.MANIFEST)), (
         f"the driver was killed with {committed} units committed; the test needs it killed mid-run"
+    )
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"{committed} already complete" in done.stdout

@@ -36,11 +36,30 @@ def render(models, url, shard_size, candidates=1, seed=3):
     cfg, lm, codec, clap = models
     gen_cfg = dataclasses.replace(cfg.generate, seed=seed)
     cue = embedded_cue(InstrumentCue(prompt="warm analog brass"), clap, lm.cfg)
-    shards = [render_shard(lm, codec, None, cue, gen_cfg, DURATION_S, SLOTS[i: i + shard_size], url,
-                           candidates=candidates, metrics_cfg=cfg.metrics, worker=f"w{i // shard_size % 2}")
-              for i in range(0, len(SLOTS), shard_size)]
-    return finish_instrument(url, shards, {"prompt": "warm analog brass", "seed": seed}, "wav24",
-                             codec.sample_rate_hz, round(DURATION_S * codec.sample_rate_hz))
+    shards = [
+        render_shard(
+            lm,
+            codec,
+            None,
+            cue,
+            gen_cfg,
+            DURATION_S,
+            SLOTS[i : i + shard_size],
+            url,
+            candidates=candidates,
+            metrics_cfg=cfg.metrics,
+            worker=f"w{i // shard_size % 2}",
+        )
+        for i in range(0, len(SLOTS), shard_size)
+    ]
+    return finish_instrument(
+        url,
+        shards,
+        {"prompt": "warm analog brass", "seed": seed},
+        "wav24",
+        codec.sample_rate_hz,
+        round(DURATION_S * codec.sample_rate_hz),
+    )
 
 
 def test_shards_equal_one_direct_generation(models, tmp_path):
@@ -49,8 +68,9 @@ def test_shards_equal_one_direct_generation(models, tmp_path):
     gen_cfg = dataclasses.replace(cfg.generate, seed=3)
     cue = InstrumentCue(prompt="warm analog brass")
     direct = generate_instrument(lm, codec, clap, cue, gen_cfg, DURATION_S, SLOTS)
-    direct_codes = generate_codes(lm, instrument_cues(cue, clap.embed_text([cue.prompt])[0], SLOTS),
-                                  codec.frames_for(DURATION_S), gen_cfg)
+    direct_codes = generate_codes(
+        lm, instrument_cues(cue, clap.embed_text([cue.prompt])[0], SLOTS), codec.frames_for(DURATION_S), gen_cfg
+    )
     codes = np.load(tmp_path / "a" / "codes.npy")
     np.testing.assert_array_equal(codes, direct_codes.numpy())
     written = Instrument.read(str(tmp_path / "a"))
@@ -75,8 +95,15 @@ def test_selection_lowers_tc_and_keeps_only_chosen_notes(models, tmp_path):
 def test_features_tc_matches_metrics_tc():
     torch.manual_seed(0)
     audio = torch.randn(5, 11025) * 0.1
-    metrics = load_config("tiny", ["metrics.tc_n_fft=[2048,1024]", "metrics.tc_hop=[512,256]",
-                                   "metrics.tc_mels=[80,40]", "metrics.tc_mfccs=[13,10]"]).metrics
+    metrics = load_config(
+        "tiny",
+        [
+            "metrics.tc_n_fft=[2048,1024]",
+            "metrics.tc_hop=[512,256]",
+            "metrics.tc_mels=[80,40]",
+            "metrics.tc_mfccs=[13,10]",
+        ],
+    ).metrics
     features, sizes = note_features(audio, 44100, metrics)
     expected = tc(audio, 44100, [TCScale(2048, 512, 80, 13), TCScale(1024, 256, 40, 10)]).normalised
     assert features_tc(features, sizes) == pytest.approx(float(expected), rel=1e-5)

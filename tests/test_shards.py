@@ -18,17 +18,36 @@ def encoded_rows(source_split, unit, positions, reasons=None, split=None, unit_s
     rows = []
     for position, reason in zip(positions, reasons):
         kept = reason == ""
-        rows.append({"source_split": source_split, "unit": unit, "position": position, "split": split or source_split,
-                     "note_str": f"{source_split}-{unit}-{position}", "instrument_str": "bass_acoustic_000",
-                     "instrument": 3 if kept else -1, "family": 0 if kept else -1, "source": 0 if kept else -1,
-                     "pitch": 40 + position if kept else -1, "velocity": 100 if kept else -1,
-                     "reason": reason, "detail": "" if kept else f"why {position}",
-                     "codes": np.full((K, N), 7 * unit + position if kept else 0, np.int16),
-                     "clap_embedding": np.full(512, position / 10 if kept else 0, np.float16),
-                     "codec_model_id": "dac-test", "clap_model_id": "clap-test"})
+        rows.append(
+            {
+                "source_split": source_split,
+                "unit": unit,
+                "position": position,
+                "split": split or source_split,
+                "note_str": f"{source_split}-{unit}-{position}",
+                "instrument_str": "bass_acoustic_000",
+                "instrument": 3 if kept else -1,
+                "family": 0 if kept else -1,
+                "source": 0 if kept else -1,
+                "pitch": 40 + position if kept else -1,
+                "velocity": 100 if kept else -1,
+                "reason": reason,
+                "detail": "" if kept else f"why {position}",
+                "codes": np.full((K, N), 7 * unit + position if kept else 0, np.int16),
+                "clap_embedding": np.full(512, position / 10 if kept else 0, np.float16),
+                "codec_model_id": "dac-test",
+                "clap_model_id": "clap-test",
+            }
+        )
     if unit_size is not None:
-        end = {**rows[0], "position": unit_size, "reason": shard_writer.UNIT_END, "detail": "",
-               "codes": np.zeros((K, N), np.int16), "clap_embedding": np.zeros(512, np.float16)}
+        end = {
+            **rows[0],
+            "position": unit_size,
+            "reason": shard_writer.UNIT_END,
+            "detail": "",
+            "codes": np.zeros((K, N), np.int16),
+            "clap_embedding": np.zeros(512, np.float16),
+        }
         rows.append(end)
     return rows
 
@@ -47,8 +66,12 @@ def test_shard_table_round_trips_through_parquet_and_collate(tmp_path):
     assert str(table.schema.field("clap_embedding").type.value_type) == "halffloat"
 
     # Ray Data hands list columns over as object arrays of [W] arrays; plain [B, W] arrays work too.
-    as_ray = {name: np.array(list(table.column(name).to_numpy(zero_copy_only=False)) + [None], dtype=object)[:-1]
-              if name in ("codes", "clap_embedding") else table.column(name).to_numpy() for name in table.column_names}
+    as_ray = {
+        name: np.array(list(table.column(name).to_numpy(zero_copy_only=False)) + [None], dtype=object)[:-1]
+        if name in ("codes", "clap_embedding")
+        else table.column(name).to_numpy()
+        for name in table.column_names
+    }
     codes, cues = collate(as_ray)
     assert codes.shape == (3, K, N) and codes.dtype == torch.long
     assert torch.equal(codes, torch.from_numpy(rows["codes"].astype(np.int64)))
@@ -62,8 +85,9 @@ def test_shard_table_round_trips_through_parquet_and_collate(tmp_path):
 def test_collate_rejects_mixed_code_shapes():
     batch = to_batch(encoded_rows("train", 0, [0, 1]))
     table = shard_table(batch).to_pydict()
-    table = {k: np.array(v, dtype=object) if k in ("codes", "clap_embedding") else np.array(v)
-             for k, v in table.items()}
+    table = {
+        k: np.array(v, dtype=object) if k in ("codes", "clap_embedding") else np.array(v) for k, v in table.items()
+    }
     table["n_frames"] = np.array([N, N + 1])
     with pytest.raises(ShardError, match=r"n_frames \[6, 7\]"):
         collate(table)
@@ -92,19 +116,23 @@ def test_writer_commits_a_unit_only_when_all_its_rows_arrived(tmp_path):
     marker = read_marker(url, "train-00000")
     assert marker["kept"] == {"holdout": 1, "train": 2} and marker["records"] == 4
     assert marker["skipped"] == {"pitch_out_of_range": 1}
-    assert marker["rejected"] == [{"split": "train", "note_str": "train-0-1", "reason": "pitch_out_of_range",
-                                   "detail": "why 1"}]
+    assert marker["rejected"] == [
+        {"split": "train", "note_str": "train-0-1", "reason": "pitch_out_of_range", "detail": "why 1"}
+    ]
     assert writer.completed_units() == {("train", 0), ("train", 1)}
 
     manifest = writer.finish([("train", 0), ("train", 1)], {"note_duration_s": 0.5})
     assert manifest == storage.read_json(storage.join(url, "manifest.json"))
     assert manifest["kept"] == {"holdout": 1, "train": 4} and manifest["skipped"] == {"pitch_out_of_range": 1}
-    assert manifest["files"] == {"holdout": ["holdout/train-00000.parquet"],
-                                 "train": ["train/train-00000.parquet", "train/train-00001.parquet"]}
+    assert manifest["files"] == {
+        "holdout": ["holdout/train-00000.parquet"],
+        "train": ["train/train-00000.parquet", "train/train-00001.parquet"],
+    }
     assert (manifest["n_codebooks"], manifest["n_frames"], manifest["codec_model_id"]) == (K, N, "dac-test")
     assert manifest["records"] == 6 and manifest["note_duration_s"] == 0.5
-    rejected = [json.loads(line)
-                for line in storage.read_bytes(storage.join(url, shards.REJECTED)).decode().splitlines()]
+    rejected = [
+        json.loads(line) for line in storage.read_bytes(storage.join(url, shards.REJECTED)).decode().splitlines()
+    ]
     assert [r["reason"] for r in rejected] == ["pitch_out_of_range"]
     assert shards.shard_files(url, "train") == [storage.join(url, "train", f"train-0000{i}.parquet") for i in (0, 1)]
 

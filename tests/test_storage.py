@@ -45,9 +45,13 @@ def test_storage_failures_are_one_line_user_errors_naming_the_url(tmp_path, s3_s
         storage.read_json(missing)
     assert issubclass(MissingObjectError, FileNotFoundError)  # absence stays catchable as such
     (tmp_path / "a-file").write_text("x")
-    with pytest.raises(StorageError, match=f"cannot write '{tmp_path}/a-file/x.bin': a file stands where its path needs a folder"):
+    with pytest.raises(
+        StorageError, match=f"cannot write '{tmp_path}/a-file/x.bin': a file stands where its path needs a folder"
+    ):
         storage.write_bytes(str(tmp_path / "a-file" / "x.bin"), b"1")
-    with pytest.raises(StorageError, match="cannot write to '.*/a-file/out': a file stands where its path needs a folder"):
+    with pytest.raises(
+        StorageError, match="cannot write to '.*/a-file/out': a file stands where its path needs a folder"
+    ):
         storage.check_writable(str(tmp_path / "a-file" / "out"))
     storage.check_writable(str(tmp_path / "out"))
     assert list((tmp_path / "out").iterdir()) == []  # the probe leaves nothing behind

@@ -8,8 +8,15 @@ from instrumentgen import tfrecord
 
 def test_examples_round_trip_through_framed_records():
     buf = io.BytesIO()
-    features = [{"pitch": 60 + i, "note_str": f"n{i}", "audio": np.linspace(-1, 1, 7, dtype=np.float32) * i,
-                 "qualities": [0, 1, 0]} for i in range(3)]
+    features = [
+        {
+            "pitch": 60 + i,
+            "note_str": f"n{i}",
+            "audio": np.linspace(-1, 1, 7, dtype=np.float32) * i,
+            "qualities": [0, 1, 0],
+        }
+        for i in range(3)
+    ]
     for f in features:
         tfrecord.write_record(buf, tfrecord.encode_example(f))
     buf.seek(0)
@@ -23,6 +30,7 @@ def test_examples_round_trip_through_framed_records():
 def test_known_crc_and_corruption_is_detected():
     # TFRecord's masked CRC-32C of b"" and the standard CRC-32C check value "123456789" -> 0xE3069283.
     import crc32c
+
     assert crc32c.crc32c(b"123456789") == 0xE3069283
     buf = io.BytesIO()
     tfrecord.write_record(buf, b"payload")

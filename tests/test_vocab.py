@@ -9,12 +9,15 @@ def test_vocabulary_matches_nsynth_ids():
     assert source_id("synthetic") == 2
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: make_cues([20], [100]), r"pitch=20 is outside the 88 keys; allowed: MIDI 21..108"),
-    (lambda: make_cues([60], [60]), r"velocity=60 is not a velocity layer; allowed: 25, 50, 75, 100, 127"),
-    (lambda: make_cues([60], [100], family="kazoo"), r"family='kazoo' is unknown; allowed: 0=bass, 1=brass"),
-    (lambda: make_cues([60], [100], source=7), r"source=7 is unknown; allowed: 0=acoustic"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: make_cues([20], [100]), r"pitch=20 is outside the 88 keys; allowed: MIDI 21..108"),
+        (lambda: make_cues([60], [60]), r"velocity=60 is not a velocity layer; allowed: 25, 50, 75, 100, 127"),
+        (lambda: make_cues([60], [100], family="kazoo"), r"family='kazoo' is unknown; allowed: 0=bass, 1=brass"),
+        (lambda: make_cues([60], [100], source=7), r"source=7 is unknown; allowed: 0=acoustic"),
+    ],
+)
 def test_bad_cues_name_the_value_and_the_allowed_ones(call, message):
     with pytest.raises(VocabError, match=message):
         call()

@@ -6,6 +6,7 @@
 The copy is textual (comments kept), indented under `serveConfigV2: |`; the rest of the manifest
 is left as written.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -5,6 +5,7 @@
 e_cue is the text embedding of the prompt (or the audio embedding of a reference / the fixed cue
 of a test instrument), e_note the CLAP audio embedding of each generated note.
 """
+
 from __future__ import annotations
 
 import torch

@@ -10,6 +10,7 @@ many dimensions).
 Embedders (`metrics.fad_embedder`): "vggish" (the paper's; `metrics.vggish_weights`) or "clap"
 (CLAP audio embeddings, 512-d).
 """
+
 from __future__ import annotations
 
 import numpy as np

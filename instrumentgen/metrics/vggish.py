@@ -10,6 +10,7 @@ log(mel + 0.01), 0.96 s per example) -> 128-d embeddings. The PCA post-processin
 file), "tiny" (a random-init narrow variant for tests, saved and loaded through the same state
 dict path), or a local path / fsspec URL. Layer widths are read from the state dict's shapes.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,9 +41,14 @@ class VGGish(nn.Module):
             layers += [nn.MaxPool2d(2, 2)] if pool else []
             in_channels = out_channels
         self.features = nn.Sequential(*layers)
-        self.embeddings = nn.Sequential(nn.Linear(c4 * 6 * 4, hidden[0]), nn.ReLU(inplace=True),
-                                        nn.Linear(hidden[0], hidden[1]), nn.ReLU(inplace=True),
-                                        nn.Linear(hidden[1], 128), nn.ReLU(inplace=True))
+        self.embeddings = nn.Sequential(
+            nn.Linear(c4 * 6 * 4, hidden[0]),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden[0], hidden[1]),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden[1], 128),
+            nn.ReLU(inplace=True),
+        )
 
     def forward(self, examples: torch.Tensor) -> torch.Tensor:
         x = self.features(examples)  # [N, C, 6, 4]
@@ -71,15 +77,22 @@ def _widths(state_dict: dict) -> tuple[tuple[int, ...], tuple[int, ...]]:
 
 
 def _tiny_file() -> Path:
-    return weight_files.seeded_file("vggish", "vggish-tiny.pth", TINY_WIDTHS, TINY_SEED,
-                                    lambda path: torch.save(VGGish(*TINY_WIDTHS).state_dict(), path))
+    return weight_files.seeded_file(
+        "vggish",
+        "vggish-tiny.pth",
+        TINY_WIDTHS,
+        TINY_SEED,
+        lambda path: torch.save(VGGish(*TINY_WIDTHS).state_dict(), path),
+    )
 
 
 def load_vggish(weights: str) -> VGGish:
-    """"vggish" (release), "tiny", or a path / URL of a VGGish state dict -> the model in eval mode."""
+    """ "vggish" (release), "tiny", or a path / URL of a VGGish state dict -> the model in eval mode."""
     key = "metrics.vggish_weights"
     if weights == "vggish":
-        path = weight_files.download(RELEASE_URL, weight_files.cache_dir("vggish") / "vggish-10086976.pth", "VGGish", key)
+        path = weight_files.download(
+            RELEASE_URL, weight_files.cache_dir("vggish") / "vggish-10086976.pth", "VGGish", key
+        )
     elif weights == "tiny":
         path = _tiny_file()
     else:
@@ -89,7 +102,9 @@ def load_vggish(weights: str) -> VGGish:
         model = VGGish(*_widths(state_dict))
         model.load_state_dict(state_dict)
     except (RuntimeError, KeyError, EOFError, OSError) as e:
-        raise weight_files.WeightsError(f"{key}={weights!r}: {path} is not a VGGish state dict ({str(e).splitlines()[0]})") from None
+        raise weight_files.WeightsError(
+            f"{key}={weights!r}: {path} is not a VGGish state dict ({str(e).splitlines()[0]})"
+        ) from None
     return model.eval()
 
 

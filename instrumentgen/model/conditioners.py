@@ -8,6 +8,7 @@ per-sample attribute dropout, and for the null condition of classifier-free guid
 nulls *every* token, the CLAP one included (audiocraft leaves the joint embedding un-nulled; we
 do not copy that).
 """
+
 from __future__ import annotations
 
 import torch
@@ -37,13 +38,20 @@ class ClapConditioner(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.rvq = ResidualVectorQuantizer(cfg.clap_dim, cfg.rvq_codebooks, cfg.rvq_bins, cfg.rvq_decay,
-                                           cfg.rvq_kmeans_iters, cfg.rvq_dead_code_threshold)
+        self.rvq = ResidualVectorQuantizer(
+            cfg.clap_dim,
+            cfg.rvq_codebooks,
+            cfg.rvq_bins,
+            cfg.rvq_decay,
+            cfg.rvq_kmeans_iters,
+            cfg.rvq_dead_code_threshold,
+        )
         self.proj = nn.Linear(cfg.clap_dim, cfg.dim)
         self.null = nn.Parameter(torch.zeros(cfg.dim))
 
-    def forward(self, clap_embedding: torch.Tensor | None, null: torch.Tensor,
-                batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, clap_embedding: torch.Tensor | None, null: torch.Tensor, batch: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         if clap_embedding is None:
             return self.null.expand(batch, -1), self.null.new_zeros(()), None
         quantized, codes, loss = self.rvq(clap_embedding.to(self.proj.weight.dtype))
@@ -60,13 +68,25 @@ def _velocity_table() -> torch.Tensor:
 def check_cues(cues: Cues) -> None:
     """Raise `VocabError` naming the first value outside the vocabulary and the allowed values."""
     checks = (
-        ("family", cues.family, (cues.family < NOT_GIVEN) | (cues.family >= len(FAMILIES)),
-         f"-1 (not given) or 0..{len(FAMILIES) - 1} ({', '.join(FAMILIES)})"),
-        ("source", cues.source, (cues.source < NOT_GIVEN) | (cues.source >= len(SOURCES)),
-         f"-1 (not given) or 0..{len(SOURCES) - 1} ({', '.join(SOURCES)})"),
+        (
+            "family",
+            cues.family,
+            (cues.family < NOT_GIVEN) | (cues.family >= len(FAMILIES)),
+            f"-1 (not given) or 0..{len(FAMILIES) - 1} ({', '.join(FAMILIES)})",
+        ),
+        (
+            "source",
+            cues.source,
+            (cues.source < NOT_GIVEN) | (cues.source >= len(SOURCES)),
+            f"-1 (not given) or 0..{len(SOURCES) - 1} ({', '.join(SOURCES)})",
+        ),
         ("pitch", cues.pitch, (cues.pitch < PITCH_MIN) | (cues.pitch > PITCH_MAX), f"MIDI {PITCH_MIN}..{PITCH_MAX}"),
-        ("velocity", cues.velocity, ~torch.isin(cues.velocity, torch.tensor(VELOCITIES, device=cues.velocity.device)),
-         ", ".join(map(str, VELOCITIES))),
+        (
+            "velocity",
+            cues.velocity,
+            ~torch.isin(cues.velocity, torch.tensor(VELOCITIES, device=cues.velocity.device)),
+            ", ".join(map(str, VELOCITIES)),
+        ),
     )
     if not torch.stack([bad.any() for _, _, bad, _ in checks]).any():  # one device sync when all is well
         return
@@ -100,11 +120,17 @@ class Conditioners(nn.Module):
         batch, device = len(cues), cues.pitch.device
         drop_family = torch.rand(batch, device=device) < self.cfg.family_dropout
         drop_source = torch.rand(batch, device=device) < self.cfg.source_dropout
-        return Cues(cues.family.masked_fill(drop_family, NOT_GIVEN), cues.source.masked_fill(drop_source, NOT_GIVEN),
-                    cues.pitch, cues.velocity, cues.clap_embedding)
+        return Cues(
+            cues.family.masked_fill(drop_family, NOT_GIVEN),
+            cues.source.masked_fill(drop_source, NOT_GIVEN),
+            cues.pitch,
+            cues.velocity,
+            cues.clap_embedding,
+        )
 
-    def forward(self, cues: Cues,
-                null: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, cues: Cues, null: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """cues (B notes), null [B] bool (True: the null condition of CFG) -> (tokens [B, C, D],
         RVQ commitment loss, RVQ codes [B, Q] of the CLAP embeddings or None)."""
         check_cues(cues)

@@ -12,6 +12,7 @@ Generation decodes T steps with a KV cache, classifier-free guidance in one forw
 doubled batch (conditional rows first, null-condition rows second) and top-k sampling from
 counter-based random numbers (`sampling.py`), so a note's tokens depend only on its own seed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,8 +54,9 @@ class LMOutput:
     clap_codes: torch.Tensor | None = None  # [B, Q] long: the CLAP embeddings' RVQ codes (None without CLAP)
 
 
-def sinusoidal_positions(first_step: int, steps: int, dim: int,
-                         device: torch.device | str | None = None) -> torch.Tensor:
+def sinusoidal_positions(
+    first_step: int, steps: int, dim: int, device: torch.device | str | None = None
+) -> torch.Tensor:
     """[T, D] sine/cosine embedding of positions first_step.. (as MusicGen): no table to outgrow."""
     half = dim // 2
     frequencies = torch.exp(-math.log(10_000.0) * torch.arange(half, device=device) / half)
@@ -110,8 +112,10 @@ class InstrumentLM(nn.Module):
     def _check_codes(self, codes: torch.Tensor) -> None:
         n_q, num_frames = codes.shape[1:]
         if n_q != self.cfg.n_q or num_frames > self.cfg.max_frames:
-            raise LMError(f"codes of shape {tuple(codes.shape)}: allowed [B, {self.cfg.n_q}, N <= model.max_frames="
-                          f"{self.cfg.max_frames}]")
+            raise LMError(
+                f"codes of shape {tuple(codes.shape)}: allowed [B, {self.cfg.n_q}, N <= model.max_frames="
+                f"{self.cfg.max_frames}]"
+            )
 
     def forward(self, codes: torch.Tensor, cues: Cues) -> LMOutput:
         """codes [B, K, N] long (0..card-1), cues for B notes -> LMOutput.
@@ -135,9 +139,17 @@ class InstrumentLM(nn.Module):
         return LMOutput(ce_per_codebook.mean(), ce_per_codebook, rvq_loss.detach(), logits, clap_codes)
 
     @torch.inference_mode()
-    def generate(self, cues: Cues, num_frames: int, cfg_coef: float = 3.0, top_k: int = 250,
-                 temperature: float = 1.0, seeds: int | torch.Tensor = 0, use_cache: bool = True,
-                 cfg_batched: bool = True) -> torch.Tensor:
+    def generate(
+        self,
+        cues: Cues,
+        num_frames: int,
+        cfg_coef: float = 3.0,
+        top_k: int = 250,
+        temperature: float = 1.0,
+        seeds: int | torch.Tensor = 0,
+        use_cache: bool = True,
+        cfg_batched: bool = True,
+    ) -> torch.Tensor:
         """cues for B notes -> codes [B, K, num_frames] long.
 
         cfg_coef: 1 is the conditional model alone (no null pass); otherwise the conditional and
@@ -147,8 +159,9 @@ class InstrumentLM(nn.Module):
         benchmarks).
         """
         if not 1 <= num_frames <= self.cfg.max_frames:
-            raise LMError(f"num_frames={num_frames} is not allowed; "
-                          f"allowed: 1..{self.cfg.max_frames} (model.max_frames)")
+            raise LMError(
+                f"num_frames={num_frames} is not allowed; allowed: 1..{self.cfg.max_frames} (model.max_frames)"
+            )
         batch, n_q = len(cues), self.cfg.n_q
         steps = patterns.interleaved_length(num_frames, n_q)
         device = next(self.parameters()).device
@@ -172,7 +185,7 @@ class InstrumentLM(nn.Module):
                     tokens = sequence[:, :, : step + 1].repeat(rows, 1, 1)
                     hidden = self.transformer(self._embed(tokens, 0), cond)[:, -1:]
                 else:
-                    tokens = sequence[:, :, step: step + 1].repeat(rows, 1, 1)
+                    tokens = sequence[:, :, step : step + 1].repeat(rows, 1, 1)
                     hidden = self.transformer(self._embed(tokens, step), cond, cache)
                 logits.append(self._logits(hidden)[:, :, 0].float())  # [rows * B, K, card]
             logits = torch.cat(logits)
@@ -214,11 +227,20 @@ class InstrumentLM(nn.Module):
         """Write the consolidated inference checkpoint (config + weights) to a path or fsspec URL, atomically."""
         if dtype not in DTYPES:
             raise LMError(f"dtype={dtype!r} is not allowed; allowed: {', '.join(DTYPES)}")
-        state = {name: tensor.detach().to("cpu", DTYPES[dtype] if tensor.is_floating_point() else tensor.dtype)
-                 for name, tensor in self.state_dict().items()}
+        state = {
+            name: tensor.detach().to("cpu", DTYPES[dtype] if tensor.is_floating_point() else tensor.dtype)
+            for name, tensor in self.state_dict().items()
+        }
         buffer = io.BytesIO()
-        torch.save({"format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(self.cfg), "state_dict": state,
-                    "model_id": self.model_id}, buffer)
+        torch.save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "config": dataclasses.asdict(self.cfg),
+                "state_dict": state,
+                "model_id": self.model_id,
+            },
+            buffer,
+        )
         storage.write_bytes(url, buffer.getvalue())
         return url
 
@@ -226,15 +248,19 @@ class InstrumentLM(nn.Module):
     def load(cls, url: str, device: str = "cpu") -> "InstrumentLM":
         """The model saved by `save` at `url` (any ZeRO stage or worker count), in eval mode, fp32."""
         if not storage.exists(url):
-            raise LMError(f"checkpoint={url!r} does not exist; give the path or URL of a file written by "
-                          "InstrumentLM.save (jobs.train exports one as <run>/model.pt)")
+            raise LMError(
+                f"checkpoint={url!r} does not exist; give the path or URL of a file written by "
+                "InstrumentLM.save (jobs.train exports one as <run>/model.pt)"
+            )
         try:
             checkpoint = torch.load(io.BytesIO(storage.read_bytes(url)), map_location="cpu", weights_only=True)
             cfg = ModelConfig(**checkpoint["config"])
         except Exception as e:  # a foreign or truncated file: say which and why, not torch's pickle essay
             reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else 'unreadable'}"
-            raise LMError(f"checkpoint={url!r} is not an InstrumentLM checkpoint ({reason}); give a file written "
-                          "by InstrumentLM.save (jobs.train exports <run>/model.pt)") from None
+            raise LMError(
+                f"checkpoint={url!r} is not an InstrumentLM checkpoint ({reason}); give a file written "
+                "by InstrumentLM.save (jobs.train exports <run>/model.pt)"
+            ) from None
         model = cls(cfg)
         state = checkpoint["state_dict"]
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})

@@ -10,6 +10,7 @@ leaves empty hold the special token `card` (one past the last real code):
     b0 b1 b2         ->        S b0 b1 b2  S
     c0 c1 c2                   S  S c0 c1 c2
 """
+
 from __future__ import annotations
 
 import torch
@@ -32,7 +33,7 @@ def interleave(codes: torch.Tensor, special: int) -> torch.Tensor:
     batch, n_q, num_frames = codes.shape
     out = codes.new_full((batch, n_q, interleaved_length(num_frames, n_q)), special)
     for k in range(n_q):
-        out[:, k, k:k + num_frames] = codes[:, k]
+        out[:, k, k : k + num_frames] = codes[:, k]
     return out
 
 
@@ -42,4 +43,4 @@ def deinterleave(sequence: torch.Tensor) -> torch.Tensor:
     num_frames = steps - n_q + 1
     if num_frames < 1:
         raise ValueError(f"sequence of {steps} steps is too short for {n_q} codebooks; need at least {n_q}")
-    return torch.stack([sequence[:, k, k:k + num_frames] for k in range(n_q)], dim=1)
+    return torch.stack([sequence[:, k, k : k + num_frames] for k in range(n_q)], dim=1)

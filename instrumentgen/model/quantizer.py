@@ -26,6 +26,7 @@ the commitment loss ||x - sg(quantized)||^2 (audiocraft's weight 1, mean over co
 gradient here (the input is frozen) and audiocraft's CLAP conditioner drops it from the LM loss:
 it is reported as the quantization error.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -98,14 +99,15 @@ def _gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, slice]:
 class ResidualVectorQuantizer(nn.Module):
     """x [B, E] -> (quantized [B, E], codes [B, Q] long, commitment loss scalar); see the module docstring."""
 
-    def __init__(self, dim: int, num_codebooks: int, bins: int, decay: float, kmeans_iters: int,
-                 dead_code_threshold: float):
+    def __init__(
+        self, dim: int, num_codebooks: int, bins: int, decay: float, kmeans_iters: int, dead_code_threshold: float
+    ):
         super().__init__()
         self.bins, self.decay, self.kmeans_iters = bins, decay, kmeans_iters
         self.dead_code_threshold = dead_code_threshold
         # Until k-means replaces them (first training batch), entries of norm ~1 like CLAP's unit
         # embeddings, so that an untrained model still tells embeddings apart.
-        self.register_buffer("codebooks", torch.randn(num_codebooks, bins, dim) / dim ** 0.5)
+        self.register_buffer("codebooks", torch.randn(num_codebooks, bins, dim) / dim**0.5)
         self.register_buffer("cluster_sizes", torch.zeros(num_codebooks, bins))
         self.register_buffer("embedding_sums", torch.zeros(num_codebooks, bins, dim))
         self.register_buffer("initialized", torch.zeros(num_codebooks, dtype=torch.bool))
@@ -179,8 +181,9 @@ class ResidualVectorQuantizer(nn.Module):
         if self.dead_code_threshold > 0 and dead.any():  # identical buffers: every worker takes this branch
             seeds = samples[self._randint(q, len(samples), samples.device)]
             self.codebooks[q] = torch.where(dead[:, None], seeds, self.codebooks[q])
-            self.embedding_sums[q] = torch.where(dead[:, None], seeds * self.dead_code_threshold,
-                                                 self.embedding_sums[q])
+            self.embedding_sums[q] = torch.where(
+                dead[:, None], seeds * self.dead_code_threshold, self.embedding_sums[q]
+            )
             self.cluster_sizes[q] = torch.where(dead, self.dead_code_threshold, self.cluster_sizes[q])
 
     @torch.no_grad()

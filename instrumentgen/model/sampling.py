@@ -5,6 +5,7 @@ and on the device. Here each note has its own integer seed and the uniform for (
 is a hash of (seed, step, codebook): the same note samples the same tokens in any batch, on any
 replica, CPU or GPU, with or without the KV cache. Pure functions of tensors.
 """
+
 from __future__ import annotations
 
 import torch

@@ -4,6 +4,7 @@ Generation feeds one step at a time through a `KVCache`: self-attention keys/val
 steps are kept in preallocated tensors (written in place, never concatenated), and the
 cross-attention keys/values of the condition tokens are computed once at the first step.
 """
+
 from __future__ import annotations
 
 import torch
@@ -52,8 +53,14 @@ class Attention(nn.Module):
         keys, values = self.key_value(source).chunk(2, dim=-1)
         return self._heads(keys), self._heads(values)
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor | None = None, cache: LayerCache | None = None,
-                max_steps: int = 0, position: int = 0) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        memory: torch.Tensor | None = None,
+        cache: LayerCache | None = None,
+        max_steps: int = 0,
+        position: int = 0,
+    ) -> torch.Tensor:
         """x [B, T, D]; memory [B, C, D] for cross-attention -> [B, T, D].
 
         With `cache`, x is the single step at `position` (T = 1): self-attention appends its keys
@@ -81,7 +88,8 @@ class Attention(nn.Module):
             cache.values[:, :, position] = values[:, :, 0]
             # A single query may see every cached step: no mask needed.
             attended = F.scaled_dot_product_attention(
-                query, cache.keys[:, :, : position + 1], cache.values[:, :, : position + 1])
+                query, cache.keys[:, :, : position + 1], cache.values[:, :, : position + 1]
+            )
         batch, _, steps, _ = attended.shape
         return self.out(attended.transpose(1, 2).reshape(batch, steps, -1))
 
@@ -96,12 +104,19 @@ class DecoderBlock(nn.Module):
         self.norm_cross = nn.LayerNorm(cfg.dim)
         self.cross_attention = Attention(cfg, cross=True)
         self.norm_ffn = nn.LayerNorm(cfg.dim)
-        self.ffn = nn.Sequential(nn.Linear(cfg.dim, cfg.ffn_mult * cfg.dim), nn.GELU(),
-                                 nn.Linear(cfg.ffn_mult * cfg.dim, cfg.dim))
+        self.ffn = nn.Sequential(
+            nn.Linear(cfg.dim, cfg.ffn_mult * cfg.dim), nn.GELU(), nn.Linear(cfg.ffn_mult * cfg.dim, cfg.dim)
+        )
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, condition: torch.Tensor, cache: LayerCache | None = None,
-                max_steps: int = 0, position: int = 0) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        condition: torch.Tensor,
+        cache: LayerCache | None = None,
+        max_steps: int = 0,
+        position: int = 0,
+    ) -> torch.Tensor:
         attended = self.self_attention(self.norm_self(x), cache=cache, max_steps=max_steps, position=position)
         x = x + self.dropout(attended)
         x = x + self.dropout(self.cross_attention(self.norm_cross(x), memory=condition, cache=cache))
@@ -126,8 +141,10 @@ class Transformer(nn.Module):
                 x = block(x, condition)
             return self.norm(x)
         if x.shape[1] != 1 or cache.length >= cache.max_steps:
-            raise ValueError(f"cached decoding takes one step at a time within {cache.max_steps} steps; "
-                             f"got {x.shape[1]} steps at position {cache.length}")
+            raise ValueError(
+                f"cached decoding takes one step at a time within {cache.max_steps} steps; "
+                f"got {x.shape[1]} steps at position {cache.length}"
+            )
         for block, layer_cache in zip(self.blocks, cache.layers):
             x = block(x, condition, layer_cache, cache.max_steps, cache.length)
         cache.length += 1

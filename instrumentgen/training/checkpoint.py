@@ -10,6 +10,7 @@ The folder is a local directory; uploading it (and finding the one to resume fro
 Ray Train adapter's job (`worker.py`). Once every rank has uploaded, rank 0 commits it as the
 run's latest (`run_storage.commit_latest`).
 """
+
 from __future__ import annotations
 
 import csv
@@ -67,8 +68,9 @@ def metrics_csv(history: list[dict]) -> bytes:
 def read_metrics(url: str) -> list[dict]:
     """A `metrics.csv` (a run's or a checkpoint's) -> its rows: floats, step and epoch as ints, empty cells left out."""
     rows = csv.DictReader(storage.read_bytes(url).decode().splitlines())
-    return [{k: int(float(v)) if k in ("step", "epoch") else float(v) for k, v in row.items() if v != ""}
-            for row in rows]
+    return [
+        {k: int(float(v)) if k in ("step", "epoch") else float(v) for k, v in row.items() if v != ""} for row in rows
+    ]
 
 
 def checkpoint_name(step: int) -> str:

@@ -9,6 +9,7 @@ Both are an `Engine` (the methods the loop uses). They are told their rank and d
 knows about Ray. The CLAP quantizer's EMA buffers are kept identical across workers by the
 quantizer itself (`model/quantizer.py`), under both.
 """
+
 from __future__ import annotations
 
 import os
@@ -71,11 +72,15 @@ def optimizer_and_schedule(model: nn.Module, cfg: TrainConfig):
     decayed = decayed_parameter_names(model)
     decay = [p for name, p in model.named_parameters() if name in decayed]
     no_decay = [p for name, p in model.named_parameters() if name not in decayed]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=cfg.lr, betas=tuple(cfg.betas), fused=True)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=tuple(cfg.betas),
+        fused=True,
+    )
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, partial(warmup_cosine, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps))
+        optimizer, partial(warmup_cosine, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps)
+    )
     return optimizer, schedule
 
 
@@ -106,8 +111,9 @@ class DeepSpeedEngine:
         import deepspeed
 
         optimizer, schedule = optimizer_and_schedule(model, cfg)
-        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
-                                                    config=deepspeed_config(cfg, micro_batch))
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=schedule, config=deepspeed_config(cfg, micro_batch)
+        )
         self.module: InstrumentLM = self.engine.module
         self.zero_stage = cfg.zero_stage
 
@@ -210,9 +216,15 @@ class DDPEngine:
 
     def save(self, folder: str) -> None:
         if self.rank == 0:  # replicas are identical: one copy
-            torch.save({"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
-                        "schedule": self.schedule.state_dict(), "micro_steps": self.micro_steps},
-                       os.path.join(folder, DDP_STATE))
+            torch.save(
+                {
+                    "model": self.module.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "schedule": self.schedule.state_dict(),
+                    "micro_steps": self.micro_steps,
+                },
+                os.path.join(folder, DDP_STATE),
+            )
 
     def load(self, folder: str) -> None:
         state = torch.load(os.path.join(folder, DDP_STATE), map_location=self.device, weights_only=True)
@@ -225,8 +237,9 @@ class DDPEngine:
         return {k: v.detach().float().cpu().clone() for k, v in self.module.state_dict().items()}
 
 
-def make_engine(model: InstrumentLM, cfg: TrainConfig, micro_batch: int, rank: int, world_size: int,
-                device: torch.device) -> Engine:
+def make_engine(
+    model: InstrumentLM, cfg: TrainConfig, micro_batch: int, rank: int, world_size: int, device: torch.device
+) -> Engine:
     """The engine of `train.strategy` for this worker (`rank` of `world_size`, on `device`)."""
     if cfg.strategy == "deepspeed":
         return DeepSpeedEngine(model, cfg, micro_batch)

@@ -15,6 +15,7 @@ random state.
 `train` is plain PyTorch: it gets its rank, device, data shards (anything with Ray Data's
 `iter_batches`) and a `Session` to report to; `worker.py` is the Ray Train adapter.
 """
+
 from __future__ import annotations
 
 import random
@@ -43,9 +44,15 @@ from instrumentgen.training.engines import Engine, make_engine
 class Shard(Protocol):
     """A worker's part of a data set (a Ray Data `DataIterator` is one)."""
 
-    def iter_batches(self, *, batch_size: int, batch_format: str, drop_last: bool = False,
-                     local_shuffle_buffer_size: int | None = None, local_shuffle_seed: int | None = None
-                     ) -> Iterator[dict[str, np.ndarray]]: ...
+    def iter_batches(
+        self,
+        *,
+        batch_size: int,
+        batch_format: str,
+        drop_last: bool = False,
+        local_shuffle_buffer_size: int | None = None,
+        local_shuffle_seed: int | None = None,
+    ) -> Iterator[dict[str, np.ndarray]]: ...
 
 
 class Session(Protocol):
@@ -62,8 +69,10 @@ def micro_batch_rows(batch_size: int, world_size: int, grad_accum: int) -> int:
     """Rows per worker and micro-step that make the global batch `batch_size`."""
     rows, rest = divmod(batch_size, world_size * grad_accum)
     if rows == 0 or rest:
-        raise ConfigError(f"train.batch_size={batch_size} does not split into {world_size} workers x "
-                          f"{grad_accum} accumulation steps; allowed: a multiple of {world_size * grad_accum}")
+        raise ConfigError(
+            f"train.batch_size={batch_size} does not split into {world_size} workers x "
+            f"{grad_accum} accumulation steps; allowed: a multiple of {world_size * grad_accum}"
+        )
     return rows
 
 
@@ -74,9 +83,13 @@ def micro_batches(shard, rows: int, shuffle_buffer: int, seed: int, position: Po
     same batches as an uninterrupted one; the micro-batches already done in the epoch are skipped.
     """
     while True:
-        batches = shard.iter_batches(batch_size=rows, batch_format="numpy", drop_last=True,
-                                     local_shuffle_buffer_size=shuffle_buffer or None,
-                                     local_shuffle_seed=seed * 100_003 + position.epoch if shuffle_buffer else None)
+        batches = shard.iter_batches(
+            batch_size=rows,
+            batch_format="numpy",
+            drop_last=True,
+            local_shuffle_buffer_size=shuffle_buffer or None,
+            local_shuffle_seed=seed * 100_003 + position.epoch if shuffle_buffer else None,
+        )
         count = 0
         for index, batch in enumerate(batches):
             count += 1
@@ -85,8 +98,10 @@ def micro_batches(shard, rows: int, shuffle_buffer: int, seed: int, position: Po
             position.batch_in_epoch = index + 1
             yield collate(batch)
         if count == 0:
-            raise ConfigError(f"a worker's shard has fewer than {rows} rows (train.batch_size / workers); "
-                              "allowed: more notes in data.shards or a smaller train.batch_size")
+            raise ConfigError(
+                f"a worker's shard has fewer than {rows} rows (train.batch_size / workers); "
+                "allowed: more notes in data.shards or a smaller train.batch_size"
+            )
         position.epoch += 1
         position.batch_in_epoch = 0
 
@@ -100,8 +115,13 @@ def _to_engine(codes: torch.Tensor, cues: Cues, device: torch.device, dtype: tor
 
 def without_metadata(cues: Cues) -> Cues:
     """The cues with family and source not given: how the CLAP model is used (a prompt gives neither)."""
-    return Cues(torch.full_like(cues.family, NOT_GIVEN), torch.full_like(cues.source, NOT_GIVEN), cues.pitch,
-                cues.velocity, cues.clap_embedding)
+    return Cues(
+        torch.full_like(cues.family, NOT_GIVEN),
+        torch.full_like(cues.source, NOT_GIVEN),
+        cues.pitch,
+        cues.velocity,
+        cues.clap_embedding,
+    )
 
 
 @torch.no_grad()
@@ -117,8 +137,12 @@ def validation_loss(engine: Engine, shard: Shard, rows: int) -> dict[str, float]
         out = engine.forward(codes, without_metadata(cues) if clap_model else cues)
         with_metadata = engine.forward(codes, cues).loss.item() if clap_model else out.loss.item()
         n = len(codes)
-        totals += torch.cat([torch.tensor([n, out.loss.item() * n, with_metadata * n], dtype=torch.float64),
-                             out.ce_per_codebook.detach().double().cpu() * n])
+        totals += torch.cat(
+            [
+                torch.tensor([n, out.loss.item() * n, with_metadata * n], dtype=torch.float64),
+                out.ce_per_codebook.detach().double().cpu() * n,
+            ]
+        )
     engine.module.train()
     if dist.is_initialized():
         dist.all_reduce(totals)
@@ -145,8 +169,12 @@ def window_code_usage(counts: torch.Tensor) -> dict[str, float]:
         dist.all_reduce(counts)
     usage = code_usage_from_counts(counts)
     live = usage.live.float()
-    return {"rvq_perplexity_mean": usage.perplexity.mean().item(), "rvq_perplexity_min": usage.perplexity.min().item(),
-            "rvq_live_mean": live.mean().item(), "rvq_live_min": live.min().item()}
+    return {
+        "rvq_perplexity_mean": usage.perplexity.mean().item(),
+        "rvq_perplexity_min": usage.perplexity.min().item(),
+        "rvq_live_mean": live.mean().item(),
+        "rvq_live_min": live.min().item(),
+    }
 
 
 def seed_everything(seed: int) -> None:
@@ -156,8 +184,16 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def train(cfg: Config, rank: int, world_size: int, device: torch.device, train_shard: Shard,
-          valid_shard: Shard | None, session: Session, fault: Fault | None = None) -> None:
+def train(
+    cfg: Config,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+    train_shard: Shard,
+    valid_shard: Shard | None,
+    session: Session,
+    fault: Fault | None = None,
+) -> None:
     """Train (or continue) the run of `cfg` as worker `rank` of `world_size` (a torch.distributed
     group of that size is initialised when world_size > 1). `fault`: a test's injected failure,
     at point "train.step" after each optimizer step."""
@@ -173,8 +209,9 @@ def train(cfg: Config, rank: int, world_size: int, device: torch.device, train_s
         if folder is not None:
             position, history = checkpointer.read(engine, folder)
     if rank == 0 and position.step:
-        sys.stdout.write(f"resumed at step {position.step} (epoch {position.epoch}, "
-                         f"micro-batch {position.batch_in_epoch})\n")
+        sys.stdout.write(
+            f"resumed at step {position.step} (epoch {position.epoch}, micro-batch {position.batch_in_epoch})\n"
+        )
     engine.module.train()
 
     batches = micro_batches(train_shard, rows, train_cfg.shuffle_buffer, cfg.seed, position)
@@ -205,19 +242,27 @@ def train(cfg: Config, rank: int, world_size: int, device: torch.device, train_s
         if not (checkpoint_now or position.step % train_cfg.log_every == 0):
             continue
         elapsed = time.perf_counter() - window_start
-        metrics = {"step": position.step, "epoch": position.epoch, "lr": engine.lr,
-                   "tokens_per_s": tokens / elapsed, "steps_per_s": len(window["grad_norm"]) / elapsed,
-                   **window_means(window), **(window_code_usage(counts) if counts is not None else {})}
+        metrics = {
+            "step": position.step,
+            "epoch": position.epoch,
+            "lr": engine.lr,
+            "tokens_per_s": tokens / elapsed,
+            "steps_per_s": len(window["grad_norm"]) / elapsed,
+            **window_means(window),
+            **(window_code_usage(counts) if counts is not None else {}),
+        }
         if valid_shard is not None and (position.step % train_cfg.eval_every == 0 or last):
             metrics.update(validation_loss(engine, valid_shard, rows))
         history.append(metrics)
         if rank == 0:
             storage.write_bytes(metrics_url, metrics_csv(history))
             # stdout itself: Ray Train's patched print would log each line twice.
-            sys.stdout.write(f"step {position.step}/{train_cfg.max_steps} epoch {position.epoch} "
-                             f"loss {metrics['loss']:.4f}"
-                             + (f" valid {metrics['valid_loss']:.4f}" if "valid_loss" in metrics else "")
-                             + f" lr {metrics['lr']:.2e} {metrics['tokens_per_s']:.0f} tok/s\n")
+            sys.stdout.write(
+                f"step {position.step}/{train_cfg.max_steps} epoch {position.epoch} "
+                f"loss {metrics['loss']:.4f}"
+                + (f" valid {metrics['valid_loss']:.4f}" if "valid_loss" in metrics else "")
+                + f" lr {metrics['lr']:.2e} {metrics['tokens_per_s']:.0f} tok/s\n"
+            )
             sys.stdout.flush()
         if checkpoint_now:
             with tempfile.TemporaryDirectory() as folder:

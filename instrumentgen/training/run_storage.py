@@ -5,6 +5,7 @@ is alive; after a crash of the whole job the index can be missing although check
 uploaded. So rank 0 also commits `latest_checkpoint.json` once every rank has uploaded its part
 of a checkpoint, and a re-submitted run falls back to it.
 """
+
 from __future__ import annotations
 
 import os

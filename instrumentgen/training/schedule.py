@@ -1,4 +1,5 @@
 """The learning-rate schedule of the paper: linear warm-up, then cosine annealing to zero."""
+
 from __future__ import annotations
 
 import math

@@ -5,6 +5,7 @@ It asks Ray Train for this worker's rank, device and data shards, resumes from t
 Ray Train hands back (or the run's committed one, `run_storage`), and reports metrics and
 checkpoint folders to it; everything else is `loop.train`.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -36,8 +37,11 @@ class RayTrainSession:
         if checkpoint_folder is None:
             ray.train.report(metrics)
         else:
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_folder),
-                             checkpoint_dir_name=checkpoint_name)
+            ray.train.report(
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(checkpoint_folder),
+                checkpoint_dir_name=checkpoint_name,
+            )
 
     @contextmanager
     def restored_checkpoint(self) -> Iterator[str | None]:
@@ -59,5 +63,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
     context = ray.train.get_context()
     valid = ray.train.get_dataset_shard("valid") if "valid" in loop_config["datasets"] else None
     session = RayTrainSession(storage.join(cfg.train.storage_path, cfg.train.run_name))
-    train(cfg, context.get_world_rank(), context.get_world_size(), ray.train.torch.get_device(),
-          ray.train.get_dataset_shard("train"), valid, session, fault)
+    train(
+        cfg,
+        context.get_world_rank(),
+        context.get_world_size(),
+        ray.train.torch.get_device(),
+        ray.train.get_dataset_shard("train"),
+        valid,
+        session,
+        fault,
+    )

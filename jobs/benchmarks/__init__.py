@@ -1,4 +1,5 @@
 """Benchmark areas of `python -m jobs.benchmark`: each module exposes `run(quick) -> list[dict]` (and may `plot`)."""
+
 from __future__ import annotations
 
 import contextlib

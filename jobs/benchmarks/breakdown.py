@@ -8,6 +8,7 @@ demo and a local Serve make, the tiny config's random-init models, 88 keys x 5 v
 0.5 s notes; `--quick`: 22 keys x 1 velocity. Rows give each stage against the whole instrument; `plot` draws the
 stacked bar `docs/figures/instrument_time_breakdown.png`.
 """
+
 from __future__ import annotations
 
 import os
@@ -55,16 +56,22 @@ def stage_seconds(quick: bool) -> tuple[dict[str, float], str]:
     codec.decode(lm.generate(cues[:1], 4))  # warm-up (allocator, thread pool) outside the clock
     codes = _timed(stages, "LM generation", lambda: generate_codes(lm, cues, num_frames, cfg.generate))
     num_samples = round(duration_s * codec.sample_rate_hz)
-    audio = _timed(stages, "codec decode", lambda: torch.cat([
-        codec.decode(codes[i: i + batch])[:, 0, :num_samples].cpu() for i in range(0, len(codes), batch)]))
+    audio = _timed(
+        stages,
+        "codec decode",
+        lambda: torch.cat(
+            [codec.decode(codes[i : i + batch])[:, 0, :num_samples].cpu() for i in range(0, len(codes), batch)]
+        ),
+    )
 
     def score():
         tc(audio, codec.sample_rate_hz, scales_from_config(cfg.metrics), cfg.metrics.tc_power)
         pitch_report(audio, codec.sample_rate_hz, [p for p, _ in slots], cfg.metrics.pitch_estimator)
 
     _timed(stages, "scoring (TC + MAD_pitch)", score)
-    instrument = Instrument(audio, [p for p, _ in slots], [v for _, v in slots], codec.sample_rate_hz,
-                            {"prompt": PROMPT})
+    instrument = Instrument(
+        audio, [p for p, _ in slots], [v for _, v in slots], codec.sample_rate_hz, {"prompt": PROMPT}
+    )
     with tempfile.TemporaryDirectory() as folder:
         _timed(stages, "writing (WAV, SFZ, preset)", lambda: instrument.write(os.path.join(folder, "instrument")))
     return stages, f"{len(slots)} notes x {duration_s:g} s, tiny models, batch {batch}"
@@ -75,23 +82,38 @@ def run(quick: bool) -> list[dict]:
     with private_weights_cache():
         stages, what = stage_seconds(quick)
     total_s = sum(stages.values())
-    return [{"benchmark": f"{stage}: one instrument ({what})", "baseline": "whole instrument", "ours": stage,
-             "baseline_s": total_s, "ours_s": seconds, "ratio": total_s / seconds, "goal": None,
-             "note": f"{seconds / total_s:.0%} of the instrument's {total_s:.2f} s"}
-            for stage, seconds in stages.items()]
+    return [
+        {
+            "benchmark": f"{stage}: one instrument ({what})",
+            "baseline": "whole instrument",
+            "ours": stage,
+            "baseline_s": total_s,
+            "ours_s": seconds,
+            "ratio": total_s / seconds,
+            "goal": None,
+            "note": f"{seconds / total_s:.0%} of the instrument's {total_s:.2f} s",
+        }
+        for stage, seconds in stages.items()
+    ]
 
 
 def plot(rows: list[dict], out_dir: str) -> None:
     """`instrument_time_breakdown.png`: one stacked bar, a segment per stage, labelled with its share."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3))
     left = 0.0
     for row, colour in zip(rows, plt.cm.tab10.colors):
-        ax.barh([0], [row["ours_s"]], left=left, color=colour,
-                label=f"{row['ours']}: {row['ours_s']:.2f} s ({row['ours_s'] / row['baseline_s']:.0%})")
+        ax.barh(
+            [0],
+            [row["ours_s"]],
+            left=left,
+            color=colour,
+            label=f"{row['ours']}: {row['ours_s']:.2f} s ({row['ours_s'] / row['baseline_s']:.0%})",
+        )
         left += row["ours_s"]
     what = rows[0]["benchmark"].split(": ", 1)[1]
     ax.set(yticks=[], xlabel="seconds on this machine", title=f"Time by stage of {what}")

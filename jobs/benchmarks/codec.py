@@ -12,6 +12,7 @@ architecture upstream's 1 s chunks are ~1.3-1.8x faster than whole 4 s notes in 
 CLAP's audio embedding has no row: on a 2-core CPU a batch of notes through HTSAT costs the
 same as the notes one by one (measured), so there is no claim to back.
 """
+
 from __future__ import annotations
 
 import time
@@ -27,10 +28,20 @@ CODEC_HZ = 44100
 
 def _notes(count: int, sample_rate_hz: int, duration_s: float) -> torch.Tensor:
     """[count, L] harmonic notes of varied pitch, velocity and timbre."""
-    return torch.from_numpy(np.stack([
-        synth_note(36 + (5 * i) % 60, 40 + (17 * i) % 87, timbre_for(i), sample_rate_hz=sample_rate_hz,
-                   duration_s=duration_s)
-        for i in range(count)]))
+    return torch.from_numpy(
+        np.stack(
+            [
+                synth_note(
+                    36 + (5 * i) % 60,
+                    40 + (17 * i) % 87,
+                    timbre_for(i),
+                    sample_rate_hz=sample_rate_hz,
+                    duration_s=duration_s,
+                )
+                for i in range(count)
+            ]
+        )
+    )
 
 
 def _timed(fn, audio) -> float:
@@ -60,14 +71,19 @@ def _dac_row(quick: bool) -> dict:
 
     def ours(notes):
         for start in range(0, len(notes), batch):
-            codec.encode(notes[start:start + batch])
+            codec.encode(notes[start : start + batch])
 
     baseline_s, ours_s = _timed(upstream, audio), _timed(ours, audio)
-    return {"benchmark": f"DAC encode {count} notes x {duration_s:g} s ({model_name})",
-            "baseline": "DAC.compress per note (upstream API)", "ours": f"Codec.encode, batches of {batch}",
-            "baseline_s": baseline_s, "ours_s": ours_s, "ratio": baseline_s / ours_s,
-            "goal": "none: not a speed claim",
-            "note": f"{count / ours_s:.2f} vs {count / baseline_s:.2f} notes/s; compress also normalises loudness"}
+    return {
+        "benchmark": f"DAC encode {count} notes x {duration_s:g} s ({model_name})",
+        "baseline": "DAC.compress per note (upstream API)",
+        "ours": f"Codec.encode, batches of {batch}",
+        "baseline_s": baseline_s,
+        "ours_s": ours_s,
+        "ratio": baseline_s / ours_s,
+        "goal": "none: not a speed claim",
+        "note": f"{count / ours_s:.2f} vs {count / baseline_s:.2f} notes/s; compress also normalises loudness",
+    }
 
 
 def run(quick: bool) -> list[dict]:

@@ -5,6 +5,7 @@ the 3 steps of the delay pattern) with CFG (coef 3) and top-k 250 sampling, rand
 (speed does not depend on their values). The no-cache baseline costs O(T^2) per note, so the
 paper-config row uses a small batch; `--quick` also shortens the paper row to 120 steps.
 """
+
 from __future__ import annotations
 
 import time
@@ -37,10 +38,19 @@ def _seconds(fn) -> float:
 KV_CACHE_GOAL, BATCHED_CFG_GOAL = 20.0, 1.6  # the speed-ups each technique is expected to give
 
 
-def _row(benchmark: str, baseline: str, ours: str, baseline_s: float, ours_s: float, goal: float | None,
-         note: str) -> dict:
-    return {"benchmark": benchmark, "baseline": baseline, "ours": ours, "baseline_s": baseline_s,
-            "ours_s": ours_s, "ratio": baseline_s / ours_s, "goal": goal, "note": note}
+def _row(
+    benchmark: str, baseline: str, ours: str, baseline_s: float, ours_s: float, goal: float | None, note: str
+) -> dict:
+    return {
+        "benchmark": benchmark,
+        "baseline": baseline,
+        "ours": ours,
+        "baseline_s": baseline_s,
+        "ours_s": ours_s,
+        "ratio": baseline_s / ours_s,
+        "goal": goal,
+        "note": note,
+    }
 
 
 def cache_row(name: str, batch: int, frames: int) -> dict:
@@ -50,9 +60,15 @@ def cache_row(name: str, batch: int, frames: int) -> dict:
     cached_s = _seconds(lambda: lm.generate(cues, frames, top_k=250))
     uncached_s = _seconds(lambda: lm.generate(cues, frames, top_k=250, use_cache=False))
     tokens = batch * lm.cfg.n_q * frames
-    return _row(f"{name} ({lm.num_parameters() / 1e6:.1f}M): {batch} notes x {frames + lm.cfg.n_q - 1} steps",
-                "no cache (whole prefix every step)", "KV cache + cached cross-attention", uncached_s, cached_s,
-                KV_CACHE_GOAL, f"{tokens / cached_s:.0f} tokens/s with cache, {tokens / uncached_s:.0f} without")
+    return _row(
+        f"{name} ({lm.num_parameters() / 1e6:.1f}M): {batch} notes x {frames + lm.cfg.n_q - 1} steps",
+        "no cache (whole prefix every step)",
+        "KV cache + cached cross-attention",
+        uncached_s,
+        cached_s,
+        KV_CACHE_GOAL,
+        f"{tokens / cached_s:.0f} tokens/s with cache, {tokens / uncached_s:.0f} without",
+    )
 
 
 def cfg_row(name: str, batch: int, frames: int) -> dict:
@@ -62,9 +78,15 @@ def cfg_row(name: str, batch: int, frames: int) -> dict:
     two_s = _seconds(lambda: lm.generate(cues, frames, top_k=250, cfg_batched=False))
     batched_s = _seconds(lambda: lm.generate(cues, frames, top_k=250))
     tokens = batch * lm.cfg.n_q * frames
-    return _row(f"{name}: CFG for {batch} notes x {frames + lm.cfg.n_q - 1} steps (KV cache)",
-                "two forwards (conditional, null)", "one forward of the doubled batch", two_s, batched_s,
-                BATCHED_CFG_GOAL, f"{tokens / batched_s:.0f} tokens/s")
+    return _row(
+        f"{name}: CFG for {batch} notes x {frames + lm.cfg.n_q - 1} steps (KV cache)",
+        "two forwards (conditional, null)",
+        "one forward of the doubled batch",
+        two_s,
+        batched_s,
+        BATCHED_CFG_GOAL,
+        f"{tokens / batched_s:.0f} tokens/s",
+    )
 
 
 def throughput_rows(name: str, batches: list[int], frames: int) -> list[dict]:
@@ -73,10 +95,18 @@ def throughput_rows(name: str, batches: list[int], frames: int) -> list[dict]:
     lm.generate(_cues(1), 4)
     seconds = {batch: _seconds(lambda: lm.generate(_cues(batch), frames, top_k=250)) for batch in [1, *batches]}
     per_token = {batch: s / (batch * lm.cfg.n_q * frames) for batch, s in seconds.items()}
-    return [_row(f"{name}: tokens/s at batch {batch} ({frames + lm.cfg.n_q - 1} steps, CFG)", "batch 1",
-                 f"batch {batch}", per_token[1], per_token[batch], None, f"{1 / per_token[batch]:.0f} tokens/s "
-                 f"(batch 1: {1 / per_token[1]:.0f}); _s columns are seconds per token")
-            for batch in batches]
+    return [
+        _row(
+            f"{name}: tokens/s at batch {batch} ({frames + lm.cfg.n_q - 1} steps, CFG)",
+            "batch 1",
+            f"batch {batch}",
+            per_token[1],
+            per_token[batch],
+            None,
+            f"{1 / per_token[batch]:.0f} tokens/s (batch 1: {1 / per_token[1]:.0f}); _s columns are seconds per token",
+        )
+        for batch in batches
+    ]
 
 
 def plot(rows: list[dict], out_dir: str) -> None:
@@ -85,6 +115,7 @@ def plot(rows: list[dict], out_dir: str) -> None:
     import re
 
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -98,8 +129,13 @@ def plot(rows: list[dict], out_dir: str) -> None:
     for name, curve in curves.items():
         batches = sorted(curve)
         ax.plot(batches, [curve[b] for b in batches], marker="o", label=name)
-    ax.set(xscale="log", yscale="log", xlabel="notes per batch", ylabel="tokens / s (KV cache, CFG)",
-           title="Generation throughput on this machine")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="notes per batch",
+        ylabel="tokens / s (KV cache, CFG)",
+        title="Generation throughput on this machine",
+    )
     ax.legend()
     fig.tight_layout()
     os.makedirs(out_dir, exist_ok=True)

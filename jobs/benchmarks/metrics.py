@@ -5,6 +5,7 @@ features per note in float64 NumPy (framed FFT, Slaney mel, log, DCT lifter), th
 over every pair i < j. Two rows: the whole measure, and the pairwise sum alone (both sides given
 the same features), since feature extraction (the STFT) is most of our time.
 """
+
 from __future__ import annotations
 
 import time
@@ -24,16 +25,20 @@ SR = 44100
 def numpy_features(notes: np.ndarray, scale: TCScale = TCScale(), eps: float = 1e-5) -> np.ndarray:
     """[K, L] -> y [K, M, frames] in float64, one note at a time."""
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(scale.n_fft) / scale.n_fft)
-    mel = AF.melscale_fbanks(scale.n_fft // 2 + 1, 0.0, SR / 2, scale.n_mels, SR, norm="slaney",
-                             mel_scale="slaney").double().numpy().T  # the same filterbank values
+    mel = (
+        AF.melscale_fbanks(scale.n_fft // 2 + 1, 0.0, SR / 2, scale.n_mels, SR, norm="slaney", mel_scale="slaney")
+        .double()
+        .numpy()
+        .T
+    )  # the same filterbank values
     ys = []
     for note in notes.astype(np.float64):
         padded = np.pad(note, scale.n_fft // 2, mode="reflect")
         count = 1 + (len(padded) - scale.n_fft) // scale.hop
-        frames = np.stack([padded[t * scale.hop: t * scale.hop + scale.n_fft] * window for t in range(count)], axis=1)
+        frames = np.stack([padded[t * scale.hop : t * scale.hop + scale.n_fft] * window for t in range(count)], axis=1)
         log_mel = np.log(mel @ np.abs(np.fft.rfft(frames, axis=0)) + eps)
         coefficients = scipy.fft.dct(log_mel, type=2, norm="ortho", axis=0)
-        coefficients[scale.n_mfcc:] = 0
+        coefficients[scale.n_mfcc :] = 0
         ys.append(scipy.fft.idct(coefficients, type=2, norm="ortho", axis=0))
     return np.stack(ys)
 
@@ -66,11 +71,24 @@ def run(quick: bool) -> list[dict]:
     sort_s, _ = _seconds(lambda: pairwise_l1_sum(y))
     pairs = len(slots) * (len(slots) - 1) // 2
     return [
-        {"benchmark": f"TC of {len(slots)} notes x {duration_s:g} s ({pairs} pairs), whole measure",
-         "baseline": "float64 NumPy features + Python pair loop", "ours": "metrics.tc (torch, float32 features)",
-         "baseline_s": baseline_s, "ours_s": ours_s, "ratio": baseline_s / ours_s, "goal": 10.0,
-         "note": f"ours {ours_s:.2f} s on this machine; sums agree within 1e-4"},
-        {"benchmark": f"TC pairwise sum alone, {pairs} pairs of {y[0].numel()} values",
-         "baseline": "Python loop over pairs (NumPy)", "ours": "sort identity, float64", "baseline_s": loop_s,
-         "ours_s": sort_s, "ratio": loop_s / sort_s, "goal": None, "note": "same features on both sides"},
+        {
+            "benchmark": f"TC of {len(slots)} notes x {duration_s:g} s ({pairs} pairs), whole measure",
+            "baseline": "float64 NumPy features + Python pair loop",
+            "ours": "metrics.tc (torch, float32 features)",
+            "baseline_s": baseline_s,
+            "ours_s": ours_s,
+            "ratio": baseline_s / ours_s,
+            "goal": 10.0,
+            "note": f"ours {ours_s:.2f} s on this machine; sums agree within 1e-4",
+        },
+        {
+            "benchmark": f"TC pairwise sum alone, {pairs} pairs of {y[0].numel()} values",
+            "baseline": "Python loop over pairs (NumPy)",
+            "ours": "sort identity, float64",
+            "baseline_s": loop_s,
+            "ours_s": sort_s,
+            "ratio": loop_s / sort_s,
+            "goal": None,
+            "note": "same features on both sides",
+        },
     ]

@@ -4,6 +4,7 @@ Both start from the same NSynth-format fixture (json/wav), load the tiny DAC and
 with Parquet token shards; the loop reads, validates, resamples and encodes one note at a time,
 the job streams them through its stages with batched encoding in `data.encoder_actors` actors.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,14 +34,23 @@ def serial_loop(cfg: Config) -> int:
     codec, clap = Codec.load(cfg.codec.weights), Clap.load(cfg.clap)
     columns = {name: [] for name in STORED_COLUMNS}
     for note in nsynth.iter_notes(cfg.data.source):
-        audio = torch.from_numpy(crop_and_resample(note.audio[None], cfg.data.note_duration_s, NSYNTH_SAMPLE_RATE_HZ,
-                                                   cfg.data.sample_rate_hz))
+        audio = torch.from_numpy(
+            crop_and_resample(
+                note.audio[None], cfg.data.note_duration_s, NSYNTH_SAMPLE_RATE_HZ, cfg.data.sample_rate_hz
+            )
+        )
         with torch.inference_mode():
-            codes = codec.encode(audio[:, None])[0, :cfg.codec.n_codebooks]
+            codes = codec.encode(audio[:, None])[0, : cfg.codec.n_codebooks]
             clap_embedding = clap.embed_audio(audio, cfg.data.sample_rate_hz)[0]
-        for name, value in (("note_str", note.note_str), ("instrument_str", note.instrument_str),
-                            ("instrument", note.instrument), ("family", note.family), ("source", note.source),
-                            ("pitch", note.pitch), ("velocity", note.velocity)):
+        for name, value in (
+            ("note_str", note.note_str),
+            ("instrument_str", note.instrument_str),
+            ("instrument", note.instrument),
+            ("family", note.family),
+            ("source", note.source),
+            ("pitch", note.pitch),
+            ("velocity", note.velocity),
+        ):
             columns[name].append(value)
         columns["codes"].append(codes.numpy().astype(np.int16))
         columns["clap_embedding"].append(clap_embedding.numpy().astype(np.float16))
@@ -53,8 +63,9 @@ def _time_both(root: str, instruments: int, pitches: list[int], overrides: list[
     """(notes, serial seconds, Ray Data seconds) for a fixture of `instruments` x `pitches` x 2 velocities."""
     from jobs.preprocess import run as run_job
 
-    source = write_fixture_nsynth(os.path.join(root, f"nsynth{instruments}"), instruments, pitches, [50, 100],
-                                  formats=("jsonwav",))["jsonwav"]
+    source = write_fixture_nsynth(
+        os.path.join(root, f"nsynth{instruments}"), instruments, pitches, [50, 100], formats=("jsonwav",)
+    )["jsonwav"]
     n_notes = instruments * len(pitches) * 2
     overrides = [f"data.source={source}", f"data.notes_per_shard={max(8, n_notes // 16)}", *overrides]
     start = time.perf_counter()
@@ -71,8 +82,11 @@ def run(quick: bool) -> list[dict]:
     """Two sizes, n and 2n notes: the end-to-end ratio at 2n (worker start-up and model loading
     included), and the steady-state ratio from the marginal cost of the second n notes."""
     instruments, pitches = (2, list(PITCHES[15:75:4])) if quick else (4, list(PITCHES[10:80:2]))
-    overrides = [f"data.encoder_actors={ENCODER_ACTORS}", f"data.encoder_num_cpus={ENCODER_NUM_CPUS}",
-                 "data.encode_batch_size=16"]
+    overrides = [
+        f"data.encoder_actors={ENCODER_ACTORS}",
+        f"data.encoder_num_cpus={ENCODER_NUM_CPUS}",
+        "data.encode_batch_size=16",
+    ]
     with local_ray(), tempfile.TemporaryDirectory() as root:
         small = _time_both(root, instruments, pitches, overrides)
         large = _time_both(root, 2 * instruments, pitches, overrides)
@@ -81,14 +95,27 @@ def run(quick: bool) -> list[dict]:
     marginal_baseline_s, marginal_ours_s = large[1] - small[1], large[2] - small[2]
     ours = f"jobs.preprocess (Ray Data, {ENCODER_ACTORS} encoder actors)"
     return [
-        {"benchmark": f"preprocess {n_notes} NSynth notes -> token shards, end to end (tiny DAC + CLAP, 0.5 s notes)",
-         "baseline": "serial Python loop, one note at a time", "ours": ours, "baseline_s": baseline_s, "ours_s": ours_s,
-         "ratio": baseline_s / ours_s, "goal": 1.5,
-         "note": f"{n_notes / ours_s:.1f} vs {n_notes / baseline_s:.1f} notes/s, "
-                 f"model loading and worker start-up included; {os.cpu_count()} cores"},
-        {"benchmark": f"preprocess, steady state: the extra {extra} notes of the {n_notes}-note run "
-                      f"over the {small[0]}-note run",
-         "baseline": "serial Python loop", "ours": ours, "baseline_s": marginal_baseline_s, "ours_s": marginal_ours_s,
-         "ratio": marginal_baseline_s / marginal_ours_s, "goal": None,
-         "note": f"{extra / marginal_ours_s:.1f} vs {extra / marginal_baseline_s:.1f} notes/s"},
+        {
+            "benchmark": f"preprocess {n_notes} NSynth notes -> token shards, end to end "
+            "(tiny DAC + CLAP, 0.5 s notes)",
+            "baseline": "serial Python loop, one note at a time",
+            "ours": ours,
+            "baseline_s": baseline_s,
+            "ours_s": ours_s,
+            "ratio": baseline_s / ours_s,
+            "goal": 1.5,
+            "note": f"{n_notes / ours_s:.1f} vs {n_notes / baseline_s:.1f} notes/s, "
+            f"model loading and worker start-up included; {os.cpu_count()} cores",
+        },
+        {
+            "benchmark": f"preprocess, steady state: the extra {extra} notes of the {n_notes}-note run "
+            f"over the {small[0]}-note run",
+            "baseline": "serial Python loop",
+            "ours": ours,
+            "baseline_s": marginal_baseline_s,
+            "ours_s": marginal_ours_s,
+            "ratio": marginal_baseline_s / marginal_ours_s,
+            "goal": None,
+            "note": f"{extra / marginal_ours_s:.1f} vs {extra / marginal_baseline_s:.1f} notes/s",
+        },
     ]

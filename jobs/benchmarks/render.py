@@ -6,6 +6,7 @@ score, write): the loop in this process, one instrument after the other with tor
 threads; the job through `jobs.render.run` (actors of one CPU and one torch thread each). Both
 times include loading the models (the job also starts its actors).
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,16 @@ from instrumentgen import storage
 from instrumentgen.config import load_config
 from jobs.entry import local_ray
 
-PROMPTS = ("warm analog brass", "glassy bell", "dark plucked bass", "soft felt piano", "airy flute",
-           "gritty saw lead", "shimmering strings", "metallic mallet")
+PROMPTS = (
+    "warm analog brass",
+    "glassy bell",
+    "dark plucked bass",
+    "soft felt piano",
+    "airy flute",
+    "gritty saw lead",
+    "shimmering strings",
+    "metallic mallet",
+)
 ACTORS = 2  # one per core of the 2-core reference machine
 
 
@@ -48,8 +57,10 @@ def run(quick: bool) -> list[dict]:
         torch.manual_seed(0)
         checkpoint = InstrumentLM(cfg.model).save(os.path.join(root, "model.pt"))
         prompts = os.path.join(root, "prompts.jsonl")
-        storage.write_bytes(prompts, "".join(json.dumps({"prompt": p, "keys": keys, "velocities": velocities}) + "\n"
-                                             for p in PROMPTS).encode())
+        storage.write_bytes(
+            prompts,
+            "".join(json.dumps({"prompt": p, "keys": keys, "velocities": velocities}) + "\n" for p in PROMPTS).encode(),
+        )
         start = time.perf_counter()
         count = _serial_loop(cfg, checkpoint, prompts, os.path.join(root, "serial"))
         baseline_s = time.perf_counter() - start
@@ -57,9 +68,15 @@ def run(quick: bool) -> list[dict]:
         stats = job.run(cfg, checkpoint, prompts, os.path.join(root, "library"))
         ours_s = time.perf_counter() - start
     assert count == stats["rendered"] == len(PROMPTS)
-    return [{"benchmark": f"render {count} instruments of {notes} notes (tiny, 0.5 s notes), end to end",
-             "baseline": "serial loop of Renderer.render (generate_instrument + scores + write)",
-             "ours": f"jobs.render (Ray Data, {ACTORS} actors of 1 CPU)", "baseline_s": baseline_s, "ours_s": ours_s,
-             "ratio": baseline_s / ours_s,
-             "note": f"{3600 * count / ours_s:.0f} vs {3600 * count / baseline_s:.0f} instruments/hour; model loading "
-                     f"and actor start-up included; {os.cpu_count()} cores"}]
+    return [
+        {
+            "benchmark": f"render {count} instruments of {notes} notes (tiny, 0.5 s notes), end to end",
+            "baseline": "serial loop of Renderer.render (generate_instrument + scores + write)",
+            "ours": f"jobs.render (Ray Data, {ACTORS} actors of 1 CPU)",
+            "baseline_s": baseline_s,
+            "ours_s": ours_s,
+            "ratio": baseline_s / ours_s,
+            "note": f"{3600 * count / ours_s:.0f} vs {3600 * count / baseline_s:.0f} instruments/hour; model loading "
+            f"and actor start-up included; {os.cpu_count()} cores",
+        }
+    ]

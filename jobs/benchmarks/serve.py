@@ -5,6 +5,7 @@ an untrained tiny checkpoint (speed does not depend on the weights), each Genera
 half a CPU and one torch thread. Seconds are from POST to `done` as a client sees them (the
 replicas are started and warmed up by one small instrument first).
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -39,9 +40,17 @@ def _many_s(base: str, bodies: list[dict]) -> float:
 
 
 def _config(root: str, replicas: int, in_flight: int):
-    return load_config("tiny", [f"serve.checkpoint={root}/model.pt", f"serve.storage={root}/instruments-{replicas}",
-                                f"serve.min_replicas={replicas}", f"serve.max_replicas={replicas}",
-                                f"serve.max_instruments_in_flight={in_flight}", "serve.num_cpus=0.5"])
+    return load_config(
+        "tiny",
+        [
+            f"serve.checkpoint={root}/model.pt",
+            f"serve.storage={root}/instruments-{replicas}",
+            f"serve.min_replicas={replicas}",
+            f"serve.max_replicas={replicas}",
+            f"serve.max_instruments_in_flight={in_flight}",
+            "serve.num_cpus=0.5",
+        ],
+    )
 
 
 def run(quick: bool) -> list[dict]:
@@ -66,11 +75,22 @@ def run(quick: bool) -> list[dict]:
     notes = (keys["high"] - keys["low"] + 1) * 5
     per_minute = count * 60 / parallel_s
     return [
-        {"benchmark": f"one instrument, {notes} notes, shards of 55 slots", "baseline": "1 Generator replica",
-         "ours": "2 Generator replicas", "baseline_s": seconds[1], "ours_s": seconds[2],
-         "ratio": seconds[1] / seconds[2], "note": "each replica 0.5 CPU, 1 torch thread; goal >= 1.6x"},
-        {"benchmark": f"{count} instruments of {(small['high'] - small['low'] + 1) * 5} notes, 2 replicas",
-         "baseline": "one after another", "ours": f"{count} in flight at once", "baseline_s": serial_s,
-         "ours_s": parallel_s, "ratio": serial_s / parallel_s,
-         "note": f"{per_minute:.1f} instruments/min at saturation ({count * 60 / serial_s:.1f} one at a time)"},
+        {
+            "benchmark": f"one instrument, {notes} notes, shards of 55 slots",
+            "baseline": "1 Generator replica",
+            "ours": "2 Generator replicas",
+            "baseline_s": seconds[1],
+            "ours_s": seconds[2],
+            "ratio": seconds[1] / seconds[2],
+            "note": "each replica 0.5 CPU, 1 torch thread; goal >= 1.6x",
+        },
+        {
+            "benchmark": f"{count} instruments of {(small['high'] - small['low'] + 1) * 5} notes, 2 replicas",
+            "baseline": "one after another",
+            "ours": f"{count} in flight at once",
+            "baseline_s": serial_s,
+            "ours_s": parallel_s,
+            "ratio": serial_s / parallel_s,
+            "note": f"{per_minute:.1f} instruments/min at saturation ({count * 60 / serial_s:.1f} one at a time)",
+        },
     ]

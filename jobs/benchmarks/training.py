@@ -8,6 +8,7 @@ leave none to Ray Data's split of the shards, which then slows every step down (
 over logging windows of the run's own `metrics.csv` (`steps_per_s`), the first window (worker
 start-up, DeepSpeed initialisation, the first epoch's split) left out.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,9 @@ def make_shards(root: str) -> str:
     """Token shards of 4 fixture instruments through jobs.preprocess, under `root`."""
     from jobs.preprocess import run as preprocess
 
-    source = write_fixture_nsynth(os.path.join(root, "nsynth"), 4, list(PITCHES[10:80:4]), [50, 100],
-                                  formats=("jsonwav",))["jsonwav"]
+    source = write_fixture_nsynth(
+        os.path.join(root, "nsynth"), 4, list(PITCHES[10:80:4]), [50, 100], formats=("jsonwav",)
+    )["jsonwav"]
     shards_url = os.path.join(root, "shards")
     preprocess(load_config("tiny", [f"data.source={source}", f"data.shards={shards_url}"]))
     return shards_url
@@ -52,18 +54,30 @@ def run(quick: bool) -> list[dict]:
         shards_url = make_shards(root)
 
         def seconds(name: str, *overrides: str) -> float:
-            cfg = load_config("tiny", [*model, f"data.shards={shards_url}", f"train.storage_path={root}/runs",
-                                       f"train.run_name={name}", f"train.max_steps={steps}",
-                                       f"train.log_every={LOG_EVERY}", f"train.checkpoint_every={steps}",
-                                       f"train.eval_every={steps}", *overrides])
+            cfg = load_config(
+                "tiny",
+                [
+                    *model,
+                    f"data.shards={shards_url}",
+                    f"train.storage_path={root}/runs",
+                    f"train.run_name={name}",
+                    f"train.max_steps={steps}",
+                    f"train.log_every={LOG_EVERY}",
+                    f"train.checkpoint_every={steps}",
+                    f"train.eval_every={steps}",
+                    *overrides,
+                ],
+            )
             return seconds_per_step(cfg)
 
         # Interleaved and repeated, the best of two: runs on a shared 2-core box vary by ~10%.
         ddp2, zero2w = float("inf"), float("inf")
         for attempt in range(2):
             ddp2 = min(ddp2, seconds(f"ddp2-{attempt}", "train.strategy=ddp", "train.num_workers=2"))
-            zero2w = min(zero2w, seconds(f"zero1-2-{attempt}", "train.strategy=deepspeed", "train.zero_stage=1",
-                                         "train.num_workers=2"))
+            zero2w = min(
+                zero2w,
+                seconds(f"zero1-2-{attempt}", "train.strategy=deepspeed", "train.zero_stage=1", "train.num_workers=2"),
+            )
         ddp1 = seconds("ddp1", "train.strategy=ddp", "train.num_workers=1")
         zero1w = seconds("zero1-1", "train.strategy=deepspeed", "train.zero_stage=1", "train.num_workers=1")
         big = f"train.batch_size={4 * load_config('tiny').train.batch_size}"
@@ -72,14 +86,40 @@ def run(quick: bool) -> list[dict]:
     size = "tiny model" if quick else "4 layers, d=256"
     batch = load_config("tiny").train.batch_size
     return [
-        {"benchmark": f"train step, {size}, global batch {batch}, 2 CPU workers (gloo)", "baseline": "DDP",
-         "ours": "DeepSpeed ZeRO-1 (torch AdamW)", "baseline_s": ddp2, "ours_s": zero2w, "ratio": ddp2 / zero2w,
-         "note": f"{1 / zero2w:.2f} vs {1 / ddp2:.2f} steps/s, best of 2 interleaved runs each; goal >= 0.9"},
-        {"benchmark": f"train step, {size}, DDP, 1 -> 2 workers", "baseline": "1 worker", "ours": "2 workers",
-         "baseline_s": ddp1, "ours_s": ddp2, "ratio": ddp1 / ddp2, "note": "same global batch; ideal 2"},
-        {"benchmark": f"train step, {size}, ZeRO-1, 1 -> 2 workers", "baseline": "1 worker", "ours": "2 workers",
-         "baseline_s": zero1w, "ours_s": zero2w, "ratio": zero1w / zero2w, "note": "same global batch; ideal 2"},
-        {"benchmark": f"train step, {size}, DDP, 1 -> 2 workers, global batch {4 * batch}", "baseline": "1 worker",
-         "ours": "2 workers", "baseline_s": ddp1_big, "ours_s": ddp2_big, "ratio": ddp1_big / ddp2_big,
-         "note": "4x the rows per gradient all-reduce; ideal 2"},
+        {
+            "benchmark": f"train step, {size}, global batch {batch}, 2 CPU workers (gloo)",
+            "baseline": "DDP",
+            "ours": "DeepSpeed ZeRO-1 (torch AdamW)",
+            "baseline_s": ddp2,
+            "ours_s": zero2w,
+            "ratio": ddp2 / zero2w,
+            "note": f"{1 / zero2w:.2f} vs {1 / ddp2:.2f} steps/s, best of 2 interleaved runs each; goal >= 0.9",
+        },
+        {
+            "benchmark": f"train step, {size}, DDP, 1 -> 2 workers",
+            "baseline": "1 worker",
+            "ours": "2 workers",
+            "baseline_s": ddp1,
+            "ours_s": ddp2,
+            "ratio": ddp1 / ddp2,
+            "note": "same global batch; ideal 2",
+        },
+        {
+            "benchmark": f"train step, {size}, ZeRO-1, 1 -> 2 workers",
+            "baseline": "1 worker",
+            "ours": "2 workers",
+            "baseline_s": zero1w,
+            "ours_s": zero2w,
+            "ratio": zero1w / zero2w,
+            "note": "same global batch; ideal 2",
+        },
+        {
+            "benchmark": f"train step, {size}, DDP, 1 -> 2 workers, global batch {4 * batch}",
+            "baseline": "1 worker",
+            "ours": "2 workers",
+            "baseline_s": ddp1_big,
+            "ours_s": ddp2_big,
+            "ratio": ddp1_big / ddp2_big,
+            "note": "4x the rows per gradient all-reduce; ideal 2",
+        },
     ]

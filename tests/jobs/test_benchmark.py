@@ -1,4 +1,5 @@
 """jobs.benchmark writes docs/benchmarks.md: the committed page is the writer's output, shaped like the template."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -40,8 +41,9 @@ def table_rows(text: str) -> list[list[str]]:
 
 
 def test_committed_report_is_what_the_writer_writes():
-    assert (DOCS / "benchmarks.md").read_text() == render_report(TEMPLATE.read_text(), RESULTS), \
+    assert (DOCS / "benchmarks.md").read_text() == render_report(TEMPLATE.read_text(), RESULTS), (
         "docs/benchmarks.md is stale: run python -m jobs.benchmark --render"
+    )
 
 
 def test_report_has_the_templates_sections_and_one_table_per_area():
@@ -82,8 +84,20 @@ def test_goals_are_checked_and_read_from_notes_of_rows_without_one():
     assert goal_of({"note": "4.56 vs 5.08 steps/s; goal >= 0.9"}) == 0.9
     assert goal_of({"note": "same global batch; ideal 2"}) == "ideal 2"
     assert goal_of({"note": "nothing", "goal": None}) is None
-    table = markdown_table([{"benchmark": "a | b", "baseline": "x", "ours": "y", "baseline_s": 2.0, "ours_s": 1.0,
-                             "ratio": 2.0, "goal": 1.5, "note": ""}])
+    table = markdown_table(
+        [
+            {
+                "benchmark": "a | b",
+                "baseline": "x",
+                "ours": "y",
+                "baseline_s": 2.0,
+                "ours_s": 1.0,
+                "ratio": 2.0,
+                "goal": 1.5,
+                "note": "",
+            }
+        ]
+    )
     assert table.splitlines()[2] == "| a \\| b | x | y | 2 | 1 | **2×** | ≥ 1.5× ✔ |  |"
 
 
@@ -103,8 +117,11 @@ def test_quick_run_never_writes_to_docs():
 @pytest.mark.slow
 def test_quick_run_of_one_area_writes_its_table(tmp_path):
     before = (DOCS / "benchmarks.md").read_text()
-    subprocess.run([sys.executable, "-m", "jobs.benchmark", "--quick", "--only", "metrics", "--out", str(tmp_path)],
-                   check=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "jobs.benchmark", "--quick", "--only", "metrics", "--out", str(tmp_path)],
+        check=True,
+        timeout=600,
+    )
     results = json.loads((tmp_path / "benchmarks.json").read_text())
     assert list(results) == ["metrics"] and results["metrics"]["quick"] is True
     assert results["metrics"]["command"] == "python -m jobs.benchmark --only metrics --quick"

@@ -1,5 +1,6 @@
 """The evaluation job end to end on the tiny config: the ground truth, two saved random-init
 checkpoints in one table, resuming, and one-line errors."""
+
 import json
 import subprocess
 import sys
@@ -41,8 +42,11 @@ def direct_scores(cfg, audio, instrument, clap):
     real = torch.from_numpy(instrument.audio)
     cue = clap.embed_audio(real[instrument.reference_index()][None], 44100)[0]
     pitch = pitch_report(audio, 44100, instrument.pitches)
-    return (tc(audio, 44100, scales_from_config(cfg.metrics)).normalised.item(), pitch,
-            clap_score(cue, clap.embed_audio(audio, 44100)))
+    return (
+        tc(audio, 44100, scales_from_config(cfg.metrics)).normalised.item(),
+        pitch,
+        clap_score(cue, clap.embed_audio(audio, 44100)),
+    )
 
 
 def test_ground_truth_table_figures_and_a_resumed_rerun(ray_local, cache, test_set, tmp_path, capsys):
@@ -117,14 +121,22 @@ def test_two_checkpoints_and_the_ground_truth_make_one_table_on_s3(ray_local, ca
 
     clap, codec = Clap.load(cfg.clap), Codec.load(cfg.codec.weights, n_codebooks=cfg.codec.n_codebooks)
     cue = clap.embed_audio(torch.from_numpy(instrument.audio)[instrument.reference_index()][None], 44100)[0]
-    audio = generate_instrument(lm, codec, clap, InstrumentCue(clap_embedding=cue), cfg.generate, 0.5,
-                                list(zip(instrument.pitches, instrument.velocities))).audio
+    audio = generate_instrument(
+        lm,
+        codec,
+        clap,
+        InstrumentCue(clap_embedding=cue),
+        cfg.generate,
+        0.5,
+        list(zip(instrument.pitches, instrument.velocities)),
+    ).audio
     want_tc, pitch, want_clap = direct_scores(cfg, audio, instrument, clap)
     row = first["instruments"][0]
     assert row["tc"] == pytest.approx(want_tc, rel=1e-4)
     assert row["unvoiced"] == pitch.unvoiced
-    assert row["mad_pitch"] == (None if pitch.unvoiced == len(PITCHES) * len(VELOCITIES)
-                                else pytest.approx(pitch.mad_pitch, abs=1e-4))
+    assert row["mad_pitch"] == (
+        None if pitch.unvoiced == len(PITCHES) * len(VELOCITIES) else pytest.approx(pitch.mad_pitch, abs=1e-4)
+    )
     assert row["clap"] == pytest.approx(want_clap, abs=1e-4)
 
 
@@ -141,23 +153,33 @@ def test_test_instruments_hold_their_notes_at_44k(test_set):
 
 def test_models_are_named_by_label_or_the_shortest_distinct_path():
     models = evaluate.models_from(["runs/a/model.pt", "runs/b/model.pt", "clap=s3://x/c.pt", "ground_truth"])
-    assert [(m.name, m.folder) for m in models] == [("a/model.pt", "a_model.pt"), ("b/model.pt", "b_model.pt"),
-                                                    ("clap", "clap"), ("ground truth", "ground_truth")]
+    assert [(m.name, m.folder) for m in models] == [
+        ("a/model.pt", "a_model.pt"),
+        ("b/model.pt", "b_model.pt"),
+        ("clap", "clap"),
+        ("ground truth", "ground_truth"),
+    ]
     assert evaluate.models_from(["s3://bucket/run/export.pt"])[0].name == "export.pt"
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["checkpoint=ground_truth"], "out= is required; allowed: out=<folder or URL>"),
-    (["out=x"], "checkpoints= is required"),
-    (["out=x", "checkpoint=nowhere.pt"], "checkpoint='nowhere.pt' does not exist"),
-    (["out=x", "checkpoints=ground_truth,nowhere.pt"], "checkpoint='nowhere.pt' does not exist"),
-    (["out=x", "checkpoint=ground_truth", "checkpoints=ground_truth"], "both given"),
-    (["out=x", "checkpoints=ground_truth,ground_truth"], "gives two models one name"),
-    (["out=x", "checkpoint=ground_truth", "actors=two"], "actors='two' is not allowed"),
-    (["out=x", "checkpont=ground_truth"], "argument checkpont= is unknown; allowed: out=<folder or URL>, checkpoints="),
-    (["out=x", "checkpoint=ground_truth", "metrics.fad_embedder=mfcc"], "metrics.fad_embedder"),
-    (["out=x", "checkpoint=ground_truth", "metrics.eval_cue=text"], "metrics.eval_cue='text' is not allowed"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["checkpoint=ground_truth"], "out= is required; allowed: out=<folder or URL>"),
+        (["out=x"], "checkpoints= is required"),
+        (["out=x", "checkpoint=nowhere.pt"], "checkpoint='nowhere.pt' does not exist"),
+        (["out=x", "checkpoints=ground_truth,nowhere.pt"], "checkpoint='nowhere.pt' does not exist"),
+        (["out=x", "checkpoint=ground_truth", "checkpoints=ground_truth"], "both given"),
+        (["out=x", "checkpoints=ground_truth,ground_truth"], "gives two models one name"),
+        (["out=x", "checkpoint=ground_truth", "actors=two"], "actors='two' is not allowed"),
+        (
+            ["out=x", "checkpont=ground_truth"],
+            "argument checkpont= is unknown; allowed: out=<folder or URL>, checkpoints=",
+        ),
+        (["out=x", "checkpoint=ground_truth", "metrics.fad_embedder=mfcc"], "metrics.fad_embedder"),
+        (["out=x", "checkpoint=ground_truth", "metrics.eval_cue=text"], "metrics.eval_cue='text' is not allowed"),
+    ],
+)
 def test_bad_arguments_fail_in_one_line(test_set, argv, message, capsys):
     assert evaluate.main([*overrides(test_set), *argv]) == 2
     err = capsys.readouterr().err
@@ -180,9 +202,11 @@ def run_job(*argv):
 def test_the_job_fails_in_one_line_with_exit_code_2(test_set, tmp_path, case):
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(np.random.default_rng(0).bytes(4096))
-    argv = {"missing checkpoint": [f"data.source={test_set}", f"checkpoint={tmp_path / 'none.pt'}"],
-            "corrupt checkpoint": [f"data.source={test_set}", f"checkpoint={corrupt}"],
-            "missing data": ["data.source=/nonexistent", "checkpoint=ground_truth"]}[case]
+    argv = {
+        "missing checkpoint": [f"data.source={test_set}", f"checkpoint={tmp_path / 'none.pt'}"],
+        "corrupt checkpoint": [f"data.source={test_set}", f"checkpoint={corrupt}"],
+        "missing data": ["data.source=/nonexistent", "checkpoint=ground_truth"],
+    }[case]
     done = run_job("config=tiny", f"out={tmp_path / 'out'}", *argv)
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr

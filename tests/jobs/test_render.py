@@ -35,8 +35,9 @@ def checkpoint(tmp_path_factory, cache):
 
 
 def write_lines(url, lines):
-    storage.write_bytes(url, ("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n")
-                        .encode())
+    storage.write_bytes(
+        url, ("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n").encode()
+    )
     return url
 
 
@@ -56,15 +57,21 @@ def folder_files(out, instrument):
     root = storage.join(out, instrument)
     files = {}
     for url in storage.list_files(root):
-        rel = url[len(root) + 1:] if url.startswith(root) else url.split(f"/{instrument}/", 1)[1]
+        rel = url[len(root) + 1 :] if url.startswith(root) else url.split(f"/{instrument}/", 1)[1]
         data = storage.read_bytes(url)
         if rel == storage.MANIFEST:
             data = without_timings(data)
         if rel == "instrument.zip":
             with zipfile.ZipFile(io.BytesIO(data)) as bundle:
-                data = {entry.filename: (entry.date_time, without_timings(bundle.read(entry))
-                                         if entry.filename == storage.MANIFEST else bundle.read(entry))
-                        for entry in bundle.infolist()}
+                data = {
+                    entry.filename: (
+                        entry.date_time,
+                        without_timings(bundle.read(entry))
+                        if entry.filename == storage.MANIFEST
+                        else bundle.read(entry),
+                    )
+                    for entry in bundle.infolist()
+                }
         files[rel] = data
     return files
 
@@ -84,29 +91,42 @@ def assert_consistent_library(out, ids):
 def test_prompt_lines_are_validated_with_line_numbers_and_reasons(tmp_path):
     reference = str(tmp_path / "ref.wav")
     storage.write_bytes(reference, encode_audio(synth_note(60, 100, timbre_for(1), 16_000, 0.5), 16_000))
-    lines = [{"prompt": "warm analog brass", "seed": 3, "variations": 2, **SMALL},
-             {"family": "bass", "source": 2},
-             "",
-             {"reference_audio": reference, "name": "my ref", "candidates": 2},
-             "{not json",
-             {"prompt": "   "},
-             {"prompt": "x", "colour": "red"},
-             {"prompt": "x", "keys": [20, 30]},
-             {"prompt": "x", "velocities": [100, 90]},
-             {"prompt": "x", "candidates": 9},
-             {"prompt": "x", "variations": 0},
-             {"reference_audio": str(tmp_path / "missing.wav")},
-             {"name": "no cue"},
-             {"family": "kazoo"}]
+    lines = [
+        {"prompt": "warm analog brass", "seed": 3, "variations": 2, **SMALL},
+        {"family": "bass", "source": 2},
+        "",
+        {"reference_audio": reference, "name": "my ref", "candidates": 2},
+        "{not json",
+        {"prompt": "   "},
+        {"prompt": "x", "colour": "red"},
+        {"prompt": "x", "keys": [20, 30]},
+        {"prompt": "x", "velocities": [100, 90]},
+        {"prompt": "x", "candidates": 9},
+        {"prompt": "x", "variations": 0},
+        {"reference_audio": str(tmp_path / "missing.wav")},
+        {"name": "no cue"},
+        {"family": "kazoo"},
+    ]
     requests, failures = read_prompts(write_lines(str(tmp_path / "p.jsonl"), lines), max_candidates=8)
-    assert [(r.line, r.name, r.seed) for r in requests] == [(1, "warm analog brass", 3), (2, "synthetic bass", 0),
-                                                           (4, "my ref", 0)]
+    assert [(r.line, r.name, r.seed) for r in requests] == [
+        (1, "warm analog brass", 3),
+        (2, "synthetic bass", 0),
+        (4, "my ref", 0),
+    ]
     assert requests[0].slots() == [(60, 100), (61, 100), (62, 100), (63, 100)]
     assert requests[1].family == "bass" and requests[1].source == "synthetic" and len(requests[1].slots()) == 440
     assert [(f.line, f.reason) for f in failures] == [
-        (5, "bad_json"), (6, "empty_prompt"), (7, "unknown_field"), (8, "out_of_range"), (9, "out_of_range"),
-        (10, "out_of_range"), (11, "out_of_range"), (12, "unreachable_reference"), (13, "missing_cue"),
-        (14, "bad_value")]
+        (5, "bad_json"),
+        (6, "empty_prompt"),
+        (7, "unknown_field"),
+        (8, "out_of_range"),
+        (9, "out_of_range"),
+        (10, "out_of_range"),
+        (11, "out_of_range"),
+        (12, "unreachable_reference"),
+        (13, "missing_cue"),
+        (14, "bad_value"),
+    ]
     messages = {f.line: f.message for f in failures}
     assert "unknown field 'colour'; allowed: prompt, family" in messages[7]
     assert "keys=[20, 30] is out of range; allowed: [low, high] with MIDI 21" in messages[8]
@@ -118,19 +138,28 @@ def test_prompt_lines_are_validated_with_line_numbers_and_reasons(tmp_path):
 
 def test_csv_lines_read_like_jsonl(tmp_path):
     csv_url = str(tmp_path / "p.csv")
-    storage.write_bytes(csv_url, b"prompt,family,seed,keys,velocities,candidates\n"
-                                 b"warm analog brass,,3,60-63,100,\n"
-                                 b",brass,,,50 127,2\n"
-                                 b"dark pad,,x,,,\n")
+    storage.write_bytes(
+        csv_url,
+        b"prompt,family,seed,keys,velocities,candidates\n"
+        b"warm analog brass,,3,60-63,100,\n"
+        b",brass,,,50 127,2\n"
+        b"dark pad,,x,,,\n",
+    )
     requests, failures = read_prompts(csv_url)
     assert [(r.line, r.prompt, r.family, r.seed, r.keys, r.velocities, r.candidates) for r in requests] == [
-        (2, "warm analog brass", None, 3, (60, 63), (100,), 1), (3, None, "brass", 0, (21, 108), (50, 127), 2)]
+        (2, "warm analog brass", None, 3, (60, 63), (100,), 1),
+        (3, None, "brass", 0, (21, 108), (50, 127), 2),
+    ]
     assert [(f.line, f.reason) for f in failures] == [(4, "bad_value")]
 
 
 def test_instrument_ids_hash_the_normalised_cue_never_the_raw_text(tmp_path):
-    lines = [{"prompt": "Warm  Analog brass", **SMALL}, {"prompt": "warm analog brass", **SMALL},
-             {"prompt": "warm analog brass", "seed": 1, **SMALL}, {"prompt": "warm analog brass", "velocities": [50]}]
+    lines = [
+        {"prompt": "Warm  Analog brass", **SMALL},
+        {"prompt": "warm analog brass", **SMALL},
+        {"prompt": "warm analog brass", "seed": 1, **SMALL},
+        {"prompt": "warm analog brass", "velocities": [50]},
+    ]
     requests, _ = read_prompts(write_lines(str(tmp_path / "p.jsonl"), lines))
     ids = [instrument_id(r, "ckpt-a", {"cfg_coef": 3.0}) for r in requests]
     assert ids[0] == ids[1] and len(set(ids[1:])) == 3
@@ -149,6 +178,7 @@ def renderer(checkpoint):
     def with_settings(*overrides):  # one set of loaded models, the render settings of `overrides`
         loaded.cfg = load_config("tiny", list(overrides))
         return loaded
+
     return with_settings
 
 
@@ -166,8 +196,9 @@ def test_the_quality_gate_resamples_then_flags_or_drops(renderer, tmp_path):
     assert (strict["attempts"], strict["quality"]) == (manifest["attempts"], manifest["quality"]) == (3, "flagged")
     assert manifest["seed"] in [retry_seed(5, a) for a in range(3)] and len({retry_seed(5, a) for a in range(3)}) == 3
     assert manifest["requested_seed"] == 5 and manifest["tc"] == strict["tc"] > 1e-6
-    dropped = renderer("render.max_tc=1e-6", "render.retries=0", "render.on_fail=drop").render(request, "d",
-                                                                                             str(tmp_path / "d"))
+    dropped = renderer("render.max_tc=1e-6", "render.retries=0", "render.on_fail=drop").render(
+        request, "d", str(tmp_path / "d")
+    )
     assert (dropped["status"], dropped["reason"], dropped["attempts"]) == ("failed", "quality_gate", 1)
     assert not storage.exists(str(tmp_path / "d"))
 
@@ -186,15 +217,25 @@ def test_consistency_selection_keeps_one_candidate_note_per_slot(renderer, tmp_p
     gains = torch.tensor([n["gain"] for n in storage.read_json(str(tmp_path / "k" / storage.MANIFEST))["notes"]])
     kept = Instrument.read(str(tmp_path / "k")).audio / gains[:, None]
     cfg = load_config("tiny")
-    candidates = [generate_instrument(loaded.lm, loaded.codec, loaded.clap, InstrumentCue(prompt="glassy bell"),
-                                      dataclasses.replace(cfg.generate, seed=seed), cfg.data.note_duration_s,
-                                      request.slots()).audio for seed in candidate_seeds(2, 3)]
+    candidates = [
+        generate_instrument(
+            loaded.lm,
+            loaded.codec,
+            loaded.clap,
+            InstrumentCue(prompt="glassy bell"),
+            dataclasses.replace(cfg.generate, seed=seed),
+            cfg.data.note_duration_s,
+            request.slots(),
+        ).audio
+        for seed in candidate_seeds(2, 3)
+    ]
     picked = [int(np.argmin([float((kept[slot] - c[slot]).abs().max()) for c in candidates])) for slot in range(4)]
     for slot, c in enumerate(picked):  # every kept note is that slot's note of one candidate (24-bit rounding apart)
         assert float((kept[slot] - candidates[c][slot]).abs().max()) < 1e-5
     assert np.bincount(picked, minlength=3).tolist() == row["candidates_kept"]
     assert row["tc_without_selection"] == pytest.approx(
-        tc(candidates[0], 44100, scales_from_config(cfg.metrics)).normalised.item(), rel=1e-4)
+        tc(candidates[0], 44100, scales_from_config(cfg.metrics)).normalised.item(), rel=1e-4
+    )
 
 
 def test_a_batch_instrument_equals_the_served_one_note_for_note(renderer, tmp_path):
@@ -213,15 +254,50 @@ def test_a_batch_instrument_equals_the_served_one_note_for_note(renderer, tmp_pa
     cue = embedded_cue(InstrumentCue(prompt="glassy bell"), loaded.clap, loaded.lm.cfg)
     gen = dataclasses.replace(cfg.generate, seed=4)
     slots = request.slots()
-    shards = [render_shard(loaded.lm, loaded.codec, None, cue, gen, cfg.data.note_duration_s, slots[i: i + 2],
-                           served_url, "wav24", 2, cfg.metrics) for i in (0, 2)]
-    served = finish_instrument(served_url, shards, {"prompt": "glassy bell", "seed": 4}, "wav24", 44100,
-                               round(cfg.data.note_duration_s * 44100))
+    shards = [
+        render_shard(
+            loaded.lm,
+            loaded.codec,
+            None,
+            cue,
+            gen,
+            cfg.data.note_duration_s,
+            slots[i : i + 2],
+            served_url,
+            "wav24",
+            2,
+            cfg.metrics,
+        )
+        for i in (0, 2)
+    ]
+    served = finish_instrument(
+        served_url,
+        shards,
+        {"prompt": "glassy bell", "seed": 4},
+        "wav24",
+        44100,
+        round(cfg.data.note_duration_s * 44100),
+    )
     batch = storage.read_json(storage.join(batch_url, storage.MANIFEST))
     for name in [n["file"] for n in served["notes"]] + ["codes.npy", "instrument.sfz"]:
         assert storage.read_bytes(storage.join(batch_url, name)) == storage.read_bytes(storage.join(served_url, name))
-    shared = ("tc", "tc_without_selection", "mad_pitch", "unvoiced", "candidates", "candidates_kept", "notes", "gain",
-              "format", "sample_rate_hz", "num_samples", "codes", "bundle", "sfz", "dspreset")
+    shared = (
+        "tc",
+        "tc_without_selection",
+        "mad_pitch",
+        "unvoiced",
+        "candidates",
+        "candidates_kept",
+        "notes",
+        "gain",
+        "format",
+        "sample_rate_hz",
+        "num_samples",
+        "codes",
+        "bundle",
+        "sfz",
+        "dspreset",
+    )
     assert {k: batch[k] for k in shared} == {k: served[k] for k in shared}
     assert {n["candidate"] for n in batch["notes"]} <= {0, 1} and sum(batch["candidates_kept"]) == 4
     assert not storage.exists(storage.join(batch_url, "candidates"))
@@ -244,8 +320,7 @@ def test_a_retry_keeps_only_the_kept_attempts_notes(renderer, tmp_path):
     cue = embedded_cue(InstrumentCue(prompt="glassy bell"), loaded.clap, loaded.lm.cfg)
     scored = loaded.attempt(cue, manifest["seed"], 1, request.slots(), alone)
     assert scored.tc == row["tc"] == manifest["tc"] and (row["attempts"], row["quality"]) == (3, "flagged")
-    assert np.array_equal(np.load(io.BytesIO(storage.read_bytes(storage.join(url, "codes.npy")))),
-                          scored.codes.numpy())
+    assert np.array_equal(np.load(io.BytesIO(storage.read_bytes(storage.join(url, "codes.npy")))), scored.codes.numpy())
     for file in [note["file"] for note in manifest["notes"]]:
         assert storage.read_bytes(storage.join(url, file)) == storage.read_bytes(storage.join(alone, file))
     assert not storage.exists(storage.join(url, "candidates"))
@@ -268,15 +343,23 @@ def test_twenty_lines_three_bad_then_a_rerun_renders_nothing(checkpoint, s3_buck
     assert (stats["instruments"], stats["rendered"], stats["skipped"], stats["failed"]) == (18, 18, 0, 3)
     failures = storage.read_bytes(storage.join(out, "failures.jsonl")).decode().splitlines()
     assert [(json.loads(f)["line"], json.loads(f)["reason"]) for f in failures] == [
-        (6, "bad_json"), (14, "out_of_range"), (20, "unknown_field")]
+        (6, "bad_json"),
+        (14, "out_of_range"),
+        (20, "unknown_field"),
+    ]
     planned, _ = job.plan(load_config("tiny"), checkpoint, prompts)
     assert len(planned) == 18
     assert_consistent_library(out, [i for i, _ in planned])
     manifests = library.read_manifests(out)
     twins = sorted((m["seed"], m["variation"]) for m in manifests.values() if m["prompt"] == "two of these")
     assert twins == [(7, 0), (8, 1)]
-    assert not np.array_equal(*[Instrument.read(storage.join(out, i)).audio.numpy() for i, m in manifests.items()
-                                if m["prompt"] == "two of these"])
+    assert not np.array_equal(
+        *[
+            Instrument.read(storage.join(out, i)).audio.numpy()
+            for i, m in manifests.items()
+            if m["prompt"] == "two of these"
+        ]
+    )
     index = library.read_index(out).to_pylist()
     assert {r["id"]: r["tc"] for r in index} == {i: m["tc"] for i, m in manifests.items()}
     capsys.readouterr()
@@ -289,8 +372,10 @@ def test_twenty_lines_three_bad_then_a_rerun_renders_nothing(checkpoint, s3_buck
 def test_table2_report_matches_the_metric_functions(checkpoint, s3_bucket, ray_local):
     from instrumentgen.clap import Clap
 
-    lines = [{"prompt": p, "keys": [57, 60], "velocities": [75, 127]} for p in ("warm analog brass", "glassy bell",
-                                                                                 "dark plucked bass")]
+    lines = [
+        {"prompt": p, "keys": [57, 60], "velocities": [75, 127]}
+        for p in ("warm analog brass", "glassy bell", "dark plucked bass")
+    ]
     out = storage.join(s3_bucket, "table2")
     assert job.main(args(checkpoint, write_lines(storage.join(s3_bucket, "t2.jsonl"), lines), out, "report=true")) == 0
     results = storage.read_json(storage.join(out, "results.json"))

@@ -27,7 +27,7 @@ def reference_tc(notes: np.ndarray, n_fft=2048, hop=512, n_mels=80, n_mfcc=13, e
     for note in notes.astype(np.float64):
         padded = np.pad(note, n_fft // 2, mode="reflect")
         count = 1 + (len(padded) - n_fft) // hop
-        frames = np.stack([padded[t * hop: t * hop + n_fft] * window for t in range(count)], axis=1)
+        frames = np.stack([padded[t * hop : t * hop + n_fft] * window for t in range(count)], axis=1)
         magnitude = np.abs(np.fft.rfft(frames, axis=0))
         log_mel = np.log(mel @ magnitude + eps)
         coefficients = scipy.fft.dct(log_mel, type=2, norm="ortho", axis=0)
@@ -52,8 +52,17 @@ def test_tc_equals_an_independent_float64_numpy_implementation():
 
 def test_multi_scale_adds_the_scales():
     notes = torch.from_numpy(instrument(1))
-    scales = scales_from_config(load_config("tiny", ["metrics.tc_n_fft=[2048,1024]", "metrics.tc_hop=[512,256]",
-                                                     "metrics.tc_mels=[80,64]", "metrics.tc_mfccs=[13,20]"]).metrics)
+    scales = scales_from_config(
+        load_config(
+            "tiny",
+            [
+                "metrics.tc_n_fft=[2048,1024]",
+                "metrics.tc_hop=[512,256]",
+                "metrics.tc_mels=[80,64]",
+                "metrics.tc_mfccs=[13,20]",
+            ],
+        ).metrics
+    )
     assert scales == [TCScale(2048, 512, 80, 13), TCScale(1024, 256, 64, 20)]
     both = tc(notes, SR, scales)
     one, two = tc(notes, SR, scales[:1]), tc(notes, SR, scales[1:])
@@ -95,13 +104,20 @@ def test_identical_notes_have_zero_tc_and_the_matrix_is_symmetric():
     assert squared.mean().item() != pytest.approx(upper.mean().item(), rel=1e-2)
 
 
-@pytest.mark.parametrize("notes, rate, message", [
-    ([torch.zeros(100), torch.zeros(120)], 44100, "notes have lengths [100, 120] samples; allowed: one length"),
-    (torch.zeros(2, 4096), [44100, 16000], "notes have sample rates [16000, 44100]; allowed: one rate"),
-    (torch.zeros(1, 4096), 44100, "1 note(s); allowed: at least 2 notes"),
-    (torch.tensor([[0.0] * 4096, [float("nan")] * 4096]), 44100, "notes [1] hold NaN or inf; allowed: finite audio"),
-    (torch.zeros(4096), 44100, "notes of shape (4096,); allowed: [K, L]"),
-])
+@pytest.mark.parametrize(
+    "notes, rate, message",
+    [
+        ([torch.zeros(100), torch.zeros(120)], 44100, "notes have lengths [100, 120] samples; allowed: one length"),
+        (torch.zeros(2, 4096), [44100, 16000], "notes have sample rates [16000, 44100]; allowed: one rate"),
+        (torch.zeros(1, 4096), 44100, "1 note(s); allowed: at least 2 notes"),
+        (
+            torch.tensor([[0.0] * 4096, [float("nan")] * 4096]),
+            44100,
+            "notes [1] hold NaN or inf; allowed: finite audio",
+        ),
+        (torch.zeros(4096), 44100, "notes of shape (4096,); allowed: [K, L]"),
+    ],
+)
 def test_bad_input_gets_a_clear_error(notes, rate, message):
     with pytest.raises(TCError, match=re.escape(message)):
         tc(notes, rate)

@@ -50,11 +50,14 @@ def test_the_null_condition_nulls_every_token_clap_included():
     assert not torch.allclose(tokens[:, 4], tokens_a[:, 4])
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("pitch", 20, "pitch=20 is not allowed; allowed: MIDI 21..108"),
-    ("velocity", 60, "velocity=60 is not allowed; allowed: 25, 50, 75, 100, 127"),
-    ("family", 11, "family=11 is not allowed; allowed: -1 (not given) or 0..10 (bass, brass"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("pitch", 20, "pitch=20 is not allowed; allowed: MIDI 21..108"),
+        ("velocity", 60, "velocity=60 is not allowed; allowed: 25, 50, 75, 100, 127"),
+        ("family", 11, "family=11 is not allowed; allowed: -1 (not given) or 0..10 (bass, brass"),
+    ],
+)
 def test_out_of_vocabulary_cues_name_the_value_and_the_allowed_ones(field, value, message):
     cues = make_cues([60, 61], [100, 100], family="bass")
     values = getattr(cues, field).clone()

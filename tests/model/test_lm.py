@@ -60,7 +60,7 @@ def test_cfg_coef_1_is_the_conditional_model_alone():
     codes = lm.generate(cues, 16, cfg_coef=1.0, top_k=1)
     predicted = lm(codes, cues).logits.argmax(-1)  # [B, K, T]
     for k in range(4):
-        assert torch.equal(predicted[:, k, k:k + 16], codes[:, k])
+        assert torch.equal(predicted[:, k, k : k + 16], codes[:, k])
     assert not torch.equal(codes, lm.generate(cues, 16, cfg_coef=3.0, top_k=1))
 
 
@@ -77,7 +77,7 @@ def test_a_note_samples_the_same_tokens_in_any_batch():
     lm, cues = tiny_lm(), cues_of(4)
     seeds = torch.tensor([11, 12, 13, 14])
     together = lm.generate(cues, 10, top_k=50, seeds=seeds)
-    alone = torch.cat([lm.generate(cues[i:i + 1], 10, top_k=50, seeds=seeds[i:i + 1]) for i in range(4)])
+    alone = torch.cat([lm.generate(cues[i : i + 1], 10, top_k=50, seeds=seeds[i : i + 1]) for i in range(4)])
     assert torch.equal(together, alone)
 
 
@@ -118,11 +118,15 @@ def test_load_in_a_fresh_process_generates_the_same_tokens(tmp_path):
     lm, cues = tiny_lm(), cues_of(2)
     lm.save(str(tmp_path / "lm.pt"))
     torch.save(cues, tmp_path / "cues.pt")
-    script = ("import sys, torch; from instrumentgen.model.lm import InstrumentLM; "
-              "lm = InstrumentLM.load(sys.argv[1]); cues = torch.load(sys.argv[2], weights_only=False); "
-              "torch.save(lm.generate(cues, 12, seeds=3, top_k=50), sys.argv[3])")
-    subprocess.run([sys.executable, "-c", script, str(tmp_path / "lm.pt"), str(tmp_path / "cues.pt"),
-                    str(tmp_path / "codes.pt")], check=True)
+    script = (
+        "import sys, torch; from instrumentgen.model.lm import InstrumentLM; "
+        "lm = InstrumentLM.load(sys.argv[1]); cues = torch.load(sys.argv[2], weights_only=False); "
+        "torch.save(lm.generate(cues, 12, seeds=3, top_k=50), sys.argv[3])"
+    )
+    subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "lm.pt"), str(tmp_path / "cues.pt"), str(tmp_path / "codes.pt")],
+        check=True,
+    )
     assert torch.equal(torch.load(tmp_path / "codes.pt"), lm.generate(cues, 12, seeds=3, top_k=50))
 
 

@@ -14,7 +14,7 @@ def test_codebook_k_is_delayed_by_k_steps_and_the_mask_marks_real_codes():
     codes = torch.arange(12).reshape(1, 4, 3)
     sequence = patterns.interleave(codes, special=99)[0]
     for k in range(4):
-        assert sequence[k, k:k + 3].tolist() == codes[0, k].tolist()
+        assert sequence[k, k : k + 3].tolist() == codes[0, k].tolist()
     mask = patterns.valid_mask(4, 3)
     assert torch.equal(mask, sequence != 99)
     assert mask.sum().item() == 12

@@ -26,9 +26,13 @@ def test_quantizes_to_codebook_sums_and_passes_gradients_straight_through():
     quantized, codes, commitment = rvq(x)
     expected = sum(rvq.codebooks[q][codes[:, q]] for q in range(2))
     torch.testing.assert_close(quantized, expected)
-    torch.testing.assert_close(commitment, torch.nn.functional.mse_loss(
-        torch.stack([x.detach(), x.detach() - rvq.codebooks[0][codes[:, 0]]]),
-        torch.stack([rvq.codebooks[q][codes[:, q]] for q in range(2)])))
+    torch.testing.assert_close(
+        commitment,
+        torch.nn.functional.mse_loss(
+            torch.stack([x.detach(), x.detach() - rvq.codebooks[0][codes[:, 0]]]),
+            torch.stack([rvq.codebooks[q][codes[:, q]] for q in range(2)]),
+        ),
+    )
     quantized.sum().backward()
     torch.testing.assert_close(x.grad, torch.ones_like(x))
     assert not any(b.requires_grad for b in rvq.buffers()) and not list(rvq.parameters())
@@ -110,7 +114,7 @@ def _two_workers(rank, folder):
     torch.manual_seed(100 + rank)  # each worker its own random stream, as in training: not used by the quantizer
     x = clusters(seed=7)
     for step in range(5):
-        rvq(x[rank * 8:(rank + 1) * 8] + 0.001 * step)  # each worker its half of the global batch
+        rvq(x[rank * 8 : (rank + 1) * 8] + 0.001 * step)  # each worker its half of the global batch
     torch.save(rvq.state_dict(), os.path.join(folder, f"rank{rank}.pt"))
     dist.destroy_process_group()
 

@@ -1,4 +1,5 @@
 """A real Serve application on 127.0.0.1 per test module: tiny config, an untrained tiny checkpoint."""
+
 from __future__ import annotations
 
 import pytest

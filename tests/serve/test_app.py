@@ -1,4 +1,5 @@
 """The Serve application end to end on 127.0.0.1: tiny config, two Generator replicas, a real HTTP client."""
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -32,10 +33,18 @@ SMALL = {"keys": {"low": 60, "high": 63}, "velocities": [50, 100]}  # 8 notes: o
 @pytest.fixture(scope="module")
 def app(ray_local, checkpoint, tmp_path_factory):
     root = tmp_path_factory.mktemp("instruments")
-    overrides = [f"serve.checkpoint={checkpoint}", f"serve.storage={root}", "serve.min_replicas=2",
-                 "serve.max_replicas=2", "serve.shard_size=55", f"serve.api_keys=[{API_KEY}]",
-                 "serve.max_instruments_in_flight=2", "serve.shard_retries=2", "serve.max_reference_seconds=2",
-                 "serve.max_reference_bytes=1000000"]
+    overrides = [
+        f"serve.checkpoint={checkpoint}",
+        f"serve.storage={root}",
+        "serve.min_replicas=2",
+        "serve.max_replicas=2",
+        "serve.shard_size=55",
+        f"serve.api_keys=[{API_KEY}]",
+        "serve.max_instruments_in_flight=2",
+        "serve.shard_retries=2",
+        "serve.max_reference_seconds=2",
+        "serve.max_reference_bytes=1000000",
+    ]
     cfg = load_config("tiny", overrides)
     with serving(cfg) as base:
         yield base, cfg, str(root)
@@ -72,8 +81,9 @@ def test_a_full_instrument_equals_direct_generation_and_used_both_replicas(app):
     codec, clap = Codec.load(cfg.codec.weights), Clap.load(cfg.clap)
     cue = InstrumentCue(prompt="warm analog brass")
     gen = cfg.generate.__class__(**{**vars(cfg.generate), "seed": 11})
-    direct = generate_codes(lm, instrument_cues(cue, clap.embed_text([cue.prompt])[0]),
-                            codec.frames_for(cfg.data.note_duration_s), gen)
+    direct = generate_codes(
+        lm, instrument_cues(cue, clap.embed_text([cue.prompt])[0]), codec.frames_for(cfg.data.note_duration_s), gen
+    )
     np.testing.assert_array_equal(codes, direct.numpy())
     assert status["model_id"] == lm.model_id
 
@@ -111,8 +121,17 @@ def malformed_requests(cfg) -> list:
         "cfg_coef": [-0.1, 20.5, "3", None, [3]],
         "top_k": [-1, cfg.model.card + 1, 2.5, "50", None],
         "temperature": [-1, 10.5, "1", None],
-        "keys": [{"low": 20}, {"high": 109}, {"low": 70, "high": 60}, {"low": "60"}, [21, 108], {"low": 60, "x": 1},
-                 5, None, {"low": 60.0}],
+        "keys": [
+            {"low": 20},
+            {"high": 109},
+            {"low": 70, "high": 60},
+            {"low": "60"},
+            [21, 108],
+            {"low": 60, "x": 1},
+            5,
+            None,
+            {"low": 60.0},
+        ],
         "velocities": [[], [60], [25, 25], [25, 50, 75, 100, 127, 25], "25", [True], [25.0], None],
         "candidates": [0, cfg.serve.max_candidates + 1, -1, 1.5, "2", None],
         "format": ["mp3", "", 1, None, "WAV24"],
@@ -125,10 +144,22 @@ def malformed_requests(cfg) -> list:
     singles = [{**base, field: value} for field, values in bad.items() for value in values]
     singles += [{}, {"seed": 1}, {"family": None, "source": None}]
     rng = random.Random(0)
-    pairs = [{**rng.choice(singles), **{k: v for k, v in rng.choice(singles).items() if k not in base}}
-             for _ in range(250)]
-    raw = ["", "{", "[]", "null", "1", '"prompt"', "{\"prompt\": }", "\x00\x01", "{'prompt': 'p'}",
-           json.dumps(base)[:-1], "[" * 1000]
+    pairs = [
+        {**rng.choice(singles), **{k: v for k, v in rng.choice(singles).items() if k not in base}} for _ in range(250)
+    ]
+    raw = [
+        "",
+        "{",
+        "[]",
+        "null",
+        "1",
+        '"prompt"',
+        '{"prompt": }',
+        "\x00\x01",
+        "{'prompt': 'p'}",
+        json.dumps(base)[:-1],
+        "[" * 1000,
+    ]
     return singles + pairs + [("raw", text) for text in raw]
 
 
@@ -139,12 +170,20 @@ def test_fuzzing_gets_only_4xx_json_and_a_valid_request_still_works(app):
     answers = []
     for case in cases:
         if isinstance(case, tuple):
-            answers.append(requests.post(f"{base}/v1/instruments", data=case[1].encode(), timeout=30,
-                                         headers={**KEY, "Content-Type": "application/json"}))
+            answers.append(
+                requests.post(
+                    f"{base}/v1/instruments",
+                    data=case[1].encode(),
+                    timeout=30,
+                    headers={**KEY, "Content-Type": "application/json"},
+                )
+            )
         else:
             answers.append(post(base, case))
-    answers += [requests.get(f"{base}/v1/instruments/{bad}", headers=KEY, timeout=30)
-                for bad in ("x", "0" * 31, "Z" * 32, "0" * 33, "%00", "..")]
+    answers += [
+        requests.get(f"{base}/v1/instruments/{bad}", headers=KEY, timeout=30)
+        for bad in ("x", "0" * 31, "Z" * 32, "0" * 33, "%00", "..")
+    ]
     answers.append(requests.put(f"{base}/v1/instruments", json={}, headers=KEY, timeout=30))
     for case, answer in zip(cases, answers):
         assert 400 <= answer.status_code < 500, (case, answer.status_code, answer.text)
@@ -164,8 +203,12 @@ def test_bad_values_name_the_field_and_what_is_allowed(app):
     assert "allowed: exactly one of prompt, reference_audio_url, or family/source" in answer.json()["error"]
     answer = post(base, {"prompt": "p", "keys": {"low": 70, "high": 60}})
     assert answer.json()["field"] == "keys" and "allowed: 21 <= low <= high <= 108" in answer.json()["error"]
-    big = requests.post(f"{base}/v1/instruments", data=b"{" + b" " * 70_000 + b"}", timeout=30,
-                        headers={**KEY, "Content-Type": "application/json"})
+    big = requests.post(
+        f"{base}/v1/instruments",
+        data=b"{" + b" " * 70_000 + b"}",
+        timeout=30,
+        headers={**KEY, "Content-Type": "application/json"},
+    )
     assert big.status_code == 413 and big.json()["field"] == "body"
 
 
@@ -181,6 +224,7 @@ def test_api_keys_are_required(app):
 @pytest.fixture
 def reference_server(tmp_path):
     """Files of tmp_path over HTTP on 127.0.0.1 (a client's reference recordings)."""
+
     def wav(seconds):
         buffer = io.BytesIO()
         t = np.arange(int(seconds * 16000)) / 16000
@@ -206,8 +250,11 @@ def reference_server(tmp_path):
 
 def test_reference_audio_is_fetched_and_checked(app, reference_server):
     base, _, _ = app
-    for name, words in (("text.wav", "not readable audio"), ("long.wav", "allowed: at most 2.0 s"),
-                        ("missing.wav", "not reachable")):
+    for name, words in (
+        ("text.wav", "not readable audio"),
+        ("long.wav", "allowed: at most 2.0 s"),
+        ("missing.wav", "not reachable"),
+    ):
         answer = post(base, {"reference_audio_url": f"{reference_server}/{name}", **SMALL})
         assert answer.status_code == 422 and answer.json()["field"] == "reference_audio_url", answer.text
         assert words in answer.json()["error"]
@@ -219,8 +266,10 @@ def test_reference_audio_is_fetched_and_checked(app, reference_server):
 
 def test_overload_gets_503_and_the_rest_completes(app):
     base, _, _ = app
-    bodies = [{"prompt": f"overload {i}", "seed": 100 + i, "keys": {"low": 60, "high": 71}, "velocities": [50, 100]}
-              for i in range(6)]
+    bodies = [
+        {"prompt": f"overload {i}", "seed": 100 + i, "keys": {"low": 60, "high": 71}, "velocities": [50, 100]}
+        for i in range(6)
+    ]
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(lambda body: post(base, body), bodies))
     codes = [answer.status_code for answer in answers]
@@ -251,8 +300,10 @@ def test_a_killed_generator_replica_is_survived(app, ray_local):
     else:
         assert status["error"] and not storage.exists(storage.join(url, "manifest.json"))
     deadline = time.time() + 120  # Serve replaces the replica; the app serves normally again
-    while time.time() < deadline and len([a for a in ray_local.util.list_named_actors(all_namespaces=True)
-                                          if "#Generator#" in a["name"]]) < 2:
+    while (
+        time.time() < deadline
+        and len([a for a in ray_local.util.list_named_actors(all_namespaces=True) if "#Generator#" in a["name"]]) < 2
+    ):
         time.sleep(1)
     assert done(base, {"prompt": "after the kill", "seed": 22, **SMALL})["notes_done"] == 8
 
@@ -262,10 +313,25 @@ def test_files_outside_an_instrument_are_refused(app):
     status = done(base, {"prompt": "traversal", "seed": 8, **SMALL})
     prefix = f"/v1/instruments/{status['id']}/files/"
     assert requests.get(f"{base}{prefix}notes/060_v050.wav", headers=KEY, timeout=30).status_code == 200
-    attacks = ["../status.json", "../../etc/passwd", "..%2f..%2fetc%2fpasswd", "%2e%2e/%2e%2e/etc/passwd",
-               "%2e%2e%2f" * 4 + "etc/passwd", "/etc/passwd", "%2fetc%2fpasswd", "notes/../../x", "notes/..%5c..%5cx",
-               "..\\..\\x", "notes/060_v050.wav%00.txt", "candidates/0/notes/060_v050.wav", ".tmp-x", "",
-               "notes/", "manifest.json/..", "%252e%252e%252fetc%252fpasswd"]
+    attacks = [
+        "../status.json",
+        "../../etc/passwd",
+        "..%2f..%2fetc%2fpasswd",
+        "%2e%2e/%2e%2e/etc/passwd",
+        "%2e%2e%2f" * 4 + "etc/passwd",
+        "/etc/passwd",
+        "%2fetc%2fpasswd",
+        "notes/../../x",
+        "notes/..%5c..%5cx",
+        "..\\..\\x",
+        "notes/060_v050.wav%00.txt",
+        "candidates/0/notes/060_v050.wav",
+        ".tmp-x",
+        "",
+        "notes/",
+        "manifest.json/..",
+        "%252e%252e%252fetc%252fpasswd",
+    ]
     host = urlparse(base)
     for attack in attacks:  # raw paths: no client-side normalisation of dot segments
         connection = http.client.HTTPConnection(host.hostname, host.port, timeout=30)

@@ -1,4 +1,5 @@
 """The ingress's background work without Serve: fake Generator and Scorer handles."""
+
 from __future__ import annotations
 
 import asyncio
@@ -26,8 +27,13 @@ class Handle:
 
 
 async def info():
-    return {"model_id": "m", "conditioning": "clap", "codec_model_id": "c", "clap_model_id": "k",
-            "sample_rate_hz": 44100}
+    return {
+        "model_id": "m",
+        "conditioning": "clap",
+        "codec_model_id": "c",
+        "clap_model_id": "k",
+        "sample_rate_hz": 44100,
+    }
 
 
 def service(tmp_path, shard):

@@ -1,4 +1,5 @@
 """The audition page in a real headless Chromium: submit a prompt, wait, press a key, hear a note."""
+
 from __future__ import annotations
 
 import shutil
@@ -13,15 +14,23 @@ from serve.local import serving
 SCREENSHOT = Path(__file__).parents[2] / "docs" / "figures" / "serve_page.png"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                                reason="no chromium + chromedriver on PATH (Debian: apt-get install chromium "
-                                       "chromium-driver)")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="no chromium + chromedriver on PATH (Debian: apt-get install chromium chromium-driver)",
+)
 
 
 @pytest.fixture(scope="module")
 def page_app(ray_local, checkpoint, tmp_path_factory):
-    cfg = load_config("tiny", [f"serve.checkpoint={checkpoint}", f"serve.storage={tmp_path_factory.mktemp('inst')}",
-                               "serve.min_replicas=1", "serve.max_replicas=1"])
+    cfg = load_config(
+        "tiny",
+        [
+            f"serve.checkpoint={checkpoint}",
+            f"serve.storage={tmp_path_factory.mktemp('inst')}",
+            "serve.min_replicas=1",
+            "serve.max_replicas=1",
+        ],
+    )
     with serving(cfg) as base:
         yield base
 
@@ -33,10 +42,19 @@ def browser(tmp_path):
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", "--autoplay-policy=no-user-gesture-required", "--window-size=1280,1000",
-                 f"--user-data-dir={tmp_path / 'profile'}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--autoplay-policy=no-user-gesture-required",
+        "--window-size=1280,1000",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     yield driver

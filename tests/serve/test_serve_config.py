@@ -1,4 +1,5 @@
 """serve/config.yaml is what `serve deploy` accepts, and it names the application's real parts."""
+
 from __future__ import annotations
 
 import importlib

@@ -4,11 +4,26 @@ from instrumentgen.config import load_config
 from instrumentgen.model.lm import InstrumentLM
 from instrumentgen.training.engines import optimizer_and_schedule
 
-BLOCK_DECAYED = ["cross_attention.key_value.weight", "cross_attention.out.weight", "cross_attention.query.weight",
-                 "ffn.0.weight", "ffn.2.weight", "self_attention.key_value.weight", "self_attention.out.weight",
-                 "self_attention.query.weight"]
-BLOCK_NOT_DECAYED = ["ffn.0.bias", "ffn.2.bias", "norm_cross.bias", "norm_cross.weight", "norm_ffn.bias",
-                     "norm_ffn.weight", "norm_self.bias", "norm_self.weight"]
+BLOCK_DECAYED = [
+    "cross_attention.key_value.weight",
+    "cross_attention.out.weight",
+    "cross_attention.query.weight",
+    "ffn.0.weight",
+    "ffn.2.weight",
+    "self_attention.key_value.weight",
+    "self_attention.out.weight",
+    "self_attention.query.weight",
+]
+BLOCK_NOT_DECAYED = [
+    "ffn.0.bias",
+    "ffn.2.bias",
+    "norm_cross.bias",
+    "norm_cross.weight",
+    "norm_ffn.bias",
+    "norm_ffn.weight",
+    "norm_self.bias",
+    "norm_self.weight",
+]
 CONDITIONERS = ["family", "pitch", "source", "velocity"]
 
 
@@ -20,13 +35,25 @@ def test_weight_decay_only_on_linear_weight_matrices():
     groups = {group["weight_decay"]: sorted(names[id(p)] for p in group["params"]) for group in optimizer.param_groups}
     blocks = [f"transformer.blocks.{i}." for i in range(2)]
     assert groups[cfg.train.weight_decay] == sorted(
-        ["conditioners.clap.proj.weight", *(f"conditioners.{c}.proj.weight" for c in CONDITIONERS), "heads.weight",
-         *(b + n for b in blocks for n in BLOCK_DECAYED)])
+        [
+            "conditioners.clap.proj.weight",
+            *(f"conditioners.{c}.proj.weight" for c in CONDITIONERS),
+            "heads.weight",
+            *(b + n for b in blocks for n in BLOCK_DECAYED),
+        ]
+    )
     assert groups[0.0] == sorted(
-        ["conditioners.clap.null", "conditioners.clap.proj.bias",
-         *(f"conditioners.{c}.lut.weight" for c in CONDITIONERS),
-         *(f"conditioners.{c}.proj.bias" for c in CONDITIONERS), "embeddings.weight",
-         *(b + n for b in blocks for n in BLOCK_NOT_DECAYED), "transformer.norm.bias", "transformer.norm.weight"])
+        [
+            "conditioners.clap.null",
+            "conditioners.clap.proj.bias",
+            *(f"conditioners.{c}.lut.weight" for c in CONDITIONERS),
+            *(f"conditioners.{c}.proj.bias" for c in CONDITIONERS),
+            "embeddings.weight",
+            *(b + n for b in blocks for n in BLOCK_NOT_DECAYED),
+            "transformer.norm.bias",
+            "transformer.norm.weight",
+        ]
+    )
     # the codebooks are not parameters at all: EMA buffers
     assert "conditioners.clap.rvq.codebooks" in dict(model.named_buffers())
     assert sum(len(g) for g in groups.values()) == len(list(model.parameters()))

@@ -1,5 +1,6 @@
 """The training loop without Ray (`loop.train` on one worker, the real engine and checkpoint code):
 validation under the conditions of use, and proof that the model learns its conditioning."""
+
 import os
 import shutil
 from contextlib import contextmanager
@@ -28,13 +29,14 @@ class TableShard:
     def __init__(self, columns: dict[str, np.ndarray]):
         self.columns = columns
 
-    def iter_batches(self, *, batch_size, batch_format, drop_last=False, local_shuffle_buffer_size=None,
-                     local_shuffle_seed=None):
+    def iter_batches(
+        self, *, batch_size, batch_format, drop_last=False, local_shuffle_buffer_size=None, local_shuffle_seed=None
+    ):
         rows = len(next(iter(self.columns.values())))
         shuffled = local_shuffle_buffer_size is not None
         order = np.random.default_rng(local_shuffle_seed).permutation(rows) if shuffled else np.arange(rows)
         for start in range(0, rows - (batch_size - 1 if drop_last else 0), batch_size):
-            index = order[start:start + batch_size]
+            index = order[start : start + batch_size]
             yield {name: column[index] for name, column in self.columns.items()}
 
 
@@ -128,11 +130,20 @@ def cue_losses(lm, notes, held_out):
     louder_or_softer = {25: 127, 75: 25, 127: 25}
     variants = {
         "right cue": cues,
-        "wrong pitch": Cues(cues.family, cues.source, torch.tensor([far[p] for p in cues.pitch.tolist()]),
-                            cues.velocity, cues.clap_embedding),
-        "wrong velocity": Cues(cues.family, cues.source, cues.pitch,
-                               torch.tensor([louder_or_softer[v] for v in cues.velocity.tolist()]),
-                               cues.clap_embedding),
+        "wrong pitch": Cues(
+            cues.family,
+            cues.source,
+            torch.tensor([far[p] for p in cues.pitch.tolist()]),
+            cues.velocity,
+            cues.clap_embedding,
+        ),
+        "wrong velocity": Cues(
+            cues.family,
+            cues.source,
+            cues.pitch,
+            torch.tensor([louder_or_softer[v] for v in cues.velocity.tolist()]),
+            cues.clap_embedding,
+        ),
         "other instrument's CLAP": cues.with_clap(other_clap),
     }
     rows = torch.from_numpy(held_out)
@@ -143,9 +154,19 @@ def cue_losses(lm, notes, held_out):
 @pytest.mark.slow
 def test_the_trained_model_reads_pitch_velocity_and_clap_cues(notes, tmp_path):
     held_out = held_out_mask(notes)
-    cfg = load_config("tiny", [f"train.storage_path={tmp_path}", "train.run_name=cues", "train.strategy=ddp",
-                               "train.num_workers=1", "train.max_steps=200", "train.checkpoint_every=200",
-                               "train.log_every=50", "train.warmup_steps=20"])
+    cfg = load_config(
+        "tiny",
+        [
+            f"train.storage_path={tmp_path}",
+            "train.run_name=cues",
+            "train.strategy=ddp",
+            "train.num_workers=1",
+            "train.max_steps=200",
+            "train.checkpoint_every=200",
+            "train.log_every=50",
+            "train.warmup_steps=20",
+        ],
+    )
     session = LocalSession(str(tmp_path / "reported"))
     train(cfg, 0, 1, torch.device("cpu"), TableShard(select(notes, ~held_out)), None, session)
     lm = InstrumentLM.load(str(tmp_path / "reported" / "checkpoint_000000200" / MODEL))
@@ -168,12 +189,19 @@ def test_the_trained_model_reads_pitch_velocity_and_clap_cues(notes, tmp_path):
     # mean embeddings nearly coincide, while the notes of one instrument spread widely (pitch, loudness).
     clap = torch.nn.functional.normalize(shards.collate(notes)[1].clap_embedding, dim=-1)
     by_instrument = clap.view(len(np.unique(notes["instrument"])), -1, clap.shape[-1])  # [I, notes, 512]
-    same_note = torch.stack([(by_instrument[a] * by_instrument[b]).sum(-1) for a in range(len(by_instrument))
-                             for b in range(a + 1, len(by_instrument))])
+    same_note = torch.stack(
+        [
+            (by_instrument[a] * by_instrument[b]).sum(-1)
+            for a in range(len(by_instrument))
+            for b in range(a + 1, len(by_instrument))
+        ]
+    )
     means = torch.nn.functional.normalize(by_instrument.mean(1), dim=-1)
     within = torch.stack([(i @ i.T).min() for i in by_instrument])
-    print(f"CLAP cosine: same note, two instruments {same_note.mean():.3f} (min {same_note.min():.3f}); "
-          f"instrument means {(means @ means.T).min():.4f}+; within an instrument down to {within.min():.2f}")
+    print(
+        f"CLAP cosine: same note, two instruments {same_note.mean():.3f} (min {same_note.min():.3f}); "
+        f"instrument means {(means @ means.T).min():.4f}+; within an instrument down to {within.min():.2f}"
+    )
     assert same_note.mean() > 0.9 and (means @ means.T).min() > 0.98 and within.max() < 0.8
 
     # Still, the quantizer gives the same note of two instruments different codes, and keeps entries alive.

@@ -29,7 +29,9 @@ def test_deepspeed_config_follows_the_train_config():
     ds = deepspeed_config(cfg, micro_batch=1)
     assert ds["zero_optimization"] == {"stage": 2, "contiguous_gradients": True}
     assert deepspeed_config(load_config("paper", ["train.zero_stage=1"]).train, 1)["zero_optimization"] == {
-        "stage": 1, "contiguous_gradients": False}
+        "stage": 1,
+        "contiguous_gradients": False,
+    }
     assert ds["gradient_accumulation_steps"] == 4 and ds["train_micro_batch_size_per_gpu"] == 1
     assert ds["gradient_clipping"] == 0.5 and ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
     assert ds["zero_allow_untested_optimizer"]  # a torch AdamW, so no C++ optimizer is compiled

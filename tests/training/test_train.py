@@ -1,6 +1,7 @@
 """Ray Train on the tiny config with 2 CPU workers (gloo): DeepSpeed ZeRO 1/2 and DDP, checkpoints,
 a killed worker, resumption, S3 storage, the exported checkpoint, and the CLAP quantizer's
 codebooks identical on every worker."""
+
 import csv
 import os
 import re
@@ -32,15 +33,25 @@ def shards_url(tmp_path_factory, ray_local, cache):
     train_set = write_fixture_nsynth(str(root / "train"), 4, PITCHES, [50, 100], ("jsonwav",))["jsonwav"]
     valid_set = write_fixture_nsynth(str(root / "valid"), 1, PITCHES, [50, 100], ("jsonwav",))["jsonwav"]
     out = str(root / "shards")
-    preprocess.run(load_config("tiny", [f"data.splits.train={train_set}", f"data.splits.valid={valid_set}",
-                                        f"data.shards={out}"]))
+    preprocess.run(
+        load_config("tiny", [f"data.splits.train={train_set}", f"data.splits.valid={valid_set}", f"data.shards={out}"])
+    )
     return out
 
 
 def train_config(shards_url, storage_path, run_name, *extra):
-    return load_config("tiny", [f"data.shards={shards_url}", f"train.storage_path={storage_path}",
-                                f"train.run_name={run_name}", "train.log_every=5", "train.eval_every=10",
-                                "train.checkpoint_every=10", *extra])
+    return load_config(
+        "tiny",
+        [
+            f"data.shards={shards_url}",
+            f"train.storage_path={storage_path}",
+            f"train.run_name={run_name}",
+            "train.log_every=5",
+            "train.eval_every=10",
+            "train.checkpoint_every=10",
+            *extra,
+        ],
+    )
 
 
 def metrics_rows(cfg):
@@ -69,13 +80,17 @@ def test_loss_falls(shards_url, tmp_path, strategy):
     assert exported == str(tmp_path / "run" / "model.pt")
     # checkpoints kept: the last 3 (train.keep_checkpoints), named by step
     assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint_0*")) == [
-        "checkpoint_000000010", "checkpoint_000000020", "checkpoint_000000030"]
+        "checkpoint_000000010",
+        "checkpoint_000000020",
+        "checkpoint_000000030",
+    ]
 
 
 @pytest.fixture(scope="module")
 def straight_zero2(shards_url, tmp_path_factory):
-    cfg = train_config(shards_url, str(tmp_path_factory.mktemp("runs")), "straight", "train.zero_stage=2",
-                       "train.max_steps=20")
+    cfg = train_config(
+        shards_url, str(tmp_path_factory.mktemp("runs")), "straight", "train.zero_stage=2", "train.max_steps=20"
+    )
     return cfg, train.run(cfg)
 
 
@@ -89,11 +104,13 @@ def test_loss_falls_with_zero_stage_2(straight_zero2):
     assert len(valid) == 2 and valid[-1] < valid[0]
 
 
-def test_a_killed_worker_resumes_to_the_weights_of_a_straight_run_on_s3(straight_zero2, shards_url, s3_bucket,
-                                                                        tmp_path):
+def test_a_killed_worker_resumes_to_the_weights_of_a_straight_run_on_s3(
+    straight_zero2, shards_url, s3_bucket, tmp_path
+):
     cfg, straight = straight_zero2
-    killed = train_config(shards_url, f"{s3_bucket}/runs", "killed", "train.zero_stage=2", "train.max_steps=20",
-                          "train.max_failures=1")
+    killed = train_config(
+        shards_url, f"{s3_bucket}/runs", "killed", "train.zero_stage=2", "train.max_steps=20", "train.max_failures=1"
+    )
     marker = str(tmp_path / "killed-once")
     exported = train.run(killed, Fault("train.step", at=15, marker=marker, rank=1))
     assert storage.exists(marker)  # the worker really died after step 15 (its checkpoint: step 10)
@@ -104,13 +121,15 @@ def test_a_killed_worker_resumes_to_the_weights_of_a_straight_run_on_s3(straight
     steps = [int(r["step"]) for r in metrics_rows(killed)]
     assert steps == [5, 10, 15, 20]  # the history of the restored checkpoint, then steps 15 and 20 again
     assert [float(r["loss"]) for r in metrics_rows(killed)] == pytest.approx(
-        [float(r["loss"]) for r in metrics_rows(cfg)], rel=1e-5)
+        [float(r["loss"]) for r in metrics_rows(cfg)], rel=1e-5
+    )
 
 
 def test_resubmitting_a_stopped_run_continues_from_its_checkpoint(straight_zero2, shards_url, tmp_path):
     cfg, straight = straight_zero2
-    stopped = train_config(shards_url, str(tmp_path), "stopped", "train.zero_stage=2", "train.max_steps=20",
-                           "train.max_failures=0")
+    stopped = train_config(
+        shards_url, str(tmp_path), "stopped", "train.zero_stage=2", "train.max_steps=20", "train.max_failures=0"
+    )
     failure = Fault("train.step", at=12, marker=str(tmp_path / "failed-once"), action="raise", rank=0)
     # the worker group fails and no restart is allowed
     with pytest.raises(ray.train.WorkerGroupError, match=re.escape("injected failure at train.step=12 (rank 0)")):
@@ -146,8 +165,14 @@ def test_the_export_generates_the_same_tokens_in_a_fresh_process(straight_zero2,
     assert here.shape == (3, 4, 12)
 
 
-@pytest.mark.parametrize("strategy", ["train.strategy=ddp", "train.strategy=deepspeed train.zero_stage=1",
-                                      "train.strategy=deepspeed train.zero_stage=3"])
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        "train.strategy=ddp",
+        "train.strategy=deepspeed train.zero_stage=1",
+        "train.strategy=deepspeed train.zero_stage=3",
+    ],
+)
 def test_every_worker_ends_with_the_same_codebooks(shards_url, tmp_path, strategy):
     cfg = train_config(shards_url, str(tmp_path), "codebooks", *strategy.split())
 
@@ -165,7 +190,7 @@ def test_every_worker_ends_with_the_same_codebooks(shards_url, tmp_path, strateg
         table = read_table(shard_files(cfg.data.shards, "train")[0]).to_pandas()
         engine.module.train()
         for step in range(4):
-            rows = table.iloc[(rank * 4 + step) * 8 % 64:][:8]
+            rows = table.iloc[(rank * 4 + step) * 8 % 64 :][:8]
             codes, cues = collate({name: rows[name].to_numpy() for name in rows.columns})
             out = engine.forward(codes, cues)
             engine.backward(out.loss)
@@ -178,16 +203,20 @@ def test_every_worker_ends_with_the_same_codebooks(shards_url, tmp_path, strateg
             torch.save(consolidated, os.path.join(folder, "consolidated.pt"))
 
     ray.train.torch.TorchTrainer(
-        train_a_few_steps, train_loop_config={"cfg": cfg, "folder": str(tmp_path)},
+        train_a_few_steps,
+        train_loop_config={"cfg": cfg, "folder": str(tmp_path)},
         scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
-        run_config=ray.train.RunConfig(storage_path=str(tmp_path / "ray"))).fit()
+        run_config=ray.train.RunConfig(storage_path=str(tmp_path / "ray")),
+    ).fit()
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     consolidated = torch.load(tmp_path / "consolidated.pt")
     assert rank0["initialized"].all()
     for name in ("codebooks", "cluster_sizes", "embedding_sums", "initialized"):
         assert torch.equal(rank0[name], rank1[name]), name
-        assert torch.equal(consolidated[f"conditioners.clap.rvq.{name}"], rank0[name].to(consolidated[
-            f"conditioners.clap.rvq.{name}"].dtype)), name
+        assert torch.equal(
+            consolidated[f"conditioners.clap.rvq.{name}"],
+            rank0[name].to(consolidated[f"conditioners.clap.rvq.{name}"].dtype),
+        ), name
     assert (rank0["cluster_sizes"].sum(-1) >= 16 - 1e-3).all()  # the EMA of the global batch: 16 rows a step
 
 
