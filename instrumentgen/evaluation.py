@@ -26,6 +26,7 @@ from instrumentgen.metrics.clap_score import clap_score
 from instrumentgen.metrics.fad import Embedder
 from instrumentgen.metrics.pitch import pitch_report
 from instrumentgen.metrics.tc import scales_from_config, tc, tc_matrix
+from instrumentgen.model.quantizer import code_counts, code_usage_from_counts
 from instrumentgen.vocab import FAMILIES, NSYNTH_SAMPLE_RATE_HZ, SOURCES
 
 GROUND_TRUTH = "ground_truth"
@@ -91,6 +92,8 @@ class InstrumentScores:
     pitches, velocities: the S slots (MIDI). pitch_errors: float [S], signed f0 error in semitones,
     NaN where unvoiced. tc_matrix: float [S, S], mean |y_i - y_j| per pair of notes.
     embeddings / real_embeddings: float [S, E], FAD embeddings of the generated / real notes.
+    rvq_counts: [Q][bins] how often the model's CLAP quantizer picks each entry for the real notes'
+    CLAP embeddings (None for the ground truth and a metadata-conditioned model).
     """
 
     name: str
@@ -106,6 +109,7 @@ class InstrumentScores:
     tc_matrix: np.ndarray
     embeddings: np.ndarray
     real_embeddings: np.ndarray
+    rvq_counts: list[list[int]] | None = None
 
     ARRAYS = ("tc_matrix", "embeddings", "real_embeddings")  # the .npz beside the JSON row
 
@@ -152,7 +156,24 @@ def evaluate_instrument(
         tc_matrix=tc_matrix(audio, rate, scales[0], cfg.metrics.tc_power).numpy(),
         embeddings=embedder(audio, rate).numpy(),
         real_embeddings=embedder(real, rate).numpy(),
+        rvq_counts=_rvq_counts(lm, clap.embed_audio(real, rate)) if lm and lm.cfg.conditioning == "clap" else None,
     )
+
+
+def _rvq_counts(lm, clap_embeddings: torch.Tensor) -> list[list[int]]:
+    """[S, 512] CLAP embeddings -> [Q][bins] counts of the entries `lm`'s quantizer picks for them."""
+    rvq = lm.conditioners.clap.rvq
+    return code_counts(rvq.encode(clap_embeddings.to(next(lm.parameters()).device)), rvq.bins).long().tolist()
+
+
+def rvq_usage(rows: list[dict]) -> dict | None:
+    """The summed `rvq_counts` of a model's instruments -> {perplexity: [Q], live: [Q], bins} (None if absent)."""
+    counts = [row["rvq_counts"] for row in rows if row.get("rvq_counts") is not None]
+    if not counts:
+        return None
+    total = torch.tensor(counts).sum(dim=0)  # [Q, bins]
+    usage = code_usage_from_counts(total)
+    return {"perplexity": usage.perplexity.tolist(), "live": usage.live.tolist(), "bins": total.shape[1]}
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -186,6 +207,7 @@ def model_row(model: str, checkpoint: str, rows: list[dict], fad_value: float) -
         "unvoiced": sum(r["unvoiced"] for r in rows),
         "tc": _mean([r["tc"] for r in rows]),
         "instruments": [{key: row[key] for key in INSTRUMENT_KEYS} for row in rows],
+        "rvq_usage": rvq_usage(rows),
     }
 
 
@@ -205,6 +227,15 @@ def summary_table(models: list[dict], embedder: str) -> tuple[dict, str]:
         for m in models
     ]
     for m in models:
+        usage = m.get("rvq_usage")
+        if usage:
+            lines += [
+                "",
+                f"CLAP quantizer of {m['model']} on the test notes (perplexity, live of {usage['bins']}): "
+                + "; ".join(
+                    f"codebook {i}: {p:.1f}, {n}" for i, (p, n) in enumerate(zip(usage["perplexity"], usage["live"]))
+                ),
+            ]
         lines += [
             "",
             f"## Per instrument: {m['model']}",

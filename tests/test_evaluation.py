@@ -80,6 +80,7 @@ def test_instrument_scores_split_into_a_json_row_and_arrays():
         "pitches": [60, 62],
         "velocities": [100, 100],
         "pitch_errors": [0.1, None],
+        "rvq_counts": None,
     }
     assert set(scores.arrays()) == {"tc_matrix", "embeddings", "real_embeddings"}
     assert scores.arrays()["embeddings"].shape == (2, 3)
@@ -116,9 +117,30 @@ def test_the_mean_embedding_cue_reaches_the_model_and_the_clap_score(models, mon
         return types.SimpleNamespace(audio=real.flip(0))  # any audio of the right shape
 
     monkeypatch.setattr(evaluation, "generate_instrument", fake_generate)
-    lm = types.SimpleNamespace(cfg=types.SimpleNamespace(conditioning="clap"))
+    from instrumentgen.model.lm import InstrumentLM
+
+    lm = InstrumentLM(cfg.model).eval()
     scores = evaluation.evaluate_instrument(cfg, instrument, lm, codec, clap, embedder)
+    counts = torch.tensor(scores.rvq_counts)  # the quantizer's picks for the real notes, per codebook
+    assert counts.shape == (cfg.model.rvq_codebooks, cfg.model.rvq_bins)
+    assert counts.sum(dim=1).tolist() == [len(instrument.pitches)] * cfg.model.rvq_codebooks
     ((given, slots),) = seen
     assert torch.allclose(given.clap_embedding, cue, atol=1e-6)
     assert slots == list(zip(instrument.pitches, instrument.velocities))
     assert scores.clap == pytest.approx(clap_score(cue, clap.embed_audio(real.flip(0), 44100)), abs=1e-5)
+
+
+def test_rvq_usage_of_a_model_sums_its_instruments_counts():
+    a = {**instrument_row("a", [0.1]), "rvq_counts": [[2, 0, 0, 0], [1, 1, 0, 0]]}
+    b = {**instrument_row("b", [0.1]), "rvq_counts": [[0, 2, 0, 0], [0, 0, 1, 1]]}
+    row = model_row("clap", "m.pt", [a, b], fad_value=1.0)
+    usage = row["rvq_usage"]
+    # codebook 0: entries 0 and 1 twice each -> perplexity 2, 2 live; codebook 1: 4 entries once -> 4, 4
+    assert usage["bins"] == 4 and usage["live"] == [2, 4]
+    assert usage["perplexity"] == [pytest.approx(2.0), pytest.approx(4.0)]
+    assert model_row("gt", "ground_truth", [instrument_row("c", [0.1])], 0.0)["rvq_usage"] is None
+    _, table = summary_table([row], "vggish")
+    assert (
+        "CLAP quantizer of clap on the test notes (perplexity, live of 4): codebook 0: 2.0, 2; codebook 1: 4.0, 4"
+        in table
+    )
