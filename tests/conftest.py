@@ -15,12 +15,7 @@ import time
 import pytest
 
 import jobs  # noqa: E402,F401
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from serve.local import free_port
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +47,7 @@ def s3_server(tmp_path_factory):
     Sets the AWS variables so that s3fs / boto3 in this process and in Ray workers started
     after it talk to this server only.
     """
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
