@@ -23,6 +23,9 @@ AUDIO_FORMATS = {
 }
 
 
+NOTE_PEAK = 0.99  # a note louder than this is scaled down to it (no clipping in PCM)
+
+
 class AudioError(UserError):
     """Audio that cannot be decoded or a format that is not offered; names what is allowed."""
 
@@ -32,6 +35,17 @@ def resample(audio: torch.Tensor, from_hz: int, to_hz: int) -> torch.Tensor:
     if from_hz == to_hz:
         return audio
     return torchaudio.functional.resample(audio, int(from_hz), int(to_hz))
+
+
+def note_gains(audio: torch.Tensor) -> torch.Tensor:
+    """audio [S, L] -> [S] gain per note: NOTE_PEAK / peak where the peak exceeds NOTE_PEAK, else 1.
+
+    The level policy of every instrument written: each note keeps its generated level (so velocity
+    layers stay as generated) unless it would clip, and only that note is scaled; a writer of a few
+    notes needs no other note's peak, so shards written by different workers agree.
+    """
+    peaks = audio.abs().amax(dim=-1)
+    return torch.where(peaks > NOTE_PEAK, NOTE_PEAK / peaks.clamp_min(1e-12), torch.ones_like(peaks))
 
 
 def crop_or_pad(audio: np.ndarray, num_samples: int) -> np.ndarray:

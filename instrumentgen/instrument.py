@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from instrumentgen import storage
-from instrumentgen.audio import audio_extension, decode_audio, encode_audio
+from instrumentgen.audio import audio_extension, decode_audio, encode_audio, note_gains
 from instrumentgen.errors import UserError
 from instrumentgen.vocab import PITCH_MAX, PITCH_MIN
 
@@ -135,12 +135,11 @@ class Instrument:
         audio = self.audio.detach().float().cpu().numpy()
         if not np.isfinite(audio).all():
             raise InstrumentError("audio holds NaN or inf; refusing to write a broken instrument")
-        peak = float(np.abs(audio).max(initial=0.0))
-        scale = 0.99 / peak if peak > 0.99 else 1.0  # never clip: scale the whole instrument, keeping velocity
+        gains = note_gains(torch.from_numpy(audio)).tolist()  # never clip: a note that would is scaled alone
         jobs = [
             (
                 storage.join(url, note_file(p, v, audio_format)),
-                encode_audio(audio[i] * scale, self.sample_rate_hz, audio_format),
+                encode_audio(audio[i] * gains[i], self.sample_rate_hz, audio_format),
             )
             for i, (p, v) in enumerate(zip(self.pitches, self.velocities))
         ]
@@ -155,13 +154,13 @@ class Instrument:
             **self.metadata,
             "sample_rate_hz": self.sample_rate_hz,
             "num_samples": audio.shape[1],
-            "gain": scale,
+            "gain": "per_note",
             "sfz": SFZ_FILE,
             "dspreset": DSPRESET_FILE,
             "format": audio_format,
             "notes": [
-                {"pitch": p, "velocity": v, "file": note_file(p, v, audio_format)}
-                for p, v in zip(self.pitches, self.velocities)
+                {"pitch": p, "velocity": v, "file": note_file(p, v, audio_format), "gain": gain}
+                for p, v, gain in zip(self.pitches, self.velocities, gains)
             ],
         }
         storage.write_json(storage.join(url, storage.MANIFEST), manifest)
@@ -169,7 +168,7 @@ class Instrument:
 
     @classmethod
     def read(cls, url: str) -> "Instrument":
-        """The instrument written by `write` at `url` (audio as written, after `gain`)."""
+        """The instrument written by `write` at `url` (audio as written, after each note's `gain`)."""
         manifest_url = storage.join(url, storage.MANIFEST)
         if not storage.exists(manifest_url):
             raise InstrumentError(

@@ -18,11 +18,10 @@ Seeds: candidate c of every slot is generated with the instrument seed `candidat
 notes do not depend on which slots share its shard or which worker renders it: with k = 1 the
 codes equal those of `generate_instrument` with the same seed.
 
-Level policy (of served and batch-rendered instruments alike; `Instrument.write`, the writer of the
-`instrumentgen generate` command, instead scales the whole instrument by its peak): a shard cannot
-know the other shards' peaks, so every note is written at its generated level except a note whose
-peak exceeds `NOTE_PEAK`, which alone is scaled down to it; the gain of each note is in the
-manifest. Nothing is normalised when no note clips, the usual case.
+Level policy (`audio.note_gains`, the same as `Instrument.write`'s): a shard cannot know the other
+shards' peaks, so every note is written at its generated level except a note whose peak exceeds
+`audio.NOTE_PEAK`, which alone is scaled down to it; the gain of each note is in the manifest.
+Nothing is normalised when no note clips, the usual case.
 
 Layout under `url` (on top of `Instrument.write`'s notes/, instrument.sfz, instrument.dspreset,
 manifest.json): staged notes while k > 1 candidates exist (candidates/<c>/notes/...) or for a
@@ -47,7 +46,7 @@ import numpy as np
 import torch
 
 from instrumentgen import storage
-from instrumentgen.audio import encode_audio
+from instrumentgen.audio import encode_audio, note_gains
 from instrumentgen.config import GenerateConfig, MetricsConfig, ModelConfig
 from instrumentgen.generate import (
     GenerateError,
@@ -63,7 +62,6 @@ from instrumentgen.metrics.tc import liftered_log_mel, pairwise_l1_sum, scales_f
 from instrumentgen.selection import candidate_seeds, select_candidates
 from instrumentgen.vocab import midi_to_hz
 
-NOTE_PEAK = 0.99  # a note louder than this is scaled down to it (no clipping in 24-bit PCM)
 CODES_FILE, BUNDLE_FILE, CANDIDATES_DIR = "codes.npy", "instrument.zip", "candidates"
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # zip's earliest date: a bundle's bytes do not depend on when it was written
 
@@ -95,12 +93,6 @@ def embedded_cue(cue: InstrumentCue, clap, model_cfg: ModelConfig) -> Instrument
     if embedding is None:
         return cue
     return InstrumentCue(clap_embedding=embedding, family=cue.family, source=cue.source)
-
-
-def note_gains(audio: torch.Tensor) -> torch.Tensor:
-    """audio [S, L] -> [S] gain per note: NOTE_PEAK / peak where the peak exceeds NOTE_PEAK, else 1."""
-    peaks = audio.abs().amax(dim=-1)
-    return torch.where(peaks > NOTE_PEAK, NOTE_PEAK / peaks.clamp_min(1e-12), torch.ones_like(peaks))
 
 
 def candidate_url(url: str, candidate: int, candidates: int, attempt: int = 0) -> str:

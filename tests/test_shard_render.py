@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from instrumentgen import storage
+from instrumentgen.audio import note_gains
 from instrumentgen.clap import Clap
 from instrumentgen.codec import Codec
 from instrumentgen.config import load_config
@@ -17,7 +18,6 @@ from instrumentgen.shard_render import (
     features_tc,
     finish_instrument,
     note_features,
-    note_gains,
     render_shard,
 )
 
