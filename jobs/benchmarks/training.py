@@ -93,7 +93,8 @@ def run(quick: bool) -> list[dict]:
             "baseline_s": ddp2,
             "ours_s": zero2w,
             "ratio": ddp2 / zero2w,
-            "note": f"{1 / zero2w:.2f} vs {1 / ddp2:.2f} steps/s, best of 2 interleaved runs each; goal >= 0.9",
+            "goal": 0.9,
+            "note": f"{1 / zero2w:.2f} vs {1 / ddp2:.2f} steps/s, best of 2 interleaved runs each",
         },
         {
             "benchmark": f"train step, {size}, DDP, 1 -> 2 workers",
@@ -102,7 +103,8 @@ def run(quick: bool) -> list[dict]:
             "baseline_s": ddp1,
             "ours_s": ddp2,
             "ratio": ddp1 / ddp2,
-            "note": "same global batch; ideal 2",
+            "goal": "ideal 2",
+            "note": "same global batch",
         },
         {
             "benchmark": f"train step, {size}, ZeRO-1, 1 -> 2 workers",
@@ -111,7 +113,8 @@ def run(quick: bool) -> list[dict]:
             "baseline_s": zero1w,
             "ours_s": zero2w,
             "ratio": zero1w / zero2w,
-            "note": "same global batch; ideal 2",
+            "goal": "ideal 2",
+            "note": "same global batch",
         },
         {
             "benchmark": f"train step, {size}, DDP, 1 -> 2 workers, global batch {4 * batch}",
@@ -120,6 +123,7 @@ def run(quick: bool) -> list[dict]:
             "baseline_s": ddp1_big,
             "ours_s": ddp2_big,
             "ratio": ddp1_big / ddp2_big,
-            "note": "4x the rows per gradient all-reduce; ideal 2",
+            "goal": "ideal 2",
+            "note": "4x the rows per gradient all-reduce",
         },
     ]
