@@ -55,15 +55,13 @@ def describe_machine(machine: dict) -> str:
     )
 
 
-def goal_of(row: dict) -> float | str | None:
-    """The row's goal; rows without one (older areas) may state it in their note as `goal >= X` or `ideal X`."""
-    if "goal" in row:
-        return row["goal"]
-    found = re.search(r"goal >= ([\d.]+)", row.get("note", ""))
-    if found:
-        return float(found[1])
-    found = re.search(r"ideal ([\d.]+)", row.get("note", ""))
-    return f"ideal {found[1]}" if found else None
+def check_rows(area: str, rows: list[dict]) -> list[dict]:
+    """`rows` as they are, once each has every column (the goal included, None when there is none)."""
+    for row in rows:
+        missing = [column for column in COLUMNS if column not in row]
+        if missing:
+            raise ValueError(f"jobs/benchmarks/{area}.py: row {row.get('benchmark')!r} lacks {missing}")
+    return rows
 
 
 def goal_cell(goal: float | str | None, ratio: float) -> str:
@@ -84,7 +82,7 @@ def markdown_table(rows: list[dict]) -> str:
     """The area's rows as a markdown table with HEADERS."""
     lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     for row in rows:
-        cells = {**row, "ratio": f"**{row['ratio']:.3g}×**", "goal": goal_cell(goal_of(row), row["ratio"])}
+        cells = {**row, "ratio": f"**{row['ratio']:.3g}×**", "goal": goal_cell(row["goal"], row["ratio"])}
         lines.append("| " + " | ".join(_cell(cells.get(column, "")) for column in COLUMNS) + " |")
     return "\n".join(lines)
 
@@ -111,8 +109,7 @@ def render_report(template: str, results: dict[str, dict]) -> str:
 def run_area(area: str, quick: bool, figures: Path) -> dict:
     """Run one area; its result as stored in the JSON, its figures drawn into `figures`."""
     module = importlib.import_module(f"jobs.benchmarks.{area}")
-    rows = module.run(quick=quick)
-    rows = [{**row, "goal": goal_of(row)} for row in rows]
+    rows = check_rows(area, module.run(quick=quick))
     if hasattr(module, "plot"):
         module.plot(rows, str(figures))
     command = f"python -m jobs.benchmark --only {area}" + (" --quick" if quick else "")

@@ -1,10 +1,11 @@
 """Batch rendering throughput: the Ray Data job (2 render actors) vs a serial loop over the same prompts.
 
-Both render the same 8 prompts with the tiny config and an untrained tiny checkpoint into a fresh
-library, doing the same work per instrument (`instrumentgen.render.Renderer.render`: generate_instrument,
-score, write): the loop in this process, one instrument after the other with torch's default
-threads; the job through `jobs.render.run` (actors of one CPU and one torch thread each). Both
-times include loading the models (the job also starts its actors).
+Both render the same prompts (8, then 16 for the steady state) with the tiny config and an
+untrained tiny checkpoint into a fresh library, doing the same work per instrument
+(`instrumentgen.render.Renderer.render`: generate_instrument, score, write): the loop in this
+process, one instrument after the other with torch's default threads; the job through
+`jobs.render.run` (actors of one CPU and one torch thread each). Both times include loading the
+models (the job also starts its actors); the steady-state row is the marginal cost of the second 8.
 """
 
 from __future__ import annotations
@@ -45,10 +46,28 @@ def _serial_loop(cfg, checkpoint: str, prompts: str, out: str) -> int:
     return len(requests)
 
 
-def run(quick: bool) -> list[dict]:
-    """One row: 8 instruments end to end, serial loop vs the job."""
-    from instrumentgen.model.lm import InstrumentLM
+def _time_both(root: str, cfg, checkpoint: str, count: int, keys: list[int], velocities: list[int]) -> tuple:
+    """The first `count` of the 8 prompts and their second takes -> (count, loop s, job s), each into a new library."""
     from jobs import render as job
+
+    texts = [*PROMPTS, *(f"{p}, take 2" for p in PROMPTS)]
+    prompts = os.path.join(root, f"prompts-{count}.jsonl")
+    lines = [json.dumps({"prompt": text, "keys": keys, "velocities": velocities}) for text in texts[:count]]
+    storage.write_bytes(prompts, "".join(line + "\n" for line in lines).encode())
+    start = time.perf_counter()
+    rendered = _serial_loop(cfg, checkpoint, prompts, os.path.join(root, f"serial-{count}"))
+    baseline_s = time.perf_counter() - start
+    start = time.perf_counter()
+    stats = job.run(cfg, checkpoint, prompts, os.path.join(root, f"library-{count}"))
+    ours_s = time.perf_counter() - start
+    assert rendered == stats["rendered"] == count
+    return count, baseline_s, ours_s
+
+
+def run(quick: bool) -> list[dict]:
+    """Two sizes, n and 2n instruments: the end-to-end ratio at n (actor start-up and model loading
+    included), and the steady-state ratio from the marginal cost of the second n instruments."""
+    from instrumentgen.model.lm import InstrumentLM
 
     keys, velocities = ([60, 63], [100]) if quick else ([48, 71], [50, 100])
     notes = (keys[1] - keys[0] + 1) * len(velocities)
@@ -56,28 +75,34 @@ def run(quick: bool) -> list[dict]:
     with local_ray(), tempfile.TemporaryDirectory() as root:
         torch.manual_seed(0)
         checkpoint = InstrumentLM(cfg.model).save(os.path.join(root, "model.pt"))
-        prompts = os.path.join(root, "prompts.jsonl")
-        storage.write_bytes(
-            prompts,
-            "".join(json.dumps({"prompt": p, "keys": keys, "velocities": velocities}) + "\n" for p in PROMPTS).encode(),
-        )
-        start = time.perf_counter()
-        count = _serial_loop(cfg, checkpoint, prompts, os.path.join(root, "serial"))
-        baseline_s = time.perf_counter() - start
-        start = time.perf_counter()
-        stats = job.run(cfg, checkpoint, prompts, os.path.join(root, "library"))
-        ours_s = time.perf_counter() - start
-    assert count == stats["rendered"] == len(PROMPTS)
+        small = _time_both(root, cfg, checkpoint, len(PROMPTS), keys, velocities)
+        large = _time_both(root, cfg, checkpoint, 2 * len(PROMPTS), keys, velocities)
+    count, baseline_s, ours_s = small
+    extra, marginal_baseline_s, marginal_ours_s = large[0] - small[0], large[1] - small[1], large[2] - small[2]
+    ours = f"jobs.render (Ray Data, {ACTORS} actors of 1 CPU)"
+    baseline = "serial loop of Renderer.render (generate_instrument + scores + write)"
     return [
         {
             "benchmark": f"render {count} instruments of {notes} notes (tiny, 0.5 s notes), end to end",
-            "baseline": "serial loop of Renderer.render (generate_instrument + scores + write)",
-            "ours": f"jobs.render (Ray Data, {ACTORS} actors of 1 CPU)",
+            "baseline": baseline,
+            "ours": ours,
             "baseline_s": baseline_s,
             "ours_s": ours_s,
             "ratio": baseline_s / ours_s,
             "goal": 1.5,
             "note": f"{3600 * count / ours_s:.0f} vs {3600 * count / baseline_s:.0f} instruments/hour; model loading "
             f"and actor start-up included; {os.cpu_count()} cores",
-        }
+        },
+        {
+            "benchmark": f"render, steady state: the extra {extra} instruments of the {large[0]}-prompt run "
+            f"over the {count}-prompt run",
+            "baseline": baseline,
+            "ours": ours,
+            "baseline_s": marginal_baseline_s,
+            "ours_s": marginal_ours_s,
+            "ratio": marginal_baseline_s / marginal_ours_s,
+            "goal": 1.5,
+            "note": f"{3600 * extra / marginal_ours_s:.0f} vs {3600 * extra / marginal_baseline_s:.0f} "
+            "instruments/hour once loaded",
+        },
     ]

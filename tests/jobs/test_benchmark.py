@@ -17,8 +17,8 @@ from jobs.benchmark import (
     HEADERS,
     PLACEHOLDER,
     TEMPLATE,
+    check_rows,
     goal_cell,
-    goal_of,
     main,
     markdown_table,
     render_report,
@@ -77,13 +77,14 @@ def test_every_area_has_a_module():
     assert not missing, f"jobs/benchmarks/ lacks {missing}"
 
 
-def test_goals_are_checked_and_read_from_notes_of_rows_without_one():
+def test_goals_are_checked_and_every_row_has_every_column():
     assert goal_cell(20.0, 31.4) == "≥ 20× ✔"
     assert goal_cell(1.6, 1.38) == "≥ 1.6× ✘"
     assert goal_cell("ideal 2", 1.4) == "ideal 2" and goal_cell(None, 3.0) == "—"
-    assert goal_of({"note": "4.56 vs 5.08 steps/s; goal >= 0.9"}) == 0.9
-    assert goal_of({"note": "same global batch; ideal 2"}) == "ideal 2"
-    assert goal_of({"note": "nothing", "goal": None}) is None
+    row = {"benchmark": "b", "baseline": "x", "ours": "y", "baseline_s": 2.0, "ours_s": 1.0, "ratio": 2.0, "note": ""}
+    with pytest.raises(ValueError, match=r"jobs/benchmarks/serve.py: row 'b' lacks \['goal'\]"):
+        check_rows("serve", [row])
+    assert check_rows("serve", [{**row, "goal": None}]) == [{**row, "goal": None}]
     table = markdown_table(
         [
             {
