@@ -47,8 +47,9 @@ class Engine(Protocol):
 
     def backward(self, loss: torch.Tensor) -> None: ...
 
-    def step(self) -> float | None:
-        """Once per micro-batch; the optimizer steps every `grad_accum` calls -> grad norm then, else None."""
+    def step(self) -> torch.Tensor | float | None:
+        """Once per micro-batch; the optimizer steps every `grad_accum` calls -> grad norm then (left on the
+        device: the loop reads it once per logging window), else None."""
 
     def save(self, folder: str) -> None:
         """This rank's part of the training state (weights, optimizer, schedule) into `folder`."""
@@ -131,13 +132,10 @@ class DeepSpeedEngine:
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)
 
-    def step(self) -> float | None:
+    def step(self) -> torch.Tensor | float | None:
         boundary = self.engine.is_gradient_accumulation_boundary()
         self.engine.step()
-        if not boundary:
-            return None
-        norm = self.engine.get_global_grad_norm()
-        return float(norm) if norm is not None else None
+        return self.engine.get_global_grad_norm() if boundary else None
 
     @property
     def lr(self) -> float:
@@ -199,7 +197,7 @@ class DDPEngine:
     def backward(self, loss: torch.Tensor) -> None:
         (loss / self.cfg.grad_accum).backward()
 
-    def step(self) -> float | None:
+    def step(self) -> torch.Tensor | None:
         boundary = self._boundary()
         self.micro_steps += 1
         if not boundary:
@@ -208,7 +206,7 @@ class DDPEngine:
         self.optimizer.step()
         self.schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
+        return norm.detach()
 
     @property
     def lr(self) -> float:

@@ -153,13 +153,21 @@ def validation_loss(engine: Engine, shard: Shard, rows: int) -> dict[str, float]
     return metrics
 
 
-def window_means(window: dict[str, list[float]]) -> dict[str, float]:
-    """Mean of each metric over the window's steps and over every rank (NaN entries skipped)."""
+def window_means(window: dict[str, list[torch.Tensor | float]]) -> dict[str, float]:
+    """Mean of each metric over the window's steps and over every rank (NaN entries skipped).
+
+    The entries are 0-d tensors on the engine's device (or floats), read here once per window: an
+    `.item()` per micro-step would wait for the GPU every step.
+    """
     names = sorted(window)
-    values = torch.tensor([[np.nansum(window[n]), np.isfinite(window[n]).sum()] for n in names], dtype=torch.float64)
+    sums = []
+    for name in names:
+        values = torch.stack([torch.as_tensor(v).detach().double().cpu() for v in window[name]])
+        sums.append(torch.stack([values.nansum(), (~values.isnan()).sum().double()]))
+    totals = torch.stack(sums)  # [metrics, 2]: sum, count
     if dist.is_initialized():
-        dist.all_reduce(values)
-    return {n: (total / count if count else float("nan")) for n, (total, count) in zip(names, values.tolist())}
+        dist.all_reduce(totals)
+    return {n: (total / count if count else float("nan")) for n, (total, count) in zip(names, totals.tolist())}
 
 
 def window_code_usage(counts: torch.Tensor) -> dict[str, float]:
@@ -227,9 +235,9 @@ def train(
             engine.backward(out.loss)
             grad_norm = engine.step()
             tokens += codes.numel() * world_size
-            window["loss"].append(out.loss.item())
-            window["rvq_loss"].append(out.rvq_loss.item())
-            for k, ce in enumerate(out.ce_per_codebook.tolist()):
+            window["loss"].append(out.loss.detach())
+            window["rvq_loss"].append(out.rvq_loss.detach())
+            for k, ce in enumerate(out.ce_per_codebook.detach()):
                 window[f"ce_{k}"].append(ce)
             if counts is not None:
                 counts += code_counts(out.clap_codes, cfg.model.rvq_bins)

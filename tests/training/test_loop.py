@@ -16,7 +16,7 @@ from instrumentgen.model.lm import InstrumentLM
 from instrumentgen.testing import write_fixture_nsynth
 from instrumentgen.training.checkpoint import MODEL, read_metrics
 from instrumentgen.training.engines import make_engine
-from instrumentgen.training.loop import train, validation_loss, without_metadata
+from instrumentgen.training.loop import train, validation_loss, window_means, without_metadata
 
 PITCHES = [36, 43, 48, 55, 60, 67, 72, 79, 84]
 VELOCITIES = [25, 75, 127]
@@ -103,6 +103,17 @@ def test_validation_is_measured_without_family_and_source_in_the_clap_model(note
     with torch.no_grad():
         expected = engine.module(codes, Cues(cues.family, cues.source, cues.pitch, cues.velocity)).loss.item()
     assert metrics["valid_loss"] == pytest.approx(expected, rel=1e-5) and "valid_loss_with_metadata" not in metrics
+
+
+def test_window_means_reads_device_tensors_and_floats_and_skips_nan():
+    window = {
+        "loss": [torch.tensor(2.0), torch.tensor(4.0)],  # 0-d tensors as the loop keeps them
+        "grad_norm": [float("nan"), torch.tensor(3.0), 5.0],  # NaN: a micro-step without an optimizer step
+        "never": [float("nan")],
+    }
+    means = window_means(window)
+    assert means["loss"] == 3.0 and means["grad_norm"] == 4.0
+    assert np.isnan(means["never"]) and all(isinstance(v, float) for v in means.values())
 
 
 def held_out_mask(notes):
