@@ -25,7 +25,7 @@ from instrumentgen.generate import InstrumentCue, generate_instrument
 from instrumentgen.metrics.clap_score import clap_score
 from instrumentgen.metrics.fad import Embedder
 from instrumentgen.metrics.pitch import pitch_report
-from instrumentgen.metrics.tc import scales_from_config, tc, tc_matrix
+from instrumentgen.metrics.tc import l1_matrix, scales_from_config, tc_features, tc_of_features
 from instrumentgen.model.quantizer import code_counts, code_usage_from_counts
 from instrumentgen.vocab import FAMILIES, NSYNTH_SAMPLE_RATE_HZ, SOURCES
 
@@ -140,20 +140,20 @@ def evaluate_instrument(
             cue = InstrumentCue(clap_embedding=clap_cue)
         slots = list(zip(instrument.pitches, instrument.velocities))
         audio = generate_instrument(lm, codec, clap, cue, cfg.generate, cfg.data.note_duration_s, slots).audio
-    scales = scales_from_config(cfg.metrics)
+    features = tc_features(audio, rate, scales_from_config(cfg.metrics), cfg.metrics.tc_power)  # once for both
     pitch = pitch_report(audio, rate, instrument.pitches, cfg.metrics.pitch_estimator)
     return InstrumentScores(
         name=instrument.name,
         family=FAMILIES[instrument.family],
         source=SOURCES[instrument.source],
-        tc=tc(audio, rate, scales, cfg.metrics.tc_power).normalised.item(),
+        tc=tc_of_features(features).normalised.item(),
         mad_pitch=pitch.mad_pitch if np.isfinite(pitch.mad_pitch) else None,
         unvoiced=pitch.unvoiced,
         clap=clap_score(clap_cue, clap.embed_audio(audio, rate).cpu()),
         pitches=list(instrument.pitches),
         velocities=list(instrument.velocities),
         pitch_errors=pitch.error_semitones.numpy(),
-        tc_matrix=tc_matrix(audio, rate, scales[0], cfg.metrics.tc_power).numpy(),
+        tc_matrix=l1_matrix(features[0]).numpy(),
         embeddings=embedder(audio, rate).numpy(),
         real_embeddings=embedder(real, rate).numpy(),
         rvq_counts=_rvq_counts(lm, clap.embed_audio(real, rate)) if lm and lm.cfg.conditioning == "clap" else None,

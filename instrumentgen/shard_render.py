@@ -58,7 +58,7 @@ from instrumentgen.generate import (
 )
 from instrumentgen.instrument import DSPRESET_FILE, SFZ_FILE, WRITE_THREADS, dspreset_xml, note_file, sfz_text
 from instrumentgen.metrics.pitch import pitch_report
-from instrumentgen.metrics.tc import liftered_log_mel, pairwise_l1_sum, scales_from_config
+from instrumentgen.metrics.tc import liftered_log_mel, scales_from_config, tc_of_features
 from instrumentgen.selection import candidate_seeds, select_candidates
 from instrumentgen.vocab import midi_to_hz
 
@@ -119,12 +119,9 @@ def note_features(
 def features_tc(features: torch.Tensor, feature_sizes: list[int]) -> float | None:
     """features [S, F] of one instrument -> its normalised TC (as `metrics.tc.tc`: mean over pairs of
     the mean |y_i - y_j|, averaged over scales); None for fewer than 2 notes."""
-    count = features.shape[0]
-    if count < 2:
+    if features.shape[0] < 2:
         return None
-    pairs = count * (count - 1) // 2
-    parts = features.split(feature_sizes, dim=1)
-    return float(torch.stack([pairwise_l1_sum(part) / (pairs * part.shape[1]) for part in parts]).mean())
+    return float(tc_of_features(list(features.split(feature_sizes, dim=1))).normalised)
 
 
 def _write_notes(

@@ -150,6 +150,36 @@ def check_notes(notes: torch.Tensor | list[torch.Tensor], sample_rate_hz: int | 
     return notes, int(rates[0])
 
 
+def tc_features(
+    notes: torch.Tensor | list[torch.Tensor],
+    sample_rate_hz: int | list[int],
+    scales: list[TCScale] | None = None,
+    power: float = 1.0,
+    eps: float = EPS,
+) -> list[torch.Tensor]:
+    """Notes [K, L] (checked by `check_notes`) -> y [K, M, frames] (eq. 2) of each scale: what both
+    `tc_of_features` and `l1_matrix` read, computed once when a caller wants both."""
+    audio, rate = check_notes(notes, sample_rate_hz)
+    return [liftered_log_mel(audio, rate, scale, power, eps) for scale in scales or [TCScale()]]
+
+
+def tc_of_features(features: list[torch.Tensor]) -> TCResult:
+    """y [K, ...] of each scale (K >= 2 notes) -> `TCResult` (eq. 1 and its normalised mean)."""
+    count = features[0].shape[0]
+    num_pairs = count * (count - 1) // 2
+    totals = [pairwise_l1_sum(y) for y in features]
+    normalised = [total / (num_pairs * y[0].numel()) for total, y in zip(totals, features)]
+    return TCResult(torch.stack(totals).sum(), torch.stack(normalised).mean(), num_pairs)
+
+
+def l1_matrix(y: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """y [K, ...] -> [K, K] mean |y_i - y_j| for every pair (the heatmap of one instrument); chunked `cdist`."""
+    with torch.no_grad():
+        flat = y.flatten(1)
+        rows = [torch.cdist(flat[i : i + chunk], flat, p=1) for i in range(0, len(flat), chunk)]
+    return torch.cat(rows) / flat.shape[1]
+
+
 def tc(
     notes: torch.Tensor | list[torch.Tensor],
     sample_rate_hz: int | list[int],
@@ -158,24 +188,9 @@ def tc(
     eps: float = EPS,
 ) -> TCResult:
     """TC of one instrument: notes [K, L] at `sample_rate_hz` -> `TCResult` (differentiable in the notes)."""
-    audio, rate = check_notes(notes, sample_rate_hz)
-    count = audio.shape[0]
-    num_pairs = count * (count - 1) // 2
-    totals, normalised = [], []
-    for scale in scales or [TCScale()]:
-        y = liftered_log_mel(audio, rate, scale, power, eps)
-        total = pairwise_l1_sum(y)
-        totals.append(total)
-        normalised.append(total / (num_pairs * y[0].numel()))
-    return TCResult(torch.stack(totals).sum(), torch.stack(normalised).mean(), num_pairs)
+    return tc_of_features(tc_features(notes, sample_rate_hz, scales, power, eps))
 
 
-def tc_matrix(
-    notes: torch.Tensor, sample_rate_hz: int, scale: TCScale = TCScale(), power: float = 1.0, chunk: int = 64
-) -> torch.Tensor:
-    """[K, K] mean |y_i - y_j| for every pair (the heatmap of one instrument); chunked `cdist`."""
-    audio, rate = check_notes(notes, sample_rate_hz)
-    with torch.no_grad():
-        y = liftered_log_mel(audio, rate, scale, power).flatten(1)
-        rows = [torch.cdist(y[i : i + chunk], y, p=1) for i in range(0, len(y), chunk)]
-    return torch.cat(rows) / y.shape[1]
+def tc_matrix(notes: torch.Tensor, sample_rate_hz: int, scale: TCScale = TCScale(), power: float = 1.0) -> torch.Tensor:
+    """[K, K] mean |y_i - y_j| for every pair of notes [K, L], at one scale."""
+    return l1_matrix(tc_features(notes, sample_rate_hz, [scale], power)[0])
