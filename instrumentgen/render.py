@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import io
 import math
 import time
 
@@ -56,14 +55,12 @@ FAULT_POINT = "render.instrument"
 
 def checkpoint_id(url: str) -> str:
     """The `model_id` an exported checkpoint was saved with (no model is built)."""
-    from instrumentgen.model.lm import LMError
+    from instrumentgen.model.lm import LMError, read_checkpoint
 
-    if not storage.exists(url):
-        raise LMError(f"checkpoint={url!r} does not exist; give the path or URL of a file written by InstrumentLM.save")
-    try:
-        return torch.load(io.BytesIO(storage.read_bytes(url)), map_location="cpu", weights_only=True)["model_id"]
-    except Exception as e:  # a foreign or truncated file: say which, not a pickle traceback
-        raise LMError(f"checkpoint={url!r} is not an InstrumentLM checkpoint ({type(e).__name__}: {e})") from None
+    checkpoint, _ = read_checkpoint(url)
+    if "model_id" not in checkpoint:
+        raise LMError(f"checkpoint={url!r} has no model_id; give a file written by InstrumentLM.save")
+    return checkpoint["model_id"]
 
 
 def render_settings(cfg: Config) -> dict:

@@ -79,6 +79,25 @@ def note_seeds(seed: int | torch.Tensor, batch: int) -> torch.Tensor:
     return sampling.mix_seed(seed, torch.arange(batch))
 
 
+def read_checkpoint(url: str) -> tuple[dict, ModelConfig]:
+    """The file `InstrumentLM.save` wrote at `url` -> (its dict: format, config, state_dict, model_id; its
+    ModelConfig). `LMError` in one line when the file is missing or is not such a checkpoint."""
+    if not storage.exists(url):
+        raise LMError(
+            f"checkpoint={url!r} does not exist; give the path or URL of a file written by "
+            "InstrumentLM.save (jobs.train exports one as <run>/model.pt)"
+        )
+    try:
+        checkpoint = torch.load(io.BytesIO(storage.read_bytes(url)), map_location="cpu", weights_only=True)
+        return checkpoint, ModelConfig(**checkpoint["config"])
+    except Exception as e:  # a foreign or truncated file: say which and why, not torch's pickle essay
+        reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else 'unreadable'}"
+        raise LMError(
+            f"checkpoint={url!r} is not an InstrumentLM checkpoint ({reason}); give a file written "
+            "by InstrumentLM.save (jobs.train exports <run>/model.pt)"
+        ) from None
+
+
 class InstrumentLM(nn.Module):
     """The conditioned codec language model (module docstring): forward = training loss, generate = codes."""
 
@@ -247,20 +266,7 @@ class InstrumentLM(nn.Module):
     @classmethod
     def load(cls, url: str, device: str = "cpu") -> "InstrumentLM":
         """The model saved by `save` at `url` (any ZeRO stage or worker count), in eval mode, fp32."""
-        if not storage.exists(url):
-            raise LMError(
-                f"checkpoint={url!r} does not exist; give the path or URL of a file written by "
-                "InstrumentLM.save (jobs.train exports one as <run>/model.pt)"
-            )
-        try:
-            checkpoint = torch.load(io.BytesIO(storage.read_bytes(url)), map_location="cpu", weights_only=True)
-            cfg = ModelConfig(**checkpoint["config"])
-        except Exception as e:  # a foreign or truncated file: say which and why, not torch's pickle essay
-            reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else 'unreadable'}"
-            raise LMError(
-                f"checkpoint={url!r} is not an InstrumentLM checkpoint ({reason}); give a file written "
-                "by InstrumentLM.save (jobs.train exports <run>/model.pt)"
-            ) from None
+        checkpoint, cfg = read_checkpoint(url)
         model = cls(cfg)
         state = checkpoint["state_dict"]
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})

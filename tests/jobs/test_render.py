@@ -405,6 +405,13 @@ def test_bad_arguments_are_one_line(checkpoint, tmp_path, capsys):
     assert "allowed: .jsonl or .csv" in capsys.readouterr().err
     assert job.main(args(checkpoint, str(tmp_path / "p.jsonl"), str(tmp_path), "render.on_fail=maybe")) == 2
     assert "render.on_fail='maybe' is not allowed; allowed: 'keep', 'drop'" in capsys.readouterr().err
+    prompts = write_lines(str(tmp_path / "one.jsonl"), [{"prompt": "warm analog brass"}])
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    assert job.main(args(str(corrupt), prompts, str(tmp_path))) == 2
+    assert f"checkpoint='{corrupt}' is not an InstrumentLM checkpoint (UnpicklingError: " in capsys.readouterr().err
+    assert job.main(args(str(tmp_path / "missing.pt"), prompts, str(tmp_path))) == 2
+    assert f"checkpoint='{tmp_path}/missing.pt' does not exist" in capsys.readouterr().err
 
 
 # ---- killed runs resume to a clean run's library
