@@ -174,14 +174,14 @@ class Renderer:
         }
         cue = self.cue(request)
         embedded = embedded_cue(cue, self.clap, self.lm.cfg)  # CLAP once, for every attempt and the score
-        attempts = []
+        attempts, passed = [], False
         for attempt in range(render_cfg.retries + 1):
             seed = retry_seed(request.seed, attempt)
             scored = self.attempt(embedded, seed, request.candidates, request.slots(), url, attempt)
             attempts.append((seed, scored))
-            if passes_gate(scored.scores(), render_cfg.max_tc, render_cfg.max_mad_pitch):
+            passed = passes_gate(scored.scores(), render_cfg.max_tc, render_cfg.max_mad_pitch)
+            if passed:
                 break
-        passed = passes_gate(attempts[-1][1].scores(), render_cfg.max_tc, render_cfg.max_mad_pitch)
         seed, kept = attempts[-1] if passed else min(attempts, key=lambda a: math.inf if a[1].tc is None else a[1].tc)
         scores = kept.scores()
         row.update(scores, attempts=len(attempts), quality="passed" if passed else "flagged")
