@@ -22,6 +22,7 @@ from instrumentgen import nsynth
 from instrumentgen.audio import crop_and_resample
 from instrumentgen.config import Config, ConfigError
 from instrumentgen.generate import InstrumentCue, generate_instrument
+from instrumentgen.metrics.aggregate import finite_mean, score_cell
 from instrumentgen.metrics.clap_score import clap_score
 from instrumentgen.metrics.fad import Embedder
 from instrumentgen.metrics.pitch import pitch_report
@@ -176,17 +177,6 @@ def rvq_usage(rows: list[dict]) -> dict | None:
     return {"perplexity": usage.perplexity.tolist(), "live": usage.live.tolist(), "bins": total.shape[1]}
 
 
-def _mean(values: list[float | None]) -> float | None:
-    """Mean of the finite values (None when there are none: every note unvoiced)."""
-    finite = [v for v in values if v is not None and np.isfinite(v)]
-    return float(np.mean(finite)) if finite else None
-
-
-def score_cell(value: float | None) -> str:
-    """A score for a table or a title: 3 decimals, n/a when missing."""
-    return "n/a" if value is None or not np.isfinite(value) else f"{value:.3f}"
-
-
 INSTRUMENT_KEYS = ("name", "family", "source", "tc", "mad_pitch", "unvoiced", "clap")
 
 
@@ -202,10 +192,10 @@ def model_row(model: str, checkpoint: str, rows: list[dict], fad_value: float) -
         "model": model,
         "checkpoint": checkpoint,
         "fad": fad_value,
-        "clap": _mean([r["clap"] for r in rows]),
+        "clap": finite_mean([r["clap"] for r in rows]),
         "mad_pitch": float(np.median(errors)) if errors else None,
         "unvoiced": sum(r["unvoiced"] for r in rows),
-        "tc": _mean([r["tc"] for r in rows]),
+        "tc": finite_mean([r["tc"] for r in rows]),
         "instruments": [{key: row[key] for key in INSTRUMENT_KEYS} for row in rows],
         "rvq_usage": rvq_usage(rows),
     }

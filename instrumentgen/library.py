@@ -14,11 +14,11 @@ import concurrent.futures
 import io
 import json
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from instrumentgen import storage
+from instrumentgen.metrics.aggregate import finite_mean, score_cell
 
 INDEX = "index.parquet"
 INDEX_COLUMNS = {
@@ -102,14 +102,8 @@ def read_index(out: str) -> pa.Table:
     return pq.read_table(io.BytesIO(storage.read_bytes(storage.join(out, INDEX))))
 
 
-def mean(values: list[float | None]) -> float | None:
-    """Mean of the finite values; None when there are none."""
-    finite = [v for v in values if v is not None and np.isfinite(v)]
-    return float(np.mean(finite)) if finite else None
-
-
 def _cell(value: float | None) -> str:
-    return "–" if value is None or not np.isfinite(value) else f"{value:.3f}"
+    return score_cell(value, missing="–")  # the paper's mark for a score not measured
 
 
 def table2(manifests: list[dict], model: str) -> tuple[dict, str]:
@@ -118,7 +112,7 @@ def table2(manifests: list[dict], model: str) -> tuple[dict, str]:
     Per prompt and on average: CLAP score (prompt text embedding vs the instrument's notes), MAD_pitch,
     TC; the MOS columns of the paper are listening tests, shown as – (not measured)."""
     keys = ("clap_score", "mad_pitch", "tc", "tc_without_selection")
-    means = {k: mean([m.get(k) for m in manifests]) for k in keys}
+    means = {k: finite_mean([m.get(k) for m in manifests]) for k in keys}
     prompts = [
         {"id": m["id"], "name": m["name"], "prompt": m.get("prompt"), "seed": m["seed"], **{k: m.get(k) for k in keys}}
         for m in manifests

@@ -32,9 +32,9 @@ from instrumentgen.evaluation import (
     evaluate_instrument,
     load_test_instruments,
     model_row,
-    score_cell,
     summary_table,
 )
+from instrumentgen.metrics.aggregate import score_cell
 from instrumentgen.metrics.fad import fad
 from instrumentgen.plots import pitch_error_figure, tc_matrix_figure
 from instrumentgen.preprocess import check_sources_exist

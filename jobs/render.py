@@ -27,6 +27,7 @@ from instrumentgen import library, storage
 from instrumentgen.config import Config, ConfigError
 from instrumentgen.errors import UserError
 from instrumentgen.faults import Fault
+from instrumentgen.metrics.aggregate import finite_mean
 from instrumentgen.prompts import RenderRequest, expand_variations, instrument_id, prompt_format, read_prompts
 from instrumentgen.render import Renderer, checkpoint_id, render_settings
 from jobs.entry import job_main, parse_job_args
@@ -172,8 +173,8 @@ def run(cfg: Config, checkpoint: str, prompts: str, out: str, report: bool = Fal
         "flagged": flagged,
         "failed_by_reason": dict(Counter(f["reason"] for f in failures)),
         "complete": len(listed),
-        "mean_tc": library.mean([r["tc"] for r in listed]),
-        "mean_mad_pitch": library.mean([r["mad_pitch"] for r in listed]),
+        "mean_tc": finite_mean([r["tc"] for r in listed]),
+        "mean_mad_pitch": finite_mean([r["mad_pitch"] for r in listed]),
         "elapsed_s": round(elapsed_s, 2),
         "per_minute": 60 * rendered / max(elapsed_s, 1e-9),
         "library_instruments": index.num_rows,
