@@ -99,6 +99,17 @@ def dspreset_xml(pitches: list[int], velocities: list[int], title: str, audio_fo
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
 
 
+def write_presets(
+    url: str, pitches: list[int], velocities: list[int], audio_format: str, title: str | None = None
+) -> dict:
+    """The SFZ and the DecentSampler preset of the notes `note_file(pitch, velocity, audio_format)` under
+    `url` -> the manifest entries that name them."""
+    storage.write_bytes(storage.join(url, SFZ_FILE), sfz_text(pitches, velocities, audio_format).encode())
+    preset = dspreset_xml(pitches, velocities, title or "InstrumentGen instrument", audio_format)
+    storage.write_bytes(storage.join(url, DSPRESET_FILE), preset.encode())
+    return {"sfz": SFZ_FILE, "dspreset": DSPRESET_FILE, "format": audio_format}
+
+
 @dataclass
 class Instrument:
     """S notes of one instrument.
@@ -145,19 +156,13 @@ class Instrument:
         ]
         with concurrent.futures.ThreadPoolExecutor(WRITE_THREADS) as pool:
             list(pool.map(lambda job: storage.write_bytes(*job), jobs))
-        title = title or self.metadata.get("prompt") or "InstrumentGen instrument"
-        storage.write_bytes(storage.join(url, SFZ_FILE), sfz_text(self.pitches, self.velocities, audio_format).encode())
-        storage.write_bytes(
-            storage.join(url, DSPRESET_FILE), dspreset_xml(self.pitches, self.velocities, title, audio_format).encode()
-        )
+        presets = write_presets(url, self.pitches, self.velocities, audio_format, title or self.metadata.get("prompt"))
         manifest = {
             **self.metadata,
             "sample_rate_hz": self.sample_rate_hz,
             "num_samples": audio.shape[1],
             "gain": "per_note",
-            "sfz": SFZ_FILE,
-            "dspreset": DSPRESET_FILE,
-            "format": audio_format,
+            **presets,
             "notes": [
                 {"pitch": p, "velocity": v, "file": note_file(p, v, audio_format), "gain": gain}
                 for p, v, gain in zip(self.pitches, self.velocities, gains)

@@ -56,7 +56,7 @@ from instrumentgen.generate import (
     generate_codes,
     instrument_cues,
 )
-from instrumentgen.instrument import DSPRESET_FILE, SFZ_FILE, WRITE_THREADS, dspreset_xml, note_file, sfz_text
+from instrumentgen.instrument import DSPRESET_FILE, SFZ_FILE, WRITE_THREADS, note_file, write_presets
 from instrumentgen.metrics.pitch import pitch_report
 from instrumentgen.metrics.tc import liftered_log_mel, scales_from_config, tc_of_features
 from instrumentgen.selection import candidate_seeds, select_candidates
@@ -327,19 +327,14 @@ def write_instrument(
     buffer = io.BytesIO()
     np.save(buffer, scored.codes.numpy())
     storage.write_bytes(storage.join(url, CODES_FILE), buffer.getvalue())
-    title = title or metadata.get("prompt") or "InstrumentGen instrument"
-    storage.write_bytes(storage.join(url, SFZ_FILE), sfz_text(pitches, velocities, audio_format).encode())
-    preset = dspreset_xml(pitches, velocities, title, audio_format)
-    storage.write_bytes(storage.join(url, DSPRESET_FILE), preset.encode())
+    presets = write_presets(url, pitches, velocities, audio_format, title or metadata.get("prompt"))
     manifest = {
         **metadata,
         **scored.scores(),
         "sample_rate_hz": sample_rate_hz,
         "num_samples": num_samples,
         "gain": "per_note",
-        "sfz": SFZ_FILE,
-        "dspreset": DSPRESET_FILE,
-        "format": audio_format,
+        **presets,
         "codes": CODES_FILE,
         "bundle": BUNDLE_FILE,
         "workers": scored.workers,
