@@ -18,8 +18,8 @@ from omegaconf import OmegaConf
 
 from instrumentgen import storage
 from instrumentgen.config import load_config
+from instrumentgen.data.synthetic import write_fixture_nsynth
 from instrumentgen.errors import UserError
-from instrumentgen.testing import write_fixture_nsynth
 from instrumentgen.vocab import PITCHES, VELOCITIES
 
 
@@ -38,10 +38,10 @@ def _fixture(args: argparse.Namespace) -> None:
 def _generate(args: argparse.Namespace) -> None:
     import dataclasses
 
-    from instrumentgen.clap import Clap
-    from instrumentgen.codec import Codec
-    from instrumentgen.generate import InstrumentCue, generate_instrument
+    from instrumentgen.instruments.generate import InstrumentCue, generate_instrument
     from instrumentgen.model.lm import InstrumentLM
+    from instrumentgen.pretrained.clap import Clap
+    from instrumentgen.pretrained.codec import Codec
 
     cfg = load_config(args.config, args.overrides)
     storage.check_writable(args.out)

@@ -26,13 +26,14 @@ import time
 import requests
 import torch
 
-from instrumentgen import shards, storage
-from instrumentgen.clap import Clap
-from instrumentgen.codec import Codec
+from instrumentgen import storage
 from instrumentgen.config import load_config
+from instrumentgen.data import shards
+from instrumentgen.data.synthetic import default_instruments, write_fixture_nsynth
+from instrumentgen.metrics.plots import loss_figure
 from instrumentgen.model.lm import InstrumentLM
-from instrumentgen.plots import loss_figure
-from instrumentgen.testing import default_instruments, write_fixture_nsynth
+from instrumentgen.pretrained.clap import Clap
+from instrumentgen.pretrained.codec import Codec
 from instrumentgen.training.checkpoint import METRICS, read_metrics
 from jobs import evaluate, preprocess, render, train
 from jobs.entry import local_ray
@@ -138,7 +139,7 @@ def render_library(cfg, checkpoint: str, out: str) -> dict:
 
 def show_clap_codes(cfg, checkpoint: str) -> None:
     """The RVQ codes each test instrument's CLAP cue quantizes to, and how the test notes use each codebook."""
-    from instrumentgen.evaluation import load_test_instruments
+    from instrumentgen.evaluation.table1 import load_test_instruments
 
     lm, clap = InstrumentLM.load(checkpoint), Clap.load(cfg.clap)
     rvq, rate = lm.conditioners.clap.rvq, cfg.data.sample_rate_hz

@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from instrumentgen import storage
 from instrumentgen.config import Config, ConfigError
-from instrumentgen.evaluation import (
+from instrumentgen.data.preprocess import check_sources_exist
+from instrumentgen.evaluation.table1 import (
     GROUND_TRUTH,
     TestInstrument,
     evaluate_instrument,
@@ -36,8 +37,7 @@ from instrumentgen.evaluation import (
 )
 from instrumentgen.metrics.aggregate import score_cell
 from instrumentgen.metrics.fad import fad
-from instrumentgen.plots import pitch_error_figure, tc_matrix_figure
-from instrumentgen.preprocess import check_sources_exist
+from instrumentgen.metrics.plots import pitch_error_figure, tc_matrix_figure
 from jobs.entry import job_main, parse_job_args
 
 RESULTS = "results.json"
@@ -94,10 +94,10 @@ class InstrumentScorer:
     """Loads the model, codec, CLAP and FAD embedder once; scores one test instrument per call."""
 
     def __init__(self, cfg: Config, checkpoint: str):
-        from instrumentgen.clap import Clap
-        from instrumentgen.codec import Codec
         from instrumentgen.metrics.fad import Embedder
         from instrumentgen.model.lm import InstrumentLM
+        from instrumentgen.pretrained.clap import Clap
+        from instrumentgen.pretrained.codec import Codec
 
         self.cfg = cfg
         self.lm = None if checkpoint == GROUND_TRUTH else InstrumentLM.load(checkpoint, cfg.codec.device)

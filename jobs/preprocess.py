@@ -7,7 +7,7 @@
 
 Ray Data pipeline: units of input records -> read + validate + crop + resample 16 kHz -> 44.1 kHz
 (CPU tasks, one per unit) -> DAC codes + CLAP embedding (actor pool, `data.encoder_*` sizes
-and GPUs) -> the driver commits each unit's shards (`instrumentgen.shard_writer.ShardWriter`).
+and GPUs) -> the driver commits each unit's shards (`instrumentgen.data.shard_writer.ShardWriter`).
 Re-running with the same `data.shards` finishes what is missing; see docs/preprocess.md.
 """
 
@@ -19,15 +19,16 @@ from collections import Counter
 
 import ray
 
-from instrumentgen import preprocess, shards, storage
+from instrumentgen import storage
 from instrumentgen.config import Config
+from instrumentgen.data import preprocess, shards
+from instrumentgen.data.shard_writer import ShardWriter
 from instrumentgen.faults import Fault
-from instrumentgen.shard_writer import ShardWriter
 from jobs.entry import config_from_argv, job_main
 
 
 def build_dataset(cfg: Config, units: list[dict]) -> ray.data.Dataset:
-    """The Ray Data pipeline over `units` (see `instrumentgen.preprocess`): encoded note rows."""
+    """The Ray Data pipeline over `units` (see `instrumentgen.data.preprocess`): encoded note rows."""
     data = cfg.data
     ds = ray.data.from_items(units, override_num_blocks=len(units))
     # One read task per unit: `batch_size=1` makes each task take one unit (a larger batch would
@@ -57,7 +58,7 @@ def run(cfg: Config, fault: Fault | None = None) -> dict:
     """Preprocess every split of `cfg.data` into `cfg.data.shards`; returns the manifest.
 
     Units already committed by an earlier run with the same settings are skipped.
-    `fault`: a test's failure at "preprocess.unit" (see `instrumentgen.shard_writer`)."""
+    `fault`: a test's failure at "preprocess.unit" (see `instrumentgen.data.shard_writer`)."""
     sources = preprocess.split_sources(cfg.data)
     out_hash = preprocess.output_hash(cfg, sources)
     manifest_url = storage.join(cfg.data.shards, storage.MANIFEST)

@@ -23,13 +23,20 @@ import numpy as np
 import ray
 from tqdm import tqdm
 
-from instrumentgen import library, storage
+from instrumentgen import storage
 from instrumentgen.config import Config, ConfigError
 from instrumentgen.errors import UserError
 from instrumentgen.faults import Fault
+from instrumentgen.instruments import library
+from instrumentgen.instruments.prompts import (
+    RenderRequest,
+    expand_variations,
+    instrument_id,
+    prompt_format,
+    read_prompts,
+)
+from instrumentgen.instruments.render import Renderer, checkpoint_id, render_settings
 from instrumentgen.metrics.aggregate import finite_mean
-from instrumentgen.prompts import RenderRequest, expand_variations, instrument_id, prompt_format, read_prompts
-from instrumentgen.render import Renderer, checkpoint_id, render_settings
 from jobs.entry import job_main, parse_job_args
 
 REQUIRED_KEYS = {

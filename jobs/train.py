@@ -4,7 +4,7 @@
         data.shards=s3://bucket/shards train.storage_path=s3://bucket/runs train.run_name=paper-v1
     python -m jobs.train config=tiny data.shards=<url> train.strategy=ddp train.max_steps=100
 
-`TorchTrainer` runs `instrumentgen.training.worker.train_loop_per_worker` on `train.num_workers` workers
+`TorchTrainer` runs `jobs.train_worker.train_loop_per_worker` on `train.num_workers` workers
 (`train.use_gpu`, `train.cpus_per_worker`), each on its split of the `train` shards (and of the
 validation shards: held-out instruments when the shards have them, else NSynth's valid split).
 Checkpoints go to `<train.storage_path>/<train.run_name>/`; submitting the same run name again
@@ -23,15 +23,17 @@ import ray
 import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from instrumentgen import shards, storage
+from instrumentgen import storage
 from instrumentgen.config import Config, ConfigError
+from instrumentgen.data import shards
 from instrumentgen.faults import Fault
 from instrumentgen.model.lm import InstrumentLM
 from instrumentgen.training.checkpoint import MODEL
 from instrumentgen.training.loop import micro_batch_rows
 from instrumentgen.training.run_storage import committed_checkpoint_url, ray_storage
-from instrumentgen.training.worker import run_checkpoint, train_loop_per_worker
 from jobs.entry import config_from_argv, job_main
+from jobs.shard_dataset import read_shards
+from jobs.train_worker import run_checkpoint, train_loop_per_worker
 
 VALIDATION_SPLITS = (shards.HOLDOUT, "valid")  # held-out instruments first, as the paper validates
 
@@ -47,10 +49,10 @@ def build_trainer(cfg: Config, fault: Fault | None = None) -> TorchTrainer:
     train = cfg.train
     context = ray.data.DataContext.get_current()  # a split per epoch: no bar and no plan printed each time
     context.enable_progress_bars, context.print_on_execution_start = False, False
-    datasets = {"train": shards.read_shards(cfg.data.shards, "train")}
+    datasets = {"train": read_shards(cfg.data.shards, "train")}
     valid = validation_split(cfg.data.shards)
     if valid:
-        datasets["valid"] = shards.read_shards(cfg.data.shards, valid)
+        datasets["valid"] = read_shards(cfg.data.shards, valid)
     if train.materialize:
         datasets = {name: ds.materialize() for name, ds in datasets.items()}
     path, filesystem = ray_storage(train.storage_path)

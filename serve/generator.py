@@ -1,6 +1,6 @@
 """Generator deployment: holds the LM, the codec and CLAP; embeds a cue once, renders shards of slots.
 
-Each replica writes the notes it decodes straight to storage (`instrumentgen.shard_render`) and
+Each replica writes the notes it decodes straight to storage (`instrumentgen.instruments.slices`) and
 returns only codes, TC features and pitch estimates. Torch work runs in a worker thread so the
 replica's event loop keeps answering health checks and queue probes.
 """
@@ -14,12 +14,12 @@ import torch
 from ray import serve
 
 from instrumentgen.audio import decode_audio
-from instrumentgen.clap import Clap
-from instrumentgen.codec import Codec
 from instrumentgen.config import Config
-from instrumentgen.generate import InstrumentCue
+from instrumentgen.instruments.generate import InstrumentCue
+from instrumentgen.instruments.slices import ShardResult, embedded_cue, render_shard
 from instrumentgen.model.lm import InstrumentLM
-from instrumentgen.shard_render import ShardResult, embedded_cue, render_shard
+from instrumentgen.pretrained.clap import Clap
+from instrumentgen.pretrained.codec import Codec
 
 
 @serve.deployment

@@ -29,8 +29,8 @@ from instrumentgen import storage
 from instrumentgen.audio import decode_audio
 from instrumentgen.config import Config
 from instrumentgen.errors import UserError
-from instrumentgen.instrument import DSPRESET_FILE, SFZ_FILE
-from instrumentgen.shard_render import BUNDLE_FILE, CODES_FILE
+from instrumentgen.instruments.instrument import DSPRESET_FILE, SFZ_FILE
+from instrumentgen.instruments.slices import BUNDLE_FILE, CODES_FILE
 from instrumentgen.vocab import VELOCITIES
 from serve.schema import SEED_MAX, RequestError
 

@@ -7,12 +7,12 @@ import asyncio
 
 from ray import serve
 
-from instrumentgen.shard_render import ShardResult, finish_instrument
+from instrumentgen.instruments.slices import ShardResult, finish_instrument
 
 
 @serve.deployment
 class Scorer:
-    """Runs `instrumentgen.shard_render.finish_instrument` in a worker thread."""
+    """Runs `instrumentgen.instruments.slices.finish_instrument` in a worker thread."""
 
     async def finish(
         self,

@@ -7,7 +7,7 @@ import soundfile as sf
 import torch
 
 from instrumentgen.audio import AudioError, crop_and_resample, crop_or_pad, decode_audio, encode_audio, resample
-from instrumentgen.testing import synth_note, timbre_for
+from instrumentgen.data.synthetic import synth_note, timbre_for
 from instrumentgen.vocab import midi_to_hz
 
 SR = 44100

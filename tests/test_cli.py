@@ -3,7 +3,8 @@ import sys
 
 import pytest
 
-from instrumentgen import cli, nsynth
+from instrumentgen import cli
+from instrumentgen.data import nsynth
 
 
 def test_config_prints_resolved_yaml(capsys):
@@ -32,7 +33,7 @@ def test_generate_writes_a_playable_instrument_from_a_checkpoint(tmp_path, capsy
     import torch
 
     from instrumentgen.config import load_config
-    from instrumentgen.instrument import Instrument
+    from instrumentgen.instruments.instrument import Instrument
     from instrumentgen.model.lm import InstrumentLM
 
     torch.manual_seed(0)
@@ -104,7 +105,7 @@ def test_overrides_after_options_are_overrides(tmp_path, capsys):
         )
         == 0
     )
-    from instrumentgen.instrument import Instrument
+    from instrumentgen.instruments.instrument import Instrument
 
     assert Instrument.read(str(out)).metadata["seed"] == 5  # the config's seed when --seed is not given
     with pytest.raises(SystemExit) as exit_info:

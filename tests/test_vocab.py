@@ -1,6 +1,6 @@
 import pytest
 
-from instrumentgen.cues import instrument_grid, make_cues
+from instrumentgen.model.cues import instrument_grid, make_cues
 from instrumentgen.vocab import VocabError, family_id, source_id
 
 

@@ -19,8 +19,8 @@ import torch
 import torchaudio.functional as AF
 from torch import nn
 
-from instrumentgen import weights as weight_files
 from instrumentgen.audio import resample
+from instrumentgen.pretrained import weights as weight_files
 
 RELEASE_URL = "https://github.com/harritaylor/torchvggish/releases/download/v0.1/vggish-10086976.pth"
 SAMPLE_RATE_HZ, WINDOW, HOP, N_FFT, N_MELS, EXAMPLE_FRAMES = 16_000, 400, 160, 512, 64, 96

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from instrumentgen.config import ModelConfig
-from instrumentgen.cues import NOT_GIVEN, Cues
+from instrumentgen.model.cues import NOT_GIVEN, Cues
 from instrumentgen.model.quantizer import ResidualVectorQuantizer
 from instrumentgen.vocab import FAMILIES, PITCH_MAX, PITCH_MIN, PITCHES, SOURCES, VELOCITIES, VocabError
 

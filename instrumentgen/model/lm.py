@@ -27,10 +27,10 @@ from torch import nn
 
 from instrumentgen import storage
 from instrumentgen.config import ModelConfig, config_hash
-from instrumentgen.cues import Cues
 from instrumentgen.errors import UserError
 from instrumentgen.model import patterns, sampling
 from instrumentgen.model.conditioners import Conditioners
+from instrumentgen.model.cues import Cues
 from instrumentgen.model.transformer import Transformer
 
 CHECKPOINT_FORMAT = 1

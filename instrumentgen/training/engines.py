@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from instrumentgen.config import TrainConfig
-from instrumentgen.cues import Cues
+from instrumentgen.model.cues import Cues
 from instrumentgen.model.lm import InstrumentLM, LMOutput
 from instrumentgen.training.schedule import warmup_cosine
 

@@ -32,11 +32,11 @@ import torch.distributed as dist
 
 from instrumentgen import storage
 from instrumentgen.config import Config, ConfigError
-from instrumentgen.cues import NOT_GIVEN, Cues
+from instrumentgen.data.shards import collate
 from instrumentgen.faults import Fault, fault_point
+from instrumentgen.model.cues import NOT_GIVEN, Cues
 from instrumentgen.model.lm import InstrumentLM
 from instrumentgen.model.quantizer import code_counts, code_usage_from_counts
-from instrumentgen.shards import collate
 from instrumentgen.training.checkpoint import METRICS, Checkpointer, Position, checkpoint_name, metrics_csv
 from instrumentgen.training.engines import Engine, make_engine
 

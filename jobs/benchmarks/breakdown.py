@@ -32,14 +32,14 @@ def _timed(stages: dict[str, float], name: str, fn):
 
 def stage_seconds(quick: bool) -> tuple[dict[str, float], str]:
     """{stage: seconds} for one instrument, and what the instrument was."""
-    from instrumentgen.clap import Clap
-    from instrumentgen.codec import Codec
     from instrumentgen.config import load_config
-    from instrumentgen.generate import InstrumentCue, generate_codes, instrument_cues
-    from instrumentgen.instrument import Instrument
+    from instrumentgen.instruments.generate import InstrumentCue, generate_codes, instrument_cues
+    from instrumentgen.instruments.instrument import Instrument
     from instrumentgen.metrics.pitch import pitch_report
     from instrumentgen.metrics.tc import scales_from_config, tc
     from instrumentgen.model.lm import InstrumentLM
+    from instrumentgen.pretrained.clap import Clap
+    from instrumentgen.pretrained.codec import Codec
     from instrumentgen.vocab import PITCHES, VELOCITIES
 
     cfg = load_config("tiny")

@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from instrumentgen.testing import synth_note, timbre_for
+from instrumentgen.data.synthetic import synth_note, timbre_for
 from jobs.benchmarks import private_weights_cache
 
 CODEC_HZ = 44100
@@ -55,7 +55,7 @@ def _dac_row(quick: bool) -> dict:
     import dac
     from audiotools import AudioSignal
 
-    from instrumentgen.codec import Codec
+    from instrumentgen.pretrained.codec import Codec
 
     count, duration_s, batch = (16, 1.0, 8) if quick else (8, 4.0, 4)
     if quick:

@@ -13,7 +13,7 @@ import time
 import torch
 
 from instrumentgen.config import load_config
-from instrumentgen.cues import make_cues
+from instrumentgen.model.cues import make_cues
 from instrumentgen.model.lm import InstrumentLM
 
 PAPER_FRAMES = 345  # ceil(4 s * 44100 / 512): 348 steps with K = 4

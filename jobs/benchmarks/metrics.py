@@ -15,8 +15,8 @@ import scipy.fft
 import torch
 import torchaudio.functional as AF
 
+from instrumentgen.data.synthetic import synth_note, timbre_for
 from instrumentgen.metrics.tc import TCScale, liftered_log_mel, pairwise_l1_sum, tc
-from instrumentgen.testing import synth_note, timbre_for
 from instrumentgen.vocab import PITCHES, VELOCITIES
 
 SR = 44100

@@ -14,11 +14,12 @@ import time
 import numpy as np
 import torch
 
-from instrumentgen import nsynth, shards, storage
+from instrumentgen import storage
 from instrumentgen.audio import crop_and_resample
 from instrumentgen.config import Config, load_config
-from instrumentgen.shard_writer import STORED_COLUMNS
-from instrumentgen.testing import write_fixture_nsynth
+from instrumentgen.data import nsynth, shards
+from instrumentgen.data.shard_writer import STORED_COLUMNS
+from instrumentgen.data.synthetic import write_fixture_nsynth
 from instrumentgen.vocab import NSYNTH_SAMPLE_RATE_HZ, PITCHES
 from jobs.entry import local_ray
 
@@ -28,8 +29,8 @@ ENCODER_NUM_CPUS = 0.75  # leaves a share of a core to the read tasks
 
 def serial_loop(cfg: Config) -> int:
     """The obvious script: one note at a time through the same stages; one shard at the end."""
-    from instrumentgen.clap import Clap
-    from instrumentgen.codec import Codec
+    from instrumentgen.pretrained.clap import Clap
+    from instrumentgen.pretrained.codec import Codec
 
     codec, clap = Codec.load(cfg.codec.weights), Clap.load(cfg.clap)
     columns = {name: [] for name in STORED_COLUMNS}
@@ -62,8 +63,8 @@ def serial_loop(cfg: Config) -> int:
 def warm_up_serial_loop(cfg: Config) -> None:
     """Load the loop's models once, untimed: Python's one-time imports (laion_clap, transformers, dac:
     about 3 s) would otherwise fall on the small run's loop only and shrink its marginal cost."""
-    from instrumentgen.clap import Clap
-    from instrumentgen.codec import Codec
+    from instrumentgen.pretrained.clap import Clap
+    from instrumentgen.pretrained.codec import Codec
 
     Codec.load(cfg.codec.weights), Clap.load(cfg.clap)
 

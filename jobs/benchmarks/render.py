@@ -2,7 +2,7 @@
 
 Both render the same prompts (8, then 16 for the steady state) with the tiny config and an
 untrained tiny checkpoint into a fresh library, doing the same work per instrument
-(`instrumentgen.render.Renderer.render`: generate_instrument, score, write): the loop in this
+(`instrumentgen.instruments.render.Renderer.render`: generate_instrument, score, write): the loop in this
 process, one instrument after the other with torch's default threads; the job through
 `jobs.render.run` (actors of one CPU and one torch thread each). Both times include loading the
 models (the job also starts its actors); the steady-state row is the marginal cost of the second 8.
@@ -22,9 +22,9 @@ import torch
 
 from instrumentgen import storage
 from instrumentgen.config import load_config
+from instrumentgen.instruments.prompts import read_prompts
+from instrumentgen.instruments.render import Renderer
 from instrumentgen.model.lm import InstrumentLM
-from instrumentgen.prompts import read_prompts
-from instrumentgen.render import Renderer
 from jobs import render as job
 from jobs.entry import local_ray
 

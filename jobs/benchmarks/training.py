@@ -17,7 +17,7 @@ import tempfile
 
 from instrumentgen import storage
 from instrumentgen.config import Config, load_config
-from instrumentgen.testing import write_fixture_nsynth
+from instrumentgen.data.synthetic import write_fixture_nsynth
 from instrumentgen.training.checkpoint import METRICS, read_metrics
 from instrumentgen.vocab import PITCHES
 from jobs.entry import local_ray

@@ -11,13 +11,13 @@ import torch
 from PIL import Image
 
 from instrumentgen.config import load_config
-from instrumentgen.evaluation import load_test_instruments
-from instrumentgen.generate import InstrumentCue, generate_instrument
+from instrumentgen.data.synthetic import write_fixture_nsynth
+from instrumentgen.evaluation.table1 import load_test_instruments
+from instrumentgen.instruments.generate import InstrumentCue, generate_instrument
 from instrumentgen.metrics.clap_score import clap_score
 from instrumentgen.metrics.pitch import pitch_report
 from instrumentgen.metrics.tc import scales_from_config, tc
 from instrumentgen.model.lm import InstrumentLM
-from instrumentgen.testing import write_fixture_nsynth
 from jobs import evaluate
 
 PITCHES = [36, 48, 60, 72]
@@ -36,7 +36,7 @@ def overrides(test_set):
 
 def direct_scores(cfg, audio, instrument, clap):
     """TC, MAD_pitch and CLAP score of `audio` [S, L] by the metric functions themselves."""
-    from instrumentgen.clap import Clap
+    from instrumentgen.pretrained.clap import Clap
 
     clap = clap or Clap.load(cfg.clap)
     real = torch.from_numpy(instrument.audio)
@@ -50,7 +50,7 @@ def direct_scores(cfg, audio, instrument, clap):
 
 
 def test_ground_truth_table_figures_and_a_resumed_rerun(ray_local, cache, test_set, tmp_path, capsys):
-    from instrumentgen.clap import Clap
+    from instrumentgen.pretrained.clap import Clap
 
     out = str(tmp_path / "eval")
     assert evaluate.main([*overrides(test_set), "checkpoint=ground_truth", f"out={out}"]) == 0
@@ -116,8 +116,8 @@ def test_two_checkpoints_and_the_ground_truth_make_one_table_on_s3(ray_local, ca
     # The generated notes of model a, made again here, give the scores of the table.
     instrument = load_test_instruments(cfg)[0]
     lm = InstrumentLM.load(checkpoints[0])
-    from instrumentgen.clap import Clap
-    from instrumentgen.codec import Codec
+    from instrumentgen.pretrained.clap import Clap
+    from instrumentgen.pretrained.codec import Codec
 
     clap, codec = Clap.load(cfg.clap), Codec.load(cfg.codec.weights, n_codebooks=cfg.codec.n_codebooks)
     cue = clap.embed_audio(torch.from_numpy(instrument.audio)[instrument.reference_index()][None], 44100)[0]

@@ -9,20 +9,22 @@ import zipfile
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
-from instrumentgen import library, storage
+from instrumentgen import storage
 from instrumentgen.audio import encode_audio
 from instrumentgen.config import load_config
+from instrumentgen.data.synthetic import synth_note, timbre_for
 from instrumentgen.faults import Fault
-from instrumentgen.instrument import Instrument
+from instrumentgen.instruments import library
+from instrumentgen.instruments.instrument import Instrument
+from instrumentgen.instruments.prompts import expand_variations, instrument_id, read_prompts
+from instrumentgen.instruments.render import Renderer, retry_seed
 from instrumentgen.metrics.clap_score import clap_score
 from instrumentgen.metrics.pitch import pitch_report
 from instrumentgen.metrics.tc import scales_from_config, tc
 from instrumentgen.model.lm import InstrumentLM
-from instrumentgen.prompts import expand_variations, instrument_id, read_prompts
-from instrumentgen.render import Renderer, retry_seed
-from instrumentgen.testing import synth_note, timbre_for
 from jobs import render as job
 
 SMALL = {"keys": [60, 63], "velocities": [100]}  # 4 notes: instruments render in well under a second
@@ -182,6 +184,22 @@ def renderer(checkpoint):
     return with_settings
 
 
+def assert_close_json(a, b, rel, path="manifest"):
+    """a == b for JSON values, except floats, which match within `rel` (nested dicts and lists too)."""
+    if isinstance(a, float) or isinstance(b, float):
+        assert a == pytest.approx(b, rel=rel), path
+    elif isinstance(a, dict) and isinstance(b, dict):
+        assert a.keys() == b.keys(), path
+        for key in a:
+            assert_close_json(a[key], b[key], rel, f"{path}.{key}")
+    elif isinstance(a, list) and isinstance(b, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_close_json(x, y, rel, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
+
 def small_request(tmp_path, **fields):
     requests, _ = read_prompts(write_lines(str(tmp_path / "one.jsonl"), [{"prompt": "glassy bell", **SMALL, **fields}]))
     return requests[0]
@@ -206,8 +224,8 @@ def test_the_quality_gate_resamples_then_flags_or_drops(renderer, tmp_path):
 def test_consistency_selection_keeps_one_candidate_note_per_slot(renderer, tmp_path):
     import dataclasses
 
-    from instrumentgen.generate import InstrumentCue, generate_instrument
-    from instrumentgen.selection import candidate_seeds
+    from instrumentgen.instruments.generate import InstrumentCue, generate_instrument
+    from instrumentgen.instruments.selection import candidate_seeds
 
     request = small_request(tmp_path, seed=2, candidates=3)
     loaded = renderer()
@@ -243,8 +261,8 @@ def test_a_batch_instrument_equals_the_served_one_note_for_note(renderer, tmp_pa
     runs it) give the same notes and codes, byte for byte, and the same scores and per-note fields."""
     import dataclasses
 
-    from instrumentgen.generate import InstrumentCue
-    from instrumentgen.shard_render import embedded_cue, finish_instrument, render_shard
+    from instrumentgen.instruments.generate import InstrumentCue
+    from instrumentgen.instruments.slices import embedded_cue, finish_instrument, render_shard
 
     request = small_request(tmp_path, seed=4, candidates=2)
     loaded = renderer()
@@ -279,8 +297,20 @@ def test_a_batch_instrument_equals_the_served_one_note_for_note(renderer, tmp_pa
         round(cfg.data.note_duration_s * 44100),
     )
     batch = storage.read_json(storage.join(batch_url, storage.MANIFEST))
-    for name in [n["file"] for n in served["notes"]] + ["codes.npy", "instrument.sfz"]:
+    # Codes and presets do not depend on how the slots are batched: equal byte for byte. The audio does:
+    # the batch path decodes 4 notes in one call, the served path 2 + 2, and a batched conv's float
+    # rounding depends on the batch shape and the CPU's kernels (one 24-bit LSB seen on AMD EPYC).
+    # So each note is compared sample by sample within one LSB, and the scores computed from the audio
+    # within a relative 1e-4.
+    for name in ["codes.npy", "instrument.sfz", "instrument.dspreset"]:
         assert storage.read_bytes(storage.join(batch_url, name)) == storage.read_bytes(storage.join(served_url, name))
+    for name in [n["file"] for n in served["notes"]]:
+        batch_note, served_note = (
+            sf.read(io.BytesIO(storage.read_bytes(storage.join(url, name))), dtype="int32")
+            for url in (batch_url, served_url)
+        )
+        assert batch_note[1] == served_note[1] and batch_note[0].shape == served_note[0].shape
+        assert np.abs((batch_note[0] >> 8).astype(np.int64) - (served_note[0] >> 8)).max() <= 1, name
     shared = (
         "tc",
         "tc_without_selection",
@@ -298,7 +328,7 @@ def test_a_batch_instrument_equals_the_served_one_note_for_note(renderer, tmp_pa
         "sfz",
         "dspreset",
     )
-    assert {k: batch[k] for k in shared} == {k: served[k] for k in shared}
+    assert_close_json({k: batch[k] for k in shared}, {k: served[k] for k in shared}, rel=1e-4)
     assert {n["candidate"] for n in batch["notes"]} <= {0, 1} and sum(batch["candidates_kept"]) == 4
     assert not storage.exists(storage.join(batch_url, "candidates"))
 
@@ -306,8 +336,8 @@ def test_a_batch_instrument_equals_the_served_one_note_for_note(renderer, tmp_pa
 def test_a_retry_keeps_only_the_kept_attempts_notes(renderer, tmp_path):
     """A flagged instrument keeps its lowest-TC attempt: its notes and codes are that attempt's, even
     when an earlier attempt wrote its notes first; no staged note remains."""
-    from instrumentgen.generate import InstrumentCue
-    from instrumentgen.shard_render import embedded_cue
+    from instrumentgen.instruments.generate import InstrumentCue
+    from instrumentgen.instruments.slices import embedded_cue
 
     request = small_request(tmp_path, seed=7)
     loaded = renderer("render.max_tc=1e-6", "render.retries=2")
@@ -370,7 +400,7 @@ def test_twenty_lines_three_bad_then_a_rerun_renders_nothing(checkpoint, s3_buck
 
 
 def test_table2_report_matches_the_metric_functions(checkpoint, s3_bucket, ray_local):
-    from instrumentgen.clap import Clap
+    from instrumentgen.pretrained.clap import Clap
 
     lines = [
         {"prompt": p, "keys": [57, 60], "velocities": [75, 127]}

@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from instrumentgen import storage
-from instrumentgen.clap import Clap
 from instrumentgen.config import load_config
+from instrumentgen.data.synthetic import synth_note, timbre_for
 from instrumentgen.metrics.clap_score import clap_score
 from instrumentgen.metrics.fad import Embedder, FADError, fad, frechet_distance
 from instrumentgen.metrics.vggish import VGGish, load_vggish, log_mel_examples
-from instrumentgen.testing import synth_note, timbre_for
-from instrumentgen.weights import WeightsError
+from instrumentgen.pretrained.clap import Clap
+from instrumentgen.pretrained.weights import WeightsError
 
 
 def test_fd_of_a_set_with_itself_is_zero():

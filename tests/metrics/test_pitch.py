@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from instrumentgen.data.synthetic import synth_note, timbre_for
 from instrumentgen.metrics.pitch import PitchError, pitch_report, yin_f0
-from instrumentgen.testing import synth_note, timbre_for
 from instrumentgen.vocab import PITCHES, midi_to_hz
 
 SR = 44100

@@ -7,8 +7,8 @@ import scipy.fft
 import torch
 
 from instrumentgen.config import load_config
+from instrumentgen.data.synthetic import synth_note, timbre_for
 from instrumentgen.metrics.tc import TCError, TCScale, scales_from_config, tc, tc_matrix
-from instrumentgen.testing import synth_note, timbre_for
 
 SR = 44100
 PITCHES = [33, 45, 52, 60, 67, 79, 91]

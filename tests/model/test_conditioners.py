@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from instrumentgen.config import load_config
-from instrumentgen.cues import NOT_GIVEN, Cues, make_cues
 from instrumentgen.model.conditioners import Conditioners
+from instrumentgen.model.cues import NOT_GIVEN, Cues, make_cues
 from instrumentgen.vocab import VocabError
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from instrumentgen.config import load_config
-from instrumentgen.cues import make_cues
+from instrumentgen.model.cues import make_cues
 from instrumentgen.model.lm import InstrumentLM, LMError, guided_logits
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from instrumentgen.clap import Clap
-from instrumentgen.codec import Codec
 from instrumentgen.config import load_config
 from instrumentgen.model.lm import InstrumentLM
+from instrumentgen.pretrained.clap import Clap
+from instrumentgen.pretrained.codec import Codec
 
 
 @pytest.fixture(scope="session")

@@ -18,11 +18,11 @@ import requests
 import soundfile as sf
 
 from instrumentgen import storage
-from instrumentgen.clap import Clap
-from instrumentgen.codec import Codec
 from instrumentgen.config import load_config
-from instrumentgen.generate import InstrumentCue, generate_codes, instrument_cues
+from instrumentgen.instruments.generate import InstrumentCue, generate_codes, instrument_cues
 from instrumentgen.model.lm import InstrumentLM
+from instrumentgen.pretrained.clap import Clap
+from instrumentgen.pretrained.codec import Codec
 from serve.local import serving, wait_done
 
 API_KEY = "test-key-123"

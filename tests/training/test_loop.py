@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from instrumentgen import shards
 from instrumentgen.config import load_config
-from instrumentgen.cues import Cues
+from instrumentgen.data import shards
+from instrumentgen.data.synthetic import write_fixture_nsynth
+from instrumentgen.model.cues import Cues
 from instrumentgen.model.lm import InstrumentLM
-from instrumentgen.testing import write_fixture_nsynth
 from instrumentgen.training.checkpoint import MODEL, read_metrics
 from instrumentgen.training.engines import make_engine
 from instrumentgen.training.loop import train, validation_loss, window_means, without_metadata
@@ -190,7 +190,7 @@ def test_the_trained_model_reads_pitch_velocity_and_clap_cues(notes, tmp_path):
     seen = cue_losses(lm, notes, ~held_out)
     print("onset loss, held-out notes", losses, "seen notes", seen)
     if os.environ.get("INSTRUMENTGEN_WRITE_FIGURES"):
-        from instrumentgen.plots import cue_loss_figure
+        from instrumentgen.metrics.plots import cue_loss_figure
 
         with open(FIGURE, "wb") as f:
             f.write(cue_loss_figure(losses, "tiny InstrumentLM, 200 steps: onset loss of held-out notes"))

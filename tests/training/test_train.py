@@ -14,11 +14,11 @@ import torch
 
 from instrumentgen import storage
 from instrumentgen.config import load_config
-from instrumentgen.cues import make_cues
+from instrumentgen.data.shards import collate
+from instrumentgen.data.synthetic import write_fixture_nsynth
 from instrumentgen.faults import Fault
+from instrumentgen.model.cues import make_cues
 from instrumentgen.model.lm import InstrumentLM
-from instrumentgen.shards import collate
-from instrumentgen.testing import write_fixture_nsynth
 from instrumentgen.training.engines import make_engine
 from jobs import preprocess, train
 
@@ -147,7 +147,7 @@ def test_resubmitting_a_stopped_run_continues_from_its_checkpoint(straight_zero2
 
 GENERATE = """
 import sys, torch
-from instrumentgen.cues import make_cues
+from instrumentgen.model.cues import make_cues
 from instrumentgen.model.lm import InstrumentLM
 lm = InstrumentLM.load(sys.argv[1])
 cues = make_cues([40, 60, 80], [50, 100, 127], family="brass", source="acoustic", clap_embedding=torch.ones(512))
@@ -179,7 +179,7 @@ def test_every_worker_ends_with_the_same_codebooks(shards_url, tmp_path, strateg
     def train_a_few_steps(loop_config):
         """Per-worker function (nested: workers cannot import this module): the real engine, each
         worker its own rows, then its quantizer buffers to a file."""
-        from instrumentgen.shards import read_table, shard_files
+        from instrumentgen.data.shards import read_table, shard_files
 
         cfg, folder = loop_config["cfg"], loop_config["folder"]
         context = ray.train.get_context()

@@ -1,0 +1,1 @@
+"""Evaluation: the paper's Table 1 for checkpoints on an NSynth-format test set."""
