@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from typing import Iterator
+import time
+from typing import Any, Callable, Iterator
 
 
 @contextlib.contextmanager
@@ -21,3 +22,33 @@ def private_weights_cache() -> Iterator[str]:
                 os.environ.pop("INSTRUMENTGEN_CACHE")
             else:
                 os.environ["INSTRUMENTGEN_CACHE"] = old
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """(seconds `fn()` took on the wall clock, what it returned)."""
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def row(
+    benchmark: str,
+    baseline: str,
+    ours: str,
+    baseline_s: float,
+    ours_s: float,
+    goal: float | str | None = None,
+    note: str = "",
+) -> dict:
+    """One row of docs/benchmarks.md: what was measured, the baseline and ours with their seconds,
+    the ratio baseline / ours (> 1: ours is faster), the goal for that ratio (None: reported only)."""
+    return {
+        "benchmark": benchmark,
+        "baseline": baseline,
+        "ours": ours,
+        "baseline_s": baseline_s,
+        "ours_s": ours_s,
+        "ratio": baseline_s / ours_s,
+        "goal": goal,
+        "note": note,
+    }

@@ -13,20 +13,18 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 
 import torch
 
-from jobs.benchmarks import private_weights_cache
+from jobs.benchmarks import private_weights_cache, row, timed
 
 FIGURE = "instrument_time_breakdown.png"
 PROMPT = "warm analog brass"
 
 
 def _timed(stages: dict[str, float], name: str, fn):
-    start = time.perf_counter()
-    result = fn()
-    stages[name] = time.perf_counter() - start
+    """fn() with its seconds recorded as stage `name`."""
+    stages[name], result = timed(fn)
     return result
 
 
@@ -83,16 +81,15 @@ def run(quick: bool) -> list[dict]:
         stages, what = stage_seconds(quick)
     total_s = sum(stages.values())
     return [
-        {
-            "benchmark": f"{stage}: one instrument ({what})",
-            "baseline": "whole instrument",
-            "ours": stage,
-            "baseline_s": total_s,
-            "ours_s": seconds,
-            "ratio": total_s / seconds,
-            "goal": None,
-            "note": f"{seconds / total_s:.0%} of the instrument's {total_s:.2f} s",
-        }
+        row(
+            f"{stage}: one instrument ({what})",
+            "whole instrument",
+            stage,
+            total_s,
+            seconds,
+            None,
+            f"{seconds / total_s:.0%} of the instrument's {total_s:.2f} s",
+        )
         for stage, seconds in stages.items()
     ]
 
@@ -106,15 +103,15 @@ def plot(rows: list[dict], out_dir: str) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 3))
     left = 0.0
-    for row, colour in zip(rows, plt.cm.tab10.colors):
+    for measured, colour in zip(rows, plt.cm.tab10.colors):
         ax.barh(
             [0],
-            [row["ours_s"]],
+            [measured["ours_s"]],
             left=left,
             color=colour,
-            label=f"{row['ours']}: {row['ours_s']:.2f} s ({row['ours_s'] / row['baseline_s']:.0%})",
+            label=f"{measured['ours']}: {measured['ours_s']:.2f} s ({measured['ours_s'] / measured['baseline_s']:.0%})",
         )
-        left += row["ours_s"]
+        left += measured["ours_s"]
     what = rows[0]["benchmark"].split(": ", 1)[1]
     ax.set(yticks=[], xlabel="seconds on this machine", title=f"Time by stage of {what}")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=2, fontsize=8, frameon=False)

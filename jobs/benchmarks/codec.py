@@ -15,13 +15,11 @@ same as the notes one by one (measured), so there is no claim to back.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 
 from instrumentgen.data.synthetic import synth_note, timbre_for
-from jobs.benchmarks import private_weights_cache
+from jobs.benchmarks import private_weights_cache, row, timed
 
 CODEC_HZ = 44100
 
@@ -46,9 +44,7 @@ def _notes(count: int, sample_rate_hz: int, duration_s: float) -> torch.Tensor:
 
 def _timed(fn, audio) -> float:
     fn(audio[:1])  # warm-up (allocator, thread pool, lazy init) outside the clock
-    start = time.perf_counter()
-    fn(audio)
-    return time.perf_counter() - start
+    return timed(lambda: fn(audio))[0]
 
 
 def _dac_row(quick: bool) -> dict:
@@ -74,16 +70,15 @@ def _dac_row(quick: bool) -> dict:
             codec.encode(notes[start : start + batch])
 
     baseline_s, ours_s = _timed(upstream, audio), _timed(ours, audio)
-    return {
-        "benchmark": f"DAC encode {count} notes x {duration_s:g} s ({model_name})",
-        "baseline": "DAC.compress per note (upstream API)",
-        "ours": f"Codec.encode, batches of {batch}",
-        "baseline_s": baseline_s,
-        "ours_s": ours_s,
-        "ratio": baseline_s / ours_s,
-        "goal": "none: not a speed claim",
-        "note": f"{count / ours_s:.2f} vs {count / baseline_s:.2f} notes/s; compress also normalises loudness",
-    }
+    return row(
+        f"DAC encode {count} notes x {duration_s:g} s ({model_name})",
+        "DAC.compress per note (upstream API)",
+        f"Codec.encode, batches of {batch}",
+        baseline_s,
+        ours_s,
+        "none: not a speed claim",
+        f"{count / ours_s:.2f} vs {count / baseline_s:.2f} notes/s; compress also normalises loudness",
+    )
 
 
 def run(quick: bool) -> list[dict]:

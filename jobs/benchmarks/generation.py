@@ -8,15 +8,19 @@ paper-config row uses a small batch; `--quick` also shortens the paper row to 12
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from instrumentgen.config import load_config
 from instrumentgen.model.cues import make_cues
 from instrumentgen.model.lm import InstrumentLM
+from jobs.benchmarks import row, timed
 
 PAPER_FRAMES = 345  # ceil(4 s * 44100 / 512): 348 steps with K = 4
+
+
+def seconds(fn) -> float:
+    """Wall-clock seconds of `fn()`."""
+    return timed(fn)[0]
 
 
 def _model(name: str) -> InstrumentLM:
@@ -29,38 +33,17 @@ def _cues(batch: int):
     return make_cues(pitches, [100] * batch, clap_embedding=torch.randn(512))
 
 
-def _seconds(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 KV_CACHE_GOAL, BATCHED_CFG_GOAL = 20.0, 1.6  # the speed-ups each technique is expected to give
 
 
-def _row(
-    benchmark: str, baseline: str, ours: str, baseline_s: float, ours_s: float, goal: float | None, note: str
-) -> dict:
-    return {
-        "benchmark": benchmark,
-        "baseline": baseline,
-        "ours": ours,
-        "baseline_s": baseline_s,
-        "ours_s": ours_s,
-        "ratio": baseline_s / ours_s,
-        "goal": goal,
-        "note": note,
-    }
-
-
-def cache_row(name: str, batch: int, frames: int) -> dict:
+def cacherow(name: str, batch: int, frames: int) -> dict:
     """KV cache against recomputing the whole prefix every step, `batch` notes of `frames` frames."""
     lm, cues = _model(name), _cues(batch)
     lm.generate(cues, 4)  # warm-up: allocator, kernels
-    cached_s = _seconds(lambda: lm.generate(cues, frames, top_k=250))
-    uncached_s = _seconds(lambda: lm.generate(cues, frames, top_k=250, use_cache=False))
+    cached_s = seconds(lambda: lm.generate(cues, frames, top_k=250))
+    uncached_s = seconds(lambda: lm.generate(cues, frames, top_k=250, use_cache=False))
     tokens = batch * lm.cfg.n_q * frames
-    return _row(
+    return row(
         f"{name} ({lm.num_parameters() / 1e6:.1f}M): {batch} notes x {frames + lm.cfg.n_q - 1} steps",
         "no cache (whole prefix every step)",
         "KV cache + cached cross-attention",
@@ -71,14 +54,14 @@ def cache_row(name: str, batch: int, frames: int) -> dict:
     )
 
 
-def cfg_row(name: str, batch: int, frames: int) -> dict:
+def cfgrow(name: str, batch: int, frames: int) -> dict:
     """CFG as one forward of the doubled batch against two forwards (conditional, null)."""
     lm, cues = _model(name), _cues(batch)
     lm.generate(cues, 4)
-    two_s = _seconds(lambda: lm.generate(cues, frames, top_k=250, cfg_batched=False))
-    batched_s = _seconds(lambda: lm.generate(cues, frames, top_k=250))
+    two_s = seconds(lambda: lm.generate(cues, frames, top_k=250, cfg_batched=False))
+    batched_s = seconds(lambda: lm.generate(cues, frames, top_k=250))
     tokens = batch * lm.cfg.n_q * frames
-    return _row(
+    return row(
         f"{name}: CFG for {batch} notes x {frames + lm.cfg.n_q - 1} steps (KV cache)",
         "two forwards (conditional, null)",
         "one forward of the doubled batch",
@@ -93,10 +76,10 @@ def throughput_rows(name: str, batches: list[int], frames: int) -> list[dict]:
     """Cached generation tokens/s at each batch size, as a ratio to batch 1 (the curve in the docs)."""
     lm = _model(name)
     lm.generate(_cues(1), 4)
-    seconds = {batch: _seconds(lambda: lm.generate(_cues(batch), frames, top_k=250)) for batch in [1, *batches]}
+    seconds = {batch: seconds(lambda: lm.generate(_cues(batch), frames, top_k=250)) for batch in [1, *batches]}
     per_token = {batch: s / (batch * lm.cfg.n_q * frames) for batch, s in seconds.items()}
     return [
-        _row(
+        row(
             f"{name}: tokens/s at batch {batch} ({frames + lm.cfg.n_q - 1} steps, CFG)",
             "batch 1",
             f"batch {batch}",
@@ -120,11 +103,11 @@ def plot(rows: list[dict], out_dir: str) -> None:
     import matplotlib.pyplot as plt
 
     curves: dict[str, dict[int, float]] = {}
-    for row in rows:
-        found = re.match(r"(\w+): tokens/s at batch (\d+)", row["benchmark"])
+    for measured in rows:
+        found = re.match(r"(\w+): tokens/s at batch (\d+)", measured["benchmark"])
         if found:
-            curve = curves.setdefault(found[1], {1: 1 / row["baseline_s"]})
-            curve[int(found[2])] = 1 / row["ours_s"]
+            curve = curves.setdefault(found[1], {1: 1 / measured["baseline_s"]})
+            curve[int(found[2])] = 1 / measured["ours_s"]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, curve in curves.items():
         batches = sorted(curve)
@@ -147,11 +130,11 @@ def run(quick: bool) -> list[dict]:
     (its no-cache baseline alone takes minutes on a CPU); `--quick` shrinks both."""
     paper_frames = 117 if quick else PAPER_FRAMES
     return [
-        cache_row("tiny", 16 if quick else load_config("tiny").generate.batch_size, PAPER_FRAMES),
-        cache_row("paper", 1 if quick else 4, paper_frames),
-        cfg_row("tiny", 8, PAPER_FRAMES),
-        cfg_row("paper", 1, paper_frames),
-        cfg_row("paper", 8, paper_frames),
+        cacherow("tiny", 16 if quick else load_config("tiny").generate.batch_size, PAPER_FRAMES),
+        cacherow("paper", 1 if quick else 4, paper_frames),
+        cfgrow("tiny", 8, PAPER_FRAMES),
+        cfgrow("paper", 1, paper_frames),
+        cfgrow("paper", 8, paper_frames),
         *throughput_rows("tiny", [4, 16, 64] if quick else [4, 16, 64, 110], PAPER_FRAMES),
         *throughput_rows("paper", [4, 16] if quick else [4, 16, 64], paper_frames),
     ]

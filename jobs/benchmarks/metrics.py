@@ -8,8 +8,6 @@ the same features), since feature extraction (the STFT) is most of our time.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import scipy.fft
 import torch
@@ -18,6 +16,7 @@ import torchaudio.functional as AF
 from instrumentgen.data.synthetic import synth_note, timbre_for
 from instrumentgen.metrics.tc import TCScale, liftered_log_mel, pairwise_l1_sum, tc
 from instrumentgen.vocab import PITCHES, VELOCITIES
+from jobs.benchmarks import row, timed
 
 SR = 44100
 
@@ -52,43 +51,35 @@ def numpy_pair_loop(y: np.ndarray) -> float:
     return total
 
 
-def _seconds(fn):
-    start = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - start, result
-
-
 def run(quick: bool) -> list[dict]:
     """Full: 440 notes x 4 s; `--quick`: 440 notes x 1 s."""
     duration_s = 1.0 if quick else 4.0
     slots = [(p, v) for p in PITCHES for v in VELOCITIES]
     notes = np.stack([synth_note(p, v, timbre_for(3), SR, duration_s) for p, v in slots])
-    baseline_s, (features, baseline_total) = _seconds(lambda: (y := numpy_features(notes), numpy_pair_loop(y)))
-    ours_s, result = _seconds(lambda: tc(torch.from_numpy(notes), SR))
+    baseline_s, (features, baseline_total) = timed(lambda: (y := numpy_features(notes), numpy_pair_loop(y)))
+    ours_s, result = timed(lambda: tc(torch.from_numpy(notes), SR))
     assert abs(result.total.item() - baseline_total) <= 1e-4 * abs(baseline_total)
-    loop_s, _ = _seconds(lambda: numpy_pair_loop(features))
+    loop_s, _ = timed(lambda: numpy_pair_loop(features))
     y = liftered_log_mel(torch.from_numpy(notes), SR, TCScale())
-    sort_s, _ = _seconds(lambda: pairwise_l1_sum(y))
+    sort_s, _ = timed(lambda: pairwise_l1_sum(y))
     pairs = len(slots) * (len(slots) - 1) // 2
     return [
-        {
-            "benchmark": f"TC of {len(slots)} notes x {duration_s:g} s ({pairs} pairs), whole measure",
-            "baseline": "float64 NumPy features + Python pair loop",
-            "ours": "metrics.tc (torch, float32 features)",
-            "baseline_s": baseline_s,
-            "ours_s": ours_s,
-            "ratio": baseline_s / ours_s,
-            "goal": 10.0,
-            "note": f"ours {ours_s:.2f} s on this machine; sums agree within 1e-4",
-        },
-        {
-            "benchmark": f"TC pairwise sum alone, {pairs} pairs of {y[0].numel()} values",
-            "baseline": "Python loop over pairs (NumPy)",
-            "ours": "sort identity, float64",
-            "baseline_s": loop_s,
-            "ours_s": sort_s,
-            "ratio": loop_s / sort_s,
-            "goal": None,
-            "note": "same features on both sides",
-        },
+        row(
+            f"TC of {len(slots)} notes x {duration_s:g} s ({pairs} pairs), whole measure",
+            "float64 NumPy features + Python pair loop",
+            "metrics.tc (torch, float32 features)",
+            baseline_s,
+            ours_s,
+            10.0,
+            f"ours {ours_s:.2f} s on this machine; sums agree within 1e-4",
+        ),
+        row(
+            f"TC pairwise sum alone, {pairs} pairs of {y[0].numel()} values",
+            "Python loop over pairs (NumPy)",
+            "sort identity, float64",
+            loop_s,
+            sort_s,
+            None,
+            "same features on both sides",
+        ),
     ]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 
 import numpy as np
 import torch
@@ -21,6 +20,7 @@ from instrumentgen.data import nsynth, shards
 from instrumentgen.data.shard_writer import STORED_COLUMNS
 from instrumentgen.data.synthetic import write_fixture_nsynth
 from instrumentgen.vocab import NSYNTH_SAMPLE_RATE_HZ, PITCHES
+from jobs.benchmarks import row, timed
 from jobs.entry import local_ray
 
 ENCODER_ACTORS = 2  # one per core of the 2-core reference machine
@@ -78,12 +78,10 @@ def _time_both(root: str, instruments: int, pitches: list[int], overrides: list[
     )["jsonwav"]
     n_notes = instruments * len(pitches) * 2
     overrides = [f"data.source={source}", f"data.notes_per_shard={max(8, n_notes // 16)}", *overrides]
-    start = time.perf_counter()
-    kept = serial_loop(load_config("tiny", [*overrides, f"data.shards={root}/serial{instruments}"]))
-    baseline_s = time.perf_counter() - start
-    start = time.perf_counter()
-    manifest = run_job(load_config("tiny", [*overrides, f"data.shards={root}/ray{instruments}"]))
-    ours_s = time.perf_counter() - start
+    baseline_s, kept = timed(
+        lambda: serial_loop(load_config("tiny", [*overrides, f"data.shards={root}/serial{instruments}"]))
+    )
+    ours_s, manifest = timed(lambda: run_job(load_config("tiny", [*overrides, f"data.shards={root}/ray{instruments}"])))
     assert kept == sum(manifest["kept"].values()) == n_notes
     return n_notes, baseline_s, ours_s
 
@@ -106,27 +104,23 @@ def run(quick: bool) -> list[dict]:
     marginal_baseline_s, marginal_ours_s = large[1] - small[1], large[2] - small[2]
     ours = f"jobs.preprocess (Ray Data, {ENCODER_ACTORS} encoder actors)"
     return [
-        {
-            "benchmark": f"preprocess {n_notes} NSynth notes -> token shards, end to end "
-            "(tiny DAC + CLAP, 0.5 s notes)",
-            "baseline": "serial Python loop, one note at a time",
-            "ours": ours,
-            "baseline_s": baseline_s,
-            "ours_s": ours_s,
-            "ratio": baseline_s / ours_s,
-            "goal": 1.5,
-            "note": f"{n_notes / ours_s:.1f} vs {n_notes / baseline_s:.1f} notes/s, "
+        row(
+            f"preprocess {n_notes} NSynth notes -> token shards, end to end (tiny DAC + CLAP, 0.5 s notes)",
+            "serial Python loop, one note at a time",
+            ours,
+            baseline_s,
+            ours_s,
+            1.5,
+            f"{n_notes / ours_s:.1f} vs {n_notes / baseline_s:.1f} notes/s, "
             f"model loading and worker start-up included; {os.cpu_count()} cores",
-        },
-        {
-            "benchmark": f"preprocess, steady state: the extra {extra} notes of the {n_notes}-note run "
-            f"over the {small[0]}-note run",
-            "baseline": "serial Python loop",
-            "ours": ours,
-            "baseline_s": marginal_baseline_s,
-            "ours_s": marginal_ours_s,
-            "ratio": marginal_baseline_s / marginal_ours_s,
-            "goal": None,
-            "note": f"{extra / marginal_ours_s:.1f} vs {extra / marginal_baseline_s:.1f} notes/s",
-        },
+        ),
+        row(
+            f"preprocess, steady state: the extra {extra} notes of the {n_notes}-note run over the {small[0]}-note run",
+            "serial Python loop",
+            ours,
+            marginal_baseline_s,
+            marginal_ours_s,
+            None,
+            f"{extra / marginal_ours_s:.1f} vs {extra / marginal_baseline_s:.1f} notes/s",
+        ),
     ]

@@ -20,6 +20,7 @@ from instrumentgen.config import Config, load_config
 from instrumentgen.data.synthetic import write_fixture_nsynth
 from instrumentgen.training.checkpoint import METRICS, read_metrics
 from instrumentgen.vocab import PITCHES
+from jobs.benchmarks import row
 from jobs.entry import local_ray
 
 LOG_EVERY = 10
@@ -89,44 +90,40 @@ def run(quick: bool) -> list[dict]:
     size = "tiny model" if quick else "4 layers, d=256"
     batch = load_config("tiny").train.batch_size
     return [
-        {
-            "benchmark": f"train step, {size}, global batch {batch}, 2 CPU workers (gloo)",
-            "baseline": "DDP",
-            "ours": "DeepSpeed ZeRO-1 (torch AdamW)",
-            "baseline_s": ddp2,
-            "ours_s": zero2w,
-            "ratio": ddp2 / zero2w,
-            "goal": 0.9,
-            "note": f"{1 / zero2w:.2f} vs {1 / ddp2:.2f} steps/s, best of {rounds} interleaved runs each",
-        },
-        {
-            "benchmark": f"train step, {size}, DDP, 1 -> 2 workers",
-            "baseline": "1 worker",
-            "ours": "2 workers",
-            "baseline_s": ddp1,
-            "ours_s": ddp2,
-            "ratio": ddp1 / ddp2,
-            "goal": "ideal 2",
-            "note": "same global batch",
-        },
-        {
-            "benchmark": f"train step, {size}, ZeRO-1, 1 -> 2 workers",
-            "baseline": "1 worker",
-            "ours": "2 workers",
-            "baseline_s": zero1w,
-            "ours_s": zero2w,
-            "ratio": zero1w / zero2w,
-            "goal": "ideal 2",
-            "note": "same global batch",
-        },
-        {
-            "benchmark": f"train step, {size}, DDP, 1 -> 2 workers, global batch {4 * batch}",
-            "baseline": "1 worker",
-            "ours": "2 workers",
-            "baseline_s": ddp1_big,
-            "ours_s": ddp2_big,
-            "ratio": ddp1_big / ddp2_big,
-            "goal": "ideal 2",
-            "note": "4x the rows per gradient all-reduce",
-        },
+        row(
+            f"train step, {size}, global batch {batch}, 2 CPU workers (gloo)",
+            "DDP",
+            "DeepSpeed ZeRO-1 (torch AdamW)",
+            ddp2,
+            zero2w,
+            0.9,
+            f"{1 / zero2w:.2f} vs {1 / ddp2:.2f} steps/s, best of {rounds} interleaved runs each",
+        ),
+        row(
+            f"train step, {size}, DDP, 1 -> 2 workers",
+            "1 worker",
+            "2 workers",
+            ddp1,
+            ddp2,
+            "ideal 2",
+            "same global batch",
+        ),
+        row(
+            f"train step, {size}, ZeRO-1, 1 -> 2 workers",
+            "1 worker",
+            "2 workers",
+            zero1w,
+            zero2w,
+            "ideal 2",
+            "same global batch",
+        ),
+        row(
+            f"train step, {size}, DDP, 1 -> 2 workers, global batch {4 * batch}",
+            "1 worker",
+            "2 workers",
+            ddp1_big,
+            ddp2_big,
+            "ideal 2",
+            "4x the rows per gradient all-reduce",
+        ),
     ]

@@ -1,47 +1,55 @@
 """`make demo` end to end on the session's Ray: every step's output exists and is sound, and a
-re-run reuses what the first run completed."""
+re-run reuses what the first run completed. Checked on the files the demo writes, not its console."""
 
 import json
-import re
 
 import pytest
 import soundfile as sf
 
+from instrumentgen.training.checkpoint import read_metrics
 from jobs import demo
 
 pytestmark = pytest.mark.slow
 
 
-def test_demo_runs_the_whole_loop_then_reuses_it(ray_local, cache, tmp_path, capsys):
+def snapshot(folder):
+    """{relative path: (size, mtime_ns)} of every file under `folder`."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def test_demo_runs_the_whole_loop_then_reuses_it(ray_local, cache, tmp_path):
     out = tmp_path / "demo"
     assert demo.main([str(out)]) == 0
-    first = capsys.readouterr().out
-    losses = re.search(r"loss (\d+\.\d+) -> (\d+\.\d+); plot", first).groups()
-    start, end = map(float, losses)
-    assert end < 0.5 * start  # 200 steps on 6 fixture instruments
-    assert (out / "figures" / "training_loss.png").stat().st_size > 10_000
-    served = re.search(r"-> (\S+)/\n", first.split("=== 5.")[1]).group(1)  # over HTTP, by the Serve app
-    manifest = json.loads((out / "served" / served.rsplit("/", 1)[-1] / "manifest.json").read_text())
-    assert len(manifest["notes"]) == 440 and manifest["prompt"] == demo.PROMPT
-    folder = out / "served" / served.rsplit("/", 1)[-1]
-    assert sf.info(str(folder / manifest["notes"][0]["file"])).samplerate == 44_100
-    assert (folder / manifest["sfz"]).exists() and (folder / manifest["dspreset"]).exists()
-    assert re.search(r"page: http://127\.0\.0\.1:\d+/\?id=[0-9a-f]+", first)
+
+    shards = json.loads((out / "shards" / "manifest.json").read_text())
+    assert shards["kept"] == {"test": 36, "train": 108, "valid": 36}
+    history = read_metrics(str(out / "runs" / "demo" / "metrics.csv"))
+    assert history[-1]["loss"] < 0.5 * history[0]["loss"]  # 200 steps on 6 fixture instruments
+    assert (out / "runs" / "demo" / "model.pt").stat().st_size > 100_000
+    assert (out / "figures" / "training_loss.png").read_bytes()[:4] == b"\x89PNG"
+
+    (served,) = [p for p in (out / "served").iterdir() if (p / "manifest.json").exists()]  # over HTTP, by Serve
+    manifest = json.loads((served / "manifest.json").read_text())
+    assert len(manifest["notes"]) == 440 and manifest["prompt"] == demo.PROMPT and manifest["seed"] == 0
+    note = sf.info(str(served / manifest["notes"][0]["file"]))
+    assert (note.samplerate, note.subtype) == (44_100, "PCM_24")
+    assert (served / manifest["sfz"]).exists() and (served / manifest["dspreset"]).exists()
+    assert (served / manifest["bundle"]).stat().st_size > 440 * 1000
+
     library = json.loads((out / "library" / "summary.json").read_text())
     assert library["rendered"] == len(demo.LIBRARY_PROMPTS) and (out / "library" / "index.parquet").exists()
-    assert (out / "library" / "results.md").exists()  # the Table 2 report
+    assert "|" in (out / "library" / "results.md").read_text()  # the Table 2 report
     results = json.loads((out / "eval" / "results.json").read_text())
     assert len(results["models"][0]["instruments"]) == 2
-    assert "2 test instruments, 0 already scored" in first
-    assert first.count("CLAP cue -> RVQ codes") == 2 and re.search(
-        r"codebook 0: perplexity [\d.]+, \d+ of 64 entries", first
-    )
 
-    metrics = (out / "runs" / "demo" / "metrics.csv").read_bytes()  # with each window's timings
+    before = {name: snapshot(out / name) for name in ("shards", "runs", "eval")}
     assert demo.main([str(out)]) == 0
-    again = capsys.readouterr().out
-    assert "shards is already complete: {'test': 36, 'train': 108, 'valid': 36} notes kept" in again
-    assert (out / "runs" / "demo" / "metrics.csv").read_bytes() == metrics  # the finished run is not retrained
-    assert "2 test instruments, 2 already scored" in again
-    assert f"{len(demo.LIBRARY_PROMPTS)} already complete, 0 to render" in again
-    assert "noise, not music" in again  # it says what the tiny models can and cannot do
+    # Nothing completed is redone: the shards, the trained run and the per-instrument scores stay as they were.
+    for name in ("shards", "runs"):
+        assert snapshot(out / name) == before[name], name
+    scores = {k: v for k, v in snapshot(out / "eval").items() if "/instruments/" in f"/{k}"}
+    assert scores and all(before["eval"][k] == v for k, v in scores.items())
+    again = json.loads((out / "library" / "summary.json").read_text())
+    assert (again["rendered"], again["skipped"]) == (0, len(demo.LIBRARY_PROMPTS))
