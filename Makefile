@@ -26,13 +26,14 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# The page test drives Debian's chromium + chromedriver: installed here when missing and possible
-# (root with apt-get, as on CI); otherwise that one test skips and says why.
+# The page test drives Debian's chromium + chromedriver, the SF2 export test renders through Debian's
+# fluidsynth: installed here when missing and possible (root with apt-get, as on CI); otherwise those
+# tests skip and say why.
 browser:
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v fluidsynth >/dev/null || \
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
-	  echo "chromium + chromedriver not installed: the page test will skip"
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver fluidsynth >/dev/null; } || \
+	  echo "chromium + chromedriver + fluidsynth not installed: the page and SF2 playback tests will skip"
 
 benchmark: $(STAMP)
 	$(PY) -m jobs.benchmark

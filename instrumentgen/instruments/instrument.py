@@ -5,109 +5,32 @@
     <url>/notes/<pitch>_v<velocity>.wav   44.1 kHz, 24-bit PCM, one per (pitch, velocity) slot
     <url>/instrument.sfz                  one <region> per note: key range, pitch_keycenter, lovel/hivel
     <url>/instrument.dspreset             DecentSampler XML with the same mapping
+    <url>/instrument.sf2                  SoundFont 2.04: every note's PCM (24-bit), a zone per note
     <url>/manifest.json                   prompt, seed, model id, config hash, notes; written last
 
-Key ranges: each sampled pitch covers the keys nearer to it than to the next sampled pitch (a
-full instrument samples all 88 keys, so each region is one key). Velocity layers: each layer
-covers the velocities above the layer below it up to its own (25 -> 1..25, 50 -> 26..50, ...).
+The three sampler files and their shared key/velocity mapping are in `instruments/export.py`.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from instrumentgen import storage
-from instrumentgen.audio import audio_extension, decode_audio, encode_audio, note_gains
+from instrumentgen.audio import decode_audio, encode_audio, note_gains
 from instrumentgen.errors import UserError
-from instrumentgen.vocab import PITCH_MAX, PITCH_MIN
+from instrumentgen.instruments.export import DSPRESET_FILE as DSPRESET_FILE  # re-exported for serve/
+from instrumentgen.instruments.export import SFZ_FILE as SFZ_FILE  # re-exported for serve/
+from instrumentgen.instruments.export import note_file, write_presets
 
-SFZ_FILE, DSPRESET_FILE, NOTES_DIR = "instrument.sfz", "instrument.dspreset", "notes"
 WRITE_THREADS = 8  # object stores are latency-bound: write several notes at once
 
 
 class InstrumentError(UserError):
     """An instrument whose notes cannot be written or read; the message names what is wrong."""
-
-
-def note_file(pitch: int, velocity: int, audio_format: str = "wav24") -> str:
-    """The path of a note's audio file inside an instrument's folder."""
-    return f"{NOTES_DIR}/{pitch:03d}_v{velocity:03d}{audio_extension(audio_format)}"
-
-
-def key_ranges(pitches: list[int]) -> dict[int, tuple[int, int]]:
-    """Sampled pitches -> {pitch: (lokey, hikey)} tiling MIDI 21..108 by nearest sampled pitch."""
-    keys = sorted(set(pitches))
-    bounds = [PITCH_MIN] + [(a + b) // 2 + 1 for a, b in zip(keys, keys[1:])] + [PITCH_MAX + 1]
-    return {pitch: (bounds[i], bounds[i + 1] - 1) for i, pitch in enumerate(keys)}
-
-
-def velocity_ranges(velocities: list[int]) -> dict[int, tuple[int, int]]:
-    """Velocity layers -> {velocity: (lovel, hivel)} tiling MIDI velocities 1..127."""
-    layers = sorted(set(velocities))
-    lows = [1] + [v + 1 for v in layers[:-1]]
-    return {v: (low, 127 if i == len(layers) - 1 else v) for i, (v, low) in enumerate(zip(layers, lows))}
-
-
-def _mapping(pitches: list[int], velocities: list[int], audio_format: str) -> list[dict]:
-    keys, layers = key_ranges(pitches), velocity_ranges(velocities)
-    return [
-        {"pitch": p, "velocity": v, "file": note_file(p, v, audio_format), "keys": keys[p], "velocities": layers[v]}
-        for p, v in sorted(zip(pitches, velocities))
-    ]
-
-
-def sfz_text(pitches: list[int], velocities: list[int], audio_format: str = "wav24") -> str:
-    """SFZ: one region per note, mapped to its key range and velocity layer."""
-    lines = [
-        "// InstrumentGen: one region per generated note",
-        "<control>",
-        "default_path=./",
-        "<group>",
-        "ampeg_release=0.3",
-    ]
-    for note in _mapping(pitches, velocities, audio_format):
-        (lokey, hikey), (lovel, hivel) = note["keys"], note["velocities"]
-        lines.append(
-            f"<region> sample={note['file']} lokey={lokey} hikey={hikey} "
-            f"pitch_keycenter={note['pitch']} lovel={lovel} hivel={hivel}"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def dspreset_xml(pitches: list[int], velocities: list[int], title: str, audio_format: str = "wav24") -> str:
-    """DecentSampler preset XML with the same mapping as `sfz_text`."""
-    root = ET.Element("DecentSampler", minVersion="1.0.0", title=title)
-    group = ET.SubElement(ET.SubElement(root, "groups"), "group", release="0.3")
-    for note in _mapping(pitches, velocities, audio_format):
-        (lokey, hikey), (lovel, hivel) = note["keys"], note["velocities"]
-        ET.SubElement(
-            group,
-            "sample",
-            path=note["file"],
-            rootNote=str(note["pitch"]),
-            loNote=str(lokey),
-            hiNote=str(hikey),
-            loVel=str(lovel),
-            hiVel=str(hivel),
-        )
-    ET.indent(root)
-    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
-
-
-def write_presets(
-    url: str, pitches: list[int], velocities: list[int], audio_format: str, title: str | None = None
-) -> dict:
-    """The SFZ and the DecentSampler preset of the notes `note_file(pitch, velocity, audio_format)` under
-    `url` -> the manifest entries that name them."""
-    storage.write_bytes(storage.join(url, SFZ_FILE), sfz_text(pitches, velocities, audio_format).encode())
-    preset = dspreset_xml(pitches, velocities, title or "InstrumentGen instrument", audio_format)
-    storage.write_bytes(storage.join(url, DSPRESET_FILE), preset.encode())
-    return {"sfz": SFZ_FILE, "dspreset": DSPRESET_FILE, "format": audio_format}
 
 
 @dataclass
@@ -141,8 +64,8 @@ class Instrument:
         return len(self.pitches)
 
     def write(self, url: str, title: str | None = None, audio_format: str = "wav24") -> dict:
-        """Write notes (`audio_format`: wav24, wav16 or flac), SFZ, DecentSampler preset and, last, the
-        manifest under `url`; returns the manifest."""
+        """Write notes (`audio_format`: wav24, wav16 or flac), SFZ, DecentSampler preset, SF2 and, last,
+        the manifest under `url`; returns the manifest."""
         audio = self.audio.detach().float().cpu().numpy()
         if not np.isfinite(audio).all():
             raise InstrumentError("audio holds NaN or inf; refusing to write a broken instrument")
@@ -156,7 +79,8 @@ class Instrument:
         ]
         with concurrent.futures.ThreadPoolExecutor(WRITE_THREADS) as pool:
             list(pool.map(lambda job: storage.write_bytes(*job), jobs))
-        presets = write_presets(url, self.pitches, self.velocities, audio_format, title or self.metadata.get("prompt"))
+        title = title or self.metadata.get("prompt")
+        presets = write_presets(url, self.pitches, self.velocities, audio_format, title, [data for _, data in jobs])
         manifest = {
             **self.metadata,
             "sample_rate_hz": self.sample_rate_hz,
@@ -182,7 +106,7 @@ class Instrument:
         manifest = storage.read_json(manifest_url)
         notes = manifest["notes"]
         audio = [decode_audio(storage.read_bytes(storage.join(url, n["file"])), n["file"])[0] for n in notes]
-        known = ("sample_rate_hz", "num_samples", "gain", "sfz", "dspreset", "format", "notes")
+        known = ("sample_rate_hz", "num_samples", "gain", "sfz", "dspreset", "sf2", "format", "notes")
         return cls(
             torch.from_numpy(np.stack(audio)),
             [n["pitch"] for n in notes],

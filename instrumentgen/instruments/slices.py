@@ -23,7 +23,7 @@ shards' peaks, so every note is written at its generated level except a note who
 `audio.NOTE_PEAK`, which alone is scaled down to it; the gain of each note is in the manifest.
 Nothing is normalised when no note clips, the usual case.
 
-Layout under `url` (on top of `Instrument.write`'s notes/, instrument.sfz, instrument.dspreset,
+Layout under `url` (on top of `Instrument.write`'s notes/, instrument.sfz, instrument.dspreset, instrument.sf2,
 manifest.json): staged notes while k > 1 candidates exist (candidates/<c>/notes/...) or for a
 quality-gate retry (candidates/retry<a>/<c>/notes/...), removed once the kept notes are copied to
 notes/; codes.npy (int16 [S, K, N] of the kept notes), instrument.zip (notes + presets + manifest).
@@ -48,6 +48,7 @@ import torch
 from instrumentgen import storage
 from instrumentgen.audio import encode_audio, note_gains
 from instrumentgen.config import GenerateConfig, MetricsConfig, ModelConfig
+from instrumentgen.instruments.export import DSPRESET_FILE, SF2_FILE, SFZ_FILE, note_file, write_presets
 from instrumentgen.instruments.generate import (
     GenerateError,
     InstrumentCue,
@@ -56,7 +57,7 @@ from instrumentgen.instruments.generate import (
     generate_codes,
     instrument_cues,
 )
-from instrumentgen.instruments.instrument import DSPRESET_FILE, SFZ_FILE, WRITE_THREADS, note_file, write_presets
+from instrumentgen.instruments.instrument import WRITE_THREADS
 from instrumentgen.instruments.selection import candidate_seeds, select_candidates
 from instrumentgen.metrics.pitch import pitch_report
 from instrumentgen.metrics.tc import liftered_log_mel, scales_from_config, tc_of_features
@@ -312,7 +313,7 @@ def write_instrument(
     before_manifest: Callable[[], None] | None = None,
 ) -> dict:
     """Write the instrument at `url`: the kept notes to notes/ (copied from where `render_shard` staged
-    them), codes.npy, SFZ, DecentSampler preset, the zip bundle, remove the staged candidates and, last,
+    them), codes.npy, SFZ, DecentSampler preset, SF2, the zip bundle, remove the staged candidates and, last,
     the manifest (`metadata` + layout + `scored.scores()` + one entry per note); returns the manifest.
     `before_manifest` runs just before the manifest is written (a fault point)."""
     pitches, velocities = [p for p, _ in scored.slots], [v for _, v in scored.slots]
@@ -360,7 +361,7 @@ def write_instrument(
         ],
     }
     manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()
-    _bundle(url, [*files, SFZ_FILE, DSPRESET_FILE], manifest_bytes)
+    _bundle(url, [*files, SFZ_FILE, DSPRESET_FILE, SF2_FILE], manifest_bytes)
     remove_staging(url)
     if before_manifest is not None:
         before_manifest()
