@@ -1,8 +1,8 @@
 """Generator deployment: holds the LM, the codec and CLAP; embeds a cue once, renders shards of slots.
 
 Each replica writes the notes it decodes straight to storage (`instrumentgen.instruments.slices`) and
-returns only codes, TC features and pitch estimates. Torch work runs in a worker thread so the
-replica's event loop keeps answering health checks and queue probes.
+stores its shard's result beside them (`serve.shards`), so the work outlives the ingress that asked
+for it. Torch work runs in a worker thread so the replica's event loop keeps answering health checks.
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ from ray import serve
 from instrumentgen.audio import decode_audio
 from instrumentgen.config import Config
 from instrumentgen.instruments.generate import InstrumentCue
-from instrumentgen.instruments.slices import ShardResult, embedded_cue, render_shard
+from instrumentgen.instruments.slices import embedded_cue
 from instrumentgen.model.lm import InstrumentLM
 from instrumentgen.pretrained.clap import Clap
 from instrumentgen.pretrained.codec import Codec
+from serve import shards
+from serve.shards import ShardJob
 
 
 @serve.deployment
@@ -38,8 +40,7 @@ class Generator:
         self.replica = serve.get_replica_context().replica_id.unique_id
 
     def info(self) -> dict:
-        """What the ingress needs before accepting a request: the model id (part of instrument ids) and
-        its conditioning (a metadata model refuses prompts)."""
+        """The models this replica runs: stored with every shard result (the manifest names them)."""
         return {
             "model_id": self.model_id,
             "conditioning": self.lm.cfg.conditioning,
@@ -62,23 +63,12 @@ class Generator:
         """{prompt | reference_audio (bytes) | family/source} -> the cue every shard uses (CLAP run once)."""
         return await asyncio.to_thread(self._embed, cue)
 
-    async def generate_shard(self, job: dict) -> ShardResult:
-        """job: cue, gen (GenerateConfig), slots, url, format, candidates -> `ShardResult` (notes written)."""
-        return await asyncio.to_thread(
-            render_shard,
-            self.lm,
-            self.codec,
-            None,
-            job["cue"],
-            job["gen"],
-            self.cfg.data.note_duration_s,
-            job["slots"],
-            job["url"],
-            job["format"],
-            job["candidates"],
-            self.cfg.metrics,
-            self.replica,
-        )
+    async def generate_shard(self, job: ShardJob) -> dict:
+        """Render the slots of `job` unless stored or being rendered (`serve.shards.render_once`)."""
+        return await shards.render_once(job, self._render, self.replica)
+
+    def _render(self, job: ShardJob) -> None:
+        shards.render_and_store(job, self.lm, self.codec, self.cfg, self.replica, self.info())
 
     def check_health(self) -> None:
         """Serve restarts a replica whose models are gone (a failed CUDA context, say)."""

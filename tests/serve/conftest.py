@@ -1,14 +1,20 @@
-"""A real Serve application on 127.0.0.1 per test module: tiny config, an untrained tiny checkpoint."""
+"""Shared by the serve tests: an untrained tiny checkpoint, tiny models, and fake deployment handles
+that run the same library code as the real deployments in this process (no Ray)."""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 import torch
 
 from instrumentgen.config import load_config
+from instrumentgen.instruments.generate import InstrumentCue
+from instrumentgen.instruments.slices import embedded_cue
 from instrumentgen.model.lm import InstrumentLM
 from instrumentgen.pretrained.clap import Clap
 from instrumentgen.pretrained.codec import Codec
+from serve import shards
 
 
 @pytest.fixture(scope="session")
@@ -19,3 +25,73 @@ def checkpoint(tmp_path_factory):
     Clap.load(cfg.clap)
     torch.manual_seed(0)
     return InstrumentLM(cfg.model).save(str(tmp_path_factory.mktemp("ckpt") / "model.pt"))
+
+
+class Call:
+    """`handle.method.remote(*args)` of a fake deployment handle."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    async def remote(self, *args):
+        return await self.fn(*args)
+
+
+class Handle:
+    """A fake deployment handle whose methods are the given coroutine functions."""
+
+    def __init__(self, **methods):
+        for name, fn in methods.items():
+            setattr(self, name, Call(fn))
+
+
+class Deployments:
+    """Generator and Scorer handles that run the real rendering and finishing code in this process;
+    `calls` records (method, slots) of every call, `fail` maps a method to how many calls raise."""
+
+    def __init__(self, cfg, checkpoint):
+        self.cfg = cfg
+        self.lm = InstrumentLM.load(checkpoint)
+        self.codec, self.clap = Codec.load(cfg.codec.weights), Clap.load(cfg.clap)
+        self.calls, self.fail, self.fail_slots = [], {}, set()
+        self.info = {
+            "model_id": self.lm.model_id,
+            "conditioning": self.lm.cfg.conditioning,
+            "codec_model_id": self.codec.model_id,
+            "clap_model_id": self.clap.model_id,
+            "sample_rate_hz": self.codec.sample_rate_hz,
+        }
+        self.generator = Handle(embed=self.embed, generate_shard=self.generate_shard)
+        self.scorer = Handle(finish=self.finish)
+
+    def _maybe_fail(self, method):
+        if self.fail.get(method, 0) > 0:
+            self.fail[method] -= 1
+            raise RuntimeError(f"ActorDiedError: the {method} replica died")
+
+    async def embed(self, cue):
+        self.calls.append(("embed", None))
+        full = InstrumentCue(prompt=cue.get("prompt"), family=cue.get("family"), source=cue.get("source"))
+        return embedded_cue(full, self.clap, self.lm.cfg)
+
+    async def generate_shard(self, job):
+        self.calls.append(("generate_shard", list(job.slots)))
+        self._maybe_fail("generate_shard")
+        if self.fail_slots & set(job.slots):
+            raise RuntimeError("ActorDiedError: the replica rendering these slots died")
+        render = lambda j: shards.render_and_store(j, self.lm, self.codec, self.cfg, "fake", self.info)  # noqa: E731
+        return await shards.render_once(job, render, "fake")
+
+    async def finish(self, *args):
+        self.calls.append(("finish", None))
+        self._maybe_fail("finish")
+        return await asyncio.to_thread(shards.finish, args[0], [tuple(s) for s in args[1]], *args[2:])
+
+    async def identity(self):
+        return {"model_id": self.info["model_id"], "conditioning": self.info["conditioning"]}
+
+
+@pytest.fixture(scope="session")
+def deployments(checkpoint):
+    """A factory: `deployments(cfg)` -> fresh `Deployments` over the session's tiny checkpoint."""
+    return lambda cfg: Deployments(cfg, checkpoint)
