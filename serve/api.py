@@ -10,9 +10,7 @@ GET  /healthz, /                        liveness; the audition page (serve/stati
 Every error is `schema.ErrorBody` {error, field, detail} and is declared in the OpenAPI document.
 """
 
-from __future__ import annotations
-
-import asyncio
+import asyncio  # no `from __future__ import annotations`: FastAPI must see the request model's class
 import hmac
 from pathlib import Path
 
@@ -167,12 +165,13 @@ def add_file_routes(api: FastAPI, instruments: Instruments, auth: list) -> None:
             200: {"description": "the whole file", "content": content},
             206: {"description": "the requested byte range", "content": content},
             304: {"description": "not modified (If-None-Match)"},
-            **errors(401, 404, 416),
+            **errors(401, 404, 416, 422),
         },
     )
     async def files(request: Request, instrument: str, path: str):
         store = instruments.store
-        url = await asyncio.to_thread(store.file_url, instrument, path)
+        exact = request.scope["path"] == f"/v1/instruments/{instrument}/files/{path}"  # routes' `$` allows a "\n"
+        url = await asyncio.to_thread(store.file_url, instrument, path) if exact else None
         if url is None:
             return json_error(
                 404, "path", f"{path!r} is not a file of instrument {instrument!r}; allowed: {FILE_PATHS}"

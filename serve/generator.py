@@ -13,10 +13,8 @@ import dataclasses
 import torch
 from ray import serve
 
-from instrumentgen.audio import decode_audio
 from instrumentgen.config import Config
 from instrumentgen.instruments.generate import InstrumentCue
-from instrumentgen.instruments.slices import embedded_cue
 from instrumentgen.model.lm import InstrumentLM
 from instrumentgen.pretrained.clap import Clap
 from instrumentgen.pretrained.codec import Codec
@@ -49,19 +47,11 @@ class Generator:
             "sample_rate_hz": self.codec.sample_rate_hz,
         }
 
-    def _embed(self, cue: dict) -> InstrumentCue:
-        reference = None
-        if cue.get("reference_audio") is not None:
-            audio, rate = decode_audio(cue["reference_audio"], "reference_audio_url")
-            reference = (torch.from_numpy(audio[: round(self.cfg.serve.max_reference_seconds * rate)]), rate)
-        full = InstrumentCue(
-            prompt=cue.get("prompt"), reference_audio=reference, family=cue.get("family"), source=cue.get("source")
-        )
-        return embedded_cue(full, self.clap, self.lm.cfg)
-
     async def embed(self, cue: dict) -> InstrumentCue:
         """{prompt | reference_audio (bytes) | family/source} -> the cue every shard uses (CLAP run once)."""
-        return await asyncio.to_thread(self._embed, cue)
+        return await asyncio.to_thread(
+            shards.embed_request_cue, cue, self.clap, self.lm.cfg, self.cfg.serve.max_reference_seconds
+        )
 
     async def generate_shard(self, job: ShardJob) -> dict:
         """Render the slots of `job` unless stored or being rendered (`serve.shards.render_once`)."""

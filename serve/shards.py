@@ -21,10 +21,18 @@ from typing import Callable
 import torch
 
 from instrumentgen import storage
+from instrumentgen.audio import decode_audio
 from instrumentgen.config import Config, GenerateConfig
 from instrumentgen.instruments.generate import GenerateError, InstrumentCue
 from instrumentgen.instruments.instrument import note_file
-from instrumentgen.instruments.slices import ShardResult, kept_note_urls, render_shard, score_shards, write_instrument
+from instrumentgen.instruments.slices import (
+    ShardResult,
+    embedded_cue,
+    kept_note_urls,
+    render_shard,
+    score_shards,
+    write_instrument,
+)
 
 SHARDS_DIR, RESULT, CLAIM = "shards", ".pt", ".claim"
 CLAIM_POLL_S = 0.5  # how often a shard waits on another render of its slots
@@ -68,6 +76,19 @@ async def render_once(job: ShardJob, render: Callable[[ShardJob], None], worker:
             await asyncio.to_thread(write_claim, job.url, job.slots, worker, job.lease_s, token)
     await task
     return {"key": key, "rendered": True, "worker": worker}
+
+
+def embed_request_cue(cue: dict, clap, model_cfg, max_reference_seconds: float) -> InstrumentCue:
+    """{prompt | reference_audio (bytes of a recording) | family / source} -> the embedded cue every shard
+    uses (CLAP run once; the recording cut at `max_reference_seconds`)."""
+    reference = None
+    if cue.get("reference_audio") is not None:
+        audio, rate = decode_audio(cue["reference_audio"], "reference_audio_url")
+        reference = (torch.from_numpy(audio[: round(max_reference_seconds * rate)]), rate)
+    full = InstrumentCue(
+        prompt=cue.get("prompt"), reference_audio=reference, family=cue.get("family"), source=cue.get("source")
+    )
+    return embedded_cue(full, clap, model_cfg)
 
 
 def render_and_store(job: ShardJob, lm, codec, cfg: Config, worker: str, generator: dict) -> None:

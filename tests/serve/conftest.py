@@ -10,11 +10,14 @@ import torch
 
 from instrumentgen.config import load_config
 from instrumentgen.instruments.generate import InstrumentCue
-from instrumentgen.instruments.slices import embedded_cue
 from instrumentgen.model.lm import InstrumentLM
 from instrumentgen.pretrained.clap import Clap
 from instrumentgen.pretrained.codec import Codec
 from serve import shards
+from serve.api import build_api
+from serve.instruments import Instruments
+from serve.runner import Runner
+from serve.store import StatusStore
 
 
 @pytest.fixture(scope="session")
@@ -71,8 +74,7 @@ class Deployments:
 
     async def embed(self, cue):
         self.calls.append(("embed", None))
-        full = InstrumentCue(prompt=cue.get("prompt"), family=cue.get("family"), source=cue.get("source"))
-        return embedded_cue(full, self.clap, self.lm.cfg)
+        return shards.embed_request_cue(cue, self.clap, self.lm.cfg, self.cfg.serve.max_reference_seconds)
 
     async def generate_shard(self, job):
         self.calls.append(("generate_shard", list(job.slots)))
@@ -95,3 +97,77 @@ class Deployments:
 def deployments(checkpoint):
     """A factory: `deployments(cfg)` -> fresh `Deployments` over the session's tiny checkpoint."""
     return lambda cfg: Deployments(cfg, checkpoint)
+
+
+class Refusing:
+    """Handles whose Generator dies on every shard: instruments fail at once (contract tests need no audio)."""
+
+    def __init__(self):
+        self.generator = Handle(embed=self.embed, generate_shard=self.generate_shard)
+        self.scorer = Handle(finish=self.generate_shard)
+
+    async def embed(self, cue):
+        return InstrumentCue(family=cue.get("family"), source=cue.get("source"))
+
+    async def generate_shard(self, *args):
+        raise RuntimeError("ActorDiedError: no Generator in a contract test")
+
+    async def identity(self):
+        return {"model_id": "instrumentlm-fake", "conditioning": "clap"}
+
+
+@pytest.fixture(scope="session")
+def make_api():
+    """`make_api(cfg, fakes, keys=[], read=None)` -> the FastAPI app of one ingress replica over fake handles."""
+
+    def make(cfg, fakes, keys=(), read=None):
+        store = StatusStore(cfg.serve.storage, cfg.serve.stale_after_s)
+        runner = Runner(cfg, store, fakes.generator, fakes.scorer, "fake-ingress")
+        return build_api(Instruments(cfg, store, runner, fakes.identity, read), cfg, list(keys))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def refusing():
+    return Refusing()
+
+
+@pytest.fixture(scope="session")
+def uvicorn_serving():
+    """`with uvicorn_serving(app) as base:` the app on a free 127.0.0.1 port in a thread."""
+    import contextlib
+    import threading
+    import time
+
+    import uvicorn
+
+    from serve.local import free_port
+
+    @contextlib.contextmanager
+    def serving(app):
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        while not server.started:
+            time.sleep(0.05)
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.should_exit = True
+            thread.join(30)
+
+    return serving
+
+
+class Blocking(Refusing):
+    """Handles whose Generator never answers: instruments stay in flight (the in-flight cap)."""
+
+    async def generate_shard(self, *args):
+        await asyncio.Event().wait()
+
+
+@pytest.fixture(scope="session")
+def blocking():
+    return Blocking()
