@@ -35,18 +35,10 @@ class RequestError(UserError):
 
 
 def _ordered_keys_schema() -> dict:
-    """low <= high in JSON Schema (which cannot compare two fields): either bound left to its default,
-    or one branch per value of low bounding high from below."""
-    return {
-        "anyOf": [
-            {"not": {"required": ["low"]}},
-            {"not": {"required": ["high"]}},
-            *(
-                {"properties": {"low": {"const": low}, "high": {"minimum": low}}}
-                for low in range(PITCH_MIN, PITCH_MAX + 1)
-            ),
-        ]
-    }
+    """low <= high in JSON Schema (which cannot compare two fields): some key k with low <= k <= high,
+    one branch per key (a bound left out is its default, the lowest or highest key)."""
+    keys = range(PITCH_MIN, PITCH_MAX + 1)
+    return {"anyOf": [{"properties": {"low": {"maximum": k}, "high": {"minimum": k}}} for k in keys]}
 
 
 # Exactly one cue, as JSON Schema: a fuzzer reading /openapi.json generates only requests the server accepts.
@@ -69,12 +61,23 @@ def _not_null(schema: dict) -> None:
                 del prop["default"]
 
 
+def _whole(value):
+    """JSON Schema counts 3.0 as an integer: a float without a fraction is taken as that integer."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_whole(v) for v in value]
+    return value
+
+
 class KeyRange(BaseModel):
     """The instrument's keys: MIDI low..high, both included."""
 
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_ordered_keys_schema())
     low: int = Field(PITCH_MIN, ge=PITCH_MIN, le=PITCH_MAX, description="lowest MIDI key")
     high: int = Field(PITCH_MAX, ge=PITCH_MIN, le=PITCH_MAX, description="highest MIDI key")
+
+    _integers = field_validator("low", "high", mode="before")(_whole)
 
     @model_validator(mode="after")
     def _ordered(self) -> "KeyRange":
@@ -135,6 +138,15 @@ def request_model(cfg: Config) -> type[BaseModel]:
             1, ge=1, le=limits.max_candidates, description="k > 1: k candidates per note, the most consistent kept"
         )
         format: Literal[tuple(AUDIO_FORMATS)] = Field("wav24", description="audio format of the notes")
+
+        @field_validator("prompt", "reference_audio_url", "family", "source", "seed", mode="before")
+        @classmethod
+        def _omitted_not_null(cls, value):
+            if value is None:
+                raise ValueError("null is not a value here; allowed: leave the field out")
+            return value
+
+        _integers = field_validator("seed", "top_k", "candidates", "velocities", mode="before")(_whole)
 
         @field_validator("prompt")
         @classmethod

@@ -130,9 +130,9 @@ def malformed_requests(cfg) -> list:
             {"low": 60, "x": 1},
             5,
             None,
-            {"low": 60.0},
+            {"low": 60.5},
         ],
-        "velocities": [[], [60], [25, 25], [25, 50, 75, 100, 127, 25], "25", [True], [25.0], None],
+        "velocities": [[], [60], [25, 25], [25, 50, 75, 100, 127, 25], "25", [True], [25.5], None],
         "candidates": [0, cfg.serve.max_candidates + 1, -1, 1.5, "2", None],
         "format": ["mp3", "", 1, None, "WAV24"],
         "family": ["kazoo", 1, "brass"],  # "brass" with a prompt: two cues
