@@ -69,13 +69,19 @@ async def render_once(job: ShardJob, render: Callable[[ShardJob], None], worker:
         return {"key": key, "rendered": False, "worker": worker}
     token = new_token()
     await asyncio.to_thread(write_claim, job.url, job.slots, worker, job.lease_s, token)
+    # Shielded: a caller that gives up (its ingress died or shut down) leaves the render running and
+    # its claim renewed until the result is stored, so nobody renders these slots a second time.
+    await asyncio.shield(asyncio.ensure_future(_render_claimed(job, render, worker, token)))
+    return {"key": key, "rendered": True, "worker": worker}
+
+
+async def _render_claimed(job: ShardJob, render: Callable[[ShardJob], None], worker: str, token: str) -> None:
     task = asyncio.ensure_future(asyncio.to_thread(render, job))
     while not task.done():
         await asyncio.wait([task], timeout=job.lease_s / 3)
         if not task.done():
             await asyncio.to_thread(write_claim, job.url, job.slots, worker, job.lease_s, token)
     await task
-    return {"key": key, "rendered": True, "worker": worker}
 
 
 def embed_request_cue(cue: dict, clap, model_cfg, max_reference_seconds: float) -> InstrumentCue:
