@@ -29,6 +29,7 @@ from serve.shards import ShardJob
 from serve.store import RUNNING, StatusStore, lease_live
 
 CUE_FILE, REFERENCE_FILE = "cue.pt", "reference.audio"
+CLAIM_LEASE_S = 15.0  # a Generator's claim on a shard's slots: a dead replica's shard is re-rendered after this
 log = logging.getLogger("ray.serve")
 
 
@@ -295,7 +296,7 @@ class Runner:
             slots,
             job.request["format"],
             job.request["candidates"],
-            self.limits.stale_after_s,
+            min(self.limits.stale_after_s, CLAIM_LEASE_S),
         )
         await self._call(job, self.generator, "generate_shard", shard)
         job.notes_done += len(slots)
