@@ -26,7 +26,7 @@ from instrumentgen.model.lm import InstrumentLM
 from instrumentgen.pretrained.clap import Clap
 from instrumentgen.pretrained.codec import Codec
 from serve import shards
-from serve.local import serving
+from serve.local import replica_pid, serving
 
 BODY = {"prompt": "warm analog brass", "seed": 11}  # all 440 notes: 8 shards of 55
 
@@ -111,13 +111,6 @@ def test_a_full_instrument_equals_direct_generation_and_used_both_replicas(app, 
     assert status["model_id"] == lm.model_id == manifest["model_id"]
 
 
-def replica_pid(ray, deployment):
-    """The process id of the one replica of `deployment`."""
-    (actor,) = [a for a in ray.util.list_named_actors(all_namespaces=True) if f"#{deployment}#" in a["name"]]
-    handle = ray.get_actor(actor["name"], namespace=actor["namespace"])
-    return ray.get(handle.__ray_call__.remote(lambda self: os.getpid()))
-
-
 def again(app, undisturbed, disturb):
     """The undisturbed instrument rendered again from nothing, `disturb(base, id)` called meanwhile;
     -> the final status, after checking codes, notes and claims against the undisturbed run."""
@@ -139,7 +132,7 @@ def again(app, undisturbed, disturb):
 def test_sigkill_of_the_ingress_mid_instrument_is_adopted_and_completes(app, undisturbed, ray_local):
     def kill_ingress(base, instrument):
         wait(base, instrument, lambda s: s["notes_done"] >= 110)
-        os.kill(replica_pid(ray_local, "Ingress"), signal.SIGKILL)
+        os.kill(replica_pid("Ingress"), signal.SIGKILL)
         stranded = wait(base, instrument, lambda s: s["status"] in ("stale", "running", "done"))
         assert stranded["status"] in ("stale", "running", "done")
 
@@ -151,7 +144,7 @@ def test_sigkill_of_the_ingress_mid_instrument_is_adopted_and_completes(app, und
 def test_sigkill_of_the_scorer_mid_finish_is_retried_and_completes(app, undisturbed, ray_local):
     def kill_scorer(base, instrument):
         url = storage.join(app[2], instrument)
-        pid = replica_pid(ray_local, "Scorer")
+        pid = replica_pid("Scorer")
         deadline = time.time() + 300
         while not storage.exists(storage.join(url, "codes.npy")) and time.time() < deadline:
             time.sleep(0.01)
