@@ -22,9 +22,10 @@ from instrumentgen import storage
 from instrumentgen.audio import decode_audio
 from instrumentgen.config import Config
 from instrumentgen.errors import UserError
-from instrumentgen.vocab import VELOCITIES
+from instrumentgen.model.lm import InstrumentLM
 from serve.runner import REFERENCE_FILE, Job, Runner
 from serve.schema import SEED_MAX, RequestError
+from serve.shards import request_slots
 from serve.store import RUNNING, StatusStore, lease_live
 
 REFERENCE_TIMEOUT_S = 20
@@ -86,20 +87,12 @@ def instrument_id(request: dict, seed: int, model_id: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def request_slots(request: dict) -> list[tuple[int, int]]:
-    """The (pitch, velocity) slots of a request, pitch-major like `cues.instrument_grid`."""
-    keys = range(request["keys"]["low"], request["keys"]["high"] + 1)
-    return [(pitch, velocity) for pitch in keys for velocity in VELOCITIES if velocity in request["velocities"]]
-
-
 ReadReference = Callable[[str, int], bytes]
 
 
 def model_identity(checkpoint: str) -> dict:
     """{model_id, conditioning} of the checkpoint the Generators load, computed as they compute it
     (`InstrumentLM.model_id`), so an ingress never asks a Generator (whose queue holds shards)."""
-    from instrumentgen.model.lm import InstrumentLM
-
     lm = InstrumentLM.load(checkpoint)
     return {"model_id": lm.model_id, "conditioning": lm.cfg.conditioning}
 
@@ -114,7 +107,7 @@ class Instruments:
         store: StatusStore,
         runner: Runner,
         identity: Callable[[], Awaitable[dict]],
-        read: ReadReference = None,
+        read: ReadReference | None = None,
     ):
         self.cfg, self.limits, self.store, self.runner = cfg, cfg.serve, store, runner
         self.identity, self.read = identity, read or read_reference

@@ -16,7 +16,7 @@ import dataclasses
 import io
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -55,7 +55,6 @@ class Job:
     state: str = "queued"
     notes_done: int = 0
     error: str | None = None
-    started: float = field(default_factory=time.time)
 
 
 def short(error: BaseException) -> str:
@@ -160,15 +159,13 @@ class Runner:
 
     async def adopt(self, status: dict) -> bool:
         """Take over the instrument of `status` (a lapsed lease or a failed run); False if another replica won."""
-        from serve.instruments import request_slots
-
         job = Job(
             status["id"],
             self.store.url(status["id"]),
             status["seed"],
             status["request"],
             status["model_id"],
-            request_slots(status["request"]),
+            shards.request_slots(status["request"]),
             retries=status.get("retries", 0),
             state="queued",
             notes_done=status.get("notes_done", 0),
@@ -237,6 +234,8 @@ class Runner:
             log.warning("instrument %s failed: %s", job.id, short(e))
             job.state, job.error = "failed", short(e)
             try:
+                state = await asyncio.to_thread(shards.progress, job.url, job.slots)
+                job.notes_done = len(state.done)
                 await self.write(job)
                 await asyncio.to_thread(self.store.unmark_active, job.id)
             except LostOwnership:
@@ -279,13 +278,11 @@ class Runner:
             if not runs:  # the rest is being rendered by calls another owner made: wait for them
                 await asyncio.sleep(shards_poll_s(self.limits.stale_after_s))
                 continue
-            tasks = [asyncio.ensure_future(self._shard(job, cue, gen, run)) for run in runs]
-            try:
-                await asyncio.gather(*tasks)
-            except BaseException:
-                for task in tasks:
-                    task.cancel()
-                raise
+            # A failed shard does not stop the others: their notes are kept for the next try.
+            results = await asyncio.gather(*(self._shard(job, cue, gen, run) for run in runs), return_exceptions=True)
+            failures = [result for result in results if isinstance(result, BaseException)]
+            if failures:
+                raise failures[0]
 
     async def _shard(self, job: Job, cue: InstrumentCue, gen, slots: list[tuple[int, int]]) -> None:
         shard = ShardJob(

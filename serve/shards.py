@@ -33,6 +33,7 @@ from instrumentgen.instruments.slices import (
     score_shards,
     write_instrument,
 )
+from instrumentgen.vocab import VELOCITIES
 
 SHARDS_DIR, RESULT, CLAIM = "shards", ".pt", ".claim"
 CLAIM_POLL_S = 0.5  # how often a shard waits on another render of its slots
@@ -114,6 +115,12 @@ def render_and_store(job: ShardJob, lm, codec, cfg: Config, worker: str, generat
         worker=worker,
     )
     write_result(job.url, result, generator)
+
+
+def request_slots(request: dict) -> list[tuple[int, int]]:
+    """The (pitch, velocity) slots of a request, pitch-major like `cues.instrument_grid`."""
+    keys = range(request["keys"]["low"], request["keys"]["high"] + 1)
+    return [(pitch, velocity) for pitch in keys for velocity in VELOCITIES if velocity in request["velocities"]]
 
 
 def shard_key(slots: list[tuple[int, int]]) -> str:

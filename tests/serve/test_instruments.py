@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from serve.instruments import instrument_id, request_slots
+from serve.instruments import instrument_id
+from serve.shards import request_slots
 
 
 def test_ids_depend_on_request_seed_and_model_only():
