@@ -2,7 +2,7 @@
 
 One undisturbed 440-note instrument (equal to direct generation), then the same instrument again
 with its folder removed and the app disturbed (marked slow): SIGKILL of the Ingress replica's
-process, SIGKILL of the Scorer while it finishes, a redeploy, a killed Generator. Each must end
+process, SIGKILL of the Scorer while it finishes, a redeploy. Each must end
 with the same codes and the same note files, byte for byte (the same shards run: same shapes).
 """
 
