@@ -212,7 +212,7 @@ class ServeConfig:
     max_reference_seconds: float = bounded(30.0, 0.1)
     max_body_bytes: int = bounded(65_536, 1024)  # larger request bodies get 413
     shard_retries: int = bounded(2, 0)  # extra tries of a shard whose Generator replica died
-    stale_after_s: float = bounded(900.0, 1.0)  # a running instrument without progress this long may be restarted
+    stale_after_s: float = bounded(30.0, 1.0)  # an ingress's lease on its instruments; lapsed, another adopts them
     api_keys: list[str] = field(default_factory=list)  # empty: no key needed; also INSTRUMENTGEN_API_KEYS
     host: str = "127.0.0.1"
     port: int = bounded(8000, 1, 65535)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 
@@ -182,6 +183,9 @@ def run_demo(out: str, keep_serving: bool) -> None:
     step(4, "jobs.train (Ray Train, DeepSpeed ZeRO-1 on 2 CPU workers)")
     cfg = load_config("tiny", [*overrides, f"train.storage_path={storage.join(out, 'runs')}", "train.run_name=demo"])
     checkpoint = train.run(cfg)
+    # Ray Train's trainer leaves its SIGINT handler installed (one Ctrl-C aborts a finished run, the third
+    # calls sys.exit): from here on, Ctrl-C is Python's KeyboardInterrupt again, caught in main.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     show_training(cfg, out)
 
     step(5, f"the Serve application: {PROMPT!r} over HTTP -> 440 notes -> WAV + SFZ + DecentSampler + zip")

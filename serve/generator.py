@@ -1,8 +1,8 @@
 """Generator deployment: holds the LM, the codec and CLAP; embeds a cue once, renders shards of slots.
 
 Each replica writes the notes it decodes straight to storage (`instrumentgen.instruments.slices`) and
-returns only codes, TC features and pitch estimates. Torch work runs in a worker thread so the
-replica's event loop keeps answering health checks and queue probes.
+stores its shard's result beside them (`serve.shards`), so the work outlives the ingress that asked
+for it. Torch work runs in a worker thread so the replica's event loop keeps answering health checks.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ import dataclasses
 import torch
 from ray import serve
 
-from instrumentgen.audio import decode_audio
 from instrumentgen.config import Config
 from instrumentgen.instruments.generate import InstrumentCue
-from instrumentgen.instruments.slices import ShardResult, embedded_cue, render_shard
 from instrumentgen.model.lm import InstrumentLM
 from instrumentgen.pretrained.clap import Clap
 from instrumentgen.pretrained.codec import Codec
+from serve import shards
+from serve.shards import ShardJob
 
 
 @serve.deployment
@@ -38,8 +38,7 @@ class Generator:
         self.replica = serve.get_replica_context().replica_id.unique_id
 
     def info(self) -> dict:
-        """What the ingress needs before accepting a request: the model id (part of instrument ids) and
-        its conditioning (a metadata model refuses prompts)."""
+        """The models this replica runs: stored with every shard result (the manifest names them)."""
         return {
             "model_id": self.model_id,
             "conditioning": self.lm.cfg.conditioning,
@@ -48,37 +47,18 @@ class Generator:
             "sample_rate_hz": self.codec.sample_rate_hz,
         }
 
-    def _embed(self, cue: dict) -> InstrumentCue:
-        reference = None
-        if cue.get("reference_audio") is not None:
-            audio, rate = decode_audio(cue["reference_audio"], "reference_audio_url")
-            reference = (torch.from_numpy(audio[: round(self.cfg.serve.max_reference_seconds * rate)]), rate)
-        full = InstrumentCue(
-            prompt=cue.get("prompt"), reference_audio=reference, family=cue.get("family"), source=cue.get("source")
-        )
-        return embedded_cue(full, self.clap, self.lm.cfg)
-
     async def embed(self, cue: dict) -> InstrumentCue:
         """{prompt | reference_audio (bytes) | family/source} -> the cue every shard uses (CLAP run once)."""
-        return await asyncio.to_thread(self._embed, cue)
-
-    async def generate_shard(self, job: dict) -> ShardResult:
-        """job: cue, gen (GenerateConfig), slots, url, format, candidates -> `ShardResult` (notes written)."""
         return await asyncio.to_thread(
-            render_shard,
-            self.lm,
-            self.codec,
-            None,
-            job["cue"],
-            job["gen"],
-            self.cfg.data.note_duration_s,
-            job["slots"],
-            job["url"],
-            job["format"],
-            job["candidates"],
-            self.cfg.metrics,
-            self.replica,
+            shards.embed_request_cue, cue, self.clap, self.lm.cfg, self.cfg.serve.max_reference_seconds
         )
+
+    async def generate_shard(self, job: ShardJob) -> dict:
+        """Render the slots of `job` unless stored or being rendered (`serve.shards.render_once`)."""
+        return await shards.render_once(job, self._render, self.replica)
+
+    def _render(self, job: ShardJob) -> None:
+        shards.render_and_store(job, self.lm, self.codec, self.cfg, self.replica, self.info())
 
     def check_health(self) -> None:
         """Serve restarts a replica whose models are gone (a failed CUDA context, say)."""

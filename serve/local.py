@@ -36,6 +36,18 @@ def serving(cfg: Config, name: str = "instrumentgen") -> Iterator[str]:
         serve.shutdown()
 
 
+def replica_pid(deployment: str) -> int:
+    """The process id of the one replica of `deployment` in the running Ray (to SIGKILL it in tests and
+    benchmarks of what survives what)."""
+    import os
+
+    import ray
+
+    (actor,) = [a for a in ray.util.list_named_actors(all_namespaces=True) if f"#{deployment}#" in a["name"]]
+    handle = ray.get_actor(actor["name"], namespace=actor["namespace"])
+    return ray.get(handle.__ray_call__.remote(lambda self: os.getpid()))
+
+
 def wait_done(
     base: str,
     instrument: str,

@@ -13,6 +13,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from instrumentgen.audio import AUDIO_FORMATS
 from instrumentgen.config import Config
@@ -33,12 +34,50 @@ class RequestError(UserError):
         self.field, self.message = field, message
 
 
+def _ordered_keys_schema() -> dict:
+    """low <= high in JSON Schema (which cannot compare two fields): some key k with low <= k <= high,
+    one branch per key (a bound left out is its default, the lowest or highest key)."""
+    keys = range(PITCH_MIN, PITCH_MAX + 1)
+    return {"anyOf": [{"properties": {"low": {"maximum": k}, "high": {"minimum": k}}} for k in keys]}
+
+
+# Exactly one cue, as JSON Schema: a fuzzer reading /openapi.json generates only requests the server accepts.
+ONE_CUE_SCHEMA = {
+    "oneOf": [
+        {"required": ["prompt"]},
+        {"required": ["reference_audio_url"]},
+        {"anyOf": [{"required": ["family"]}, {"required": ["source"]}]},
+    ]
+}
+
+
+def _not_null(schema: dict) -> None:
+    """Optional fields are omitted, never null: their schema is the type alone (null gets a 422)."""
+    for prop in schema.get("properties", {}).values():
+        variants = prop.pop("anyOf", None)
+        if variants is not None:
+            prop.update(next(v for v in variants if v.get("type") != "null"))
+            if "default" in prop and prop["default"] is None:
+                del prop["default"]
+
+
+def _whole(value):
+    """JSON Schema counts 3.0 as an integer: a float without a fraction is taken as that integer."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_whole(v) for v in value]
+    return value
+
+
 class KeyRange(BaseModel):
     """The instrument's keys: MIDI low..high, both included."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_ordered_keys_schema())
     low: int = Field(PITCH_MIN, ge=PITCH_MIN, le=PITCH_MAX, description="lowest MIDI key")
     high: int = Field(PITCH_MAX, ge=PITCH_MIN, le=PITCH_MAX, description="highest MIDI key")
+
+    _integers = field_validator("low", "high", mode="before")(_whole)
 
     @model_validator(mode="after")
     def _ordered(self) -> "KeyRange":
@@ -50,6 +89,14 @@ class KeyRange(BaseModel):
         return self
 
 
+def _request_schema(schema: dict) -> None:
+    _not_null(schema)
+    schema.update(ONE_CUE_SCHEMA)
+    schema["examples"] = [
+        {"prompt": "warm analog brass", "seed": 7, "keys": {"low": 48, "high": 72}, "velocities": [50, 100]}
+    ]
+
+
 def request_model(cfg: Config) -> type[BaseModel]:
     """The POST /v1/instruments body, with this deployment's limits."""
     limits, defaults = cfg.serve, cfg.generate
@@ -57,17 +104,13 @@ def request_model(cfg: Config) -> type[BaseModel]:
     class InstrumentRequest(BaseModel):
         """Exactly one cue (prompt, reference_audio_url, or family/source) and optional generation settings."""
 
-        model_config = ConfigDict(
-            extra="forbid",
-            strict=True,
-            json_schema_extra={
-                "examples": [
-                    {"prompt": "warm analog brass", "seed": 7, "keys": {"low": 48, "high": 72}, "velocities": [50, 100]}
-                ]
-            },
-        )
+        model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_request_schema)
         prompt: str | None = Field(
-            None, min_length=1, max_length=limits.max_prompt_chars, description="text description of the timbre"
+            None,
+            min_length=1,
+            max_length=limits.max_prompt_chars,
+            description="text description of the timbre (not blank)",
+            json_schema_extra={"pattern": r"\S"},
         )
         reference_audio_url: str | None = Field(
             None,
@@ -89,11 +132,21 @@ def request_model(cfg: Config) -> type[BaseModel]:
             min_length=1,
             max_length=len(VELOCITIES),
             description=f"velocity layers, each at most once, of {list(VELOCITIES)}",
+            json_schema_extra={"items": {"type": "integer", "enum": list(VELOCITIES)}, "uniqueItems": True},
         )
         candidates: int = Field(
             1, ge=1, le=limits.max_candidates, description="k > 1: k candidates per note, the most consistent kept"
         )
         format: Literal[tuple(AUDIO_FORMATS)] = Field("wav24", description="audio format of the notes")
+
+        @field_validator("prompt", "reference_audio_url", "family", "source", "seed", mode="before")
+        @classmethod
+        def _omitted_not_null(cls, value):
+            if value is None:
+                raise ValueError("null is not a value here; allowed: leave the field out")
+            return value
+
+        _integers = field_validator("seed", "top_k", "candidates", "velocities", mode="before")(_whole)
 
         @field_validator("prompt")
         @classmethod
@@ -126,6 +179,22 @@ def request_model(cfg: Config) -> type[BaseModel]:
     return InstrumentRequest
 
 
+class ErrorDetail(BaseModel):
+    """One problem with a request: the field, what is wrong, and the limits pydantic reports."""
+
+    field: str
+    message: str
+    allowed: dict | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx and 5xx answer: `error` is one line naming the field and what is allowed."""
+
+    error: str
+    field: str
+    detail: list[ErrorDetail]
+
+
 def error_body(field: str, message: str, details: list[dict] | None = None) -> dict:
     """The JSON of every 4xx answer: one line naming the field, and the details behind it."""
     return {"error": f"{field}: {message}", "field": field, "detail": details or [{"field": field, "message": message}]}
@@ -137,17 +206,38 @@ def _field(location: tuple) -> str:
 
 
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """FastAPI's validation errors as `error_body`: field path, message, allowed values (from pydantic's context)."""
+    """FastAPI's validation errors as `error_body`: field path, message (without pydantic's "Value error,"
+    prefix), allowed values (from pydantic's context); a body that is not JSON at all is a 400."""
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        reason = next(e for e in errors if e.get("type") == "json_invalid").get("ctx", {}).get("error", "")
+        message = f"the body is not valid JSON ({reason}); allowed: a JSON object as in /openapi.json"
+        return JSONResponse(error_body("body", message.replace(" ()", "")), status_code=400)
     details = [
         {
             "field": _field(tuple(e.get("loc", ()))),
-            "message": e.get("msg", "invalid"),
+            "message": str(e.get("msg", "invalid")).removeprefix("Value error, "),
             "allowed": {k: v for k, v in e.get("ctx", {}).items() if k in ALLOWED_CONTEXT},
         }
-        for e in exc.errors()
+        for e in errors
     ]
     first = details[0] if details else {"field": "body", "message": "invalid request"}
     return JSONResponse(error_body(first["field"], first["message"], details), status_code=422)
+
+
+async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Starlette's own answers (unknown route, method, unparsable body) in the same `error_body`."""
+    status = exc.status_code
+    if status == 404:
+        field, message = "path", f"no route {request.url.path!r}; allowed: the paths of /openapi.json"
+    elif status == 401:
+        field, message = "authorization", str(exc.detail)
+    elif status == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        field, message = "method", f"{request.method} is not allowed on {request.url.path!r}; allowed: {allowed}"
+    else:
+        field, message = "body", f"{exc.detail}; allowed: a UTF-8 JSON object as in /openapi.json"
+    return JSONResponse(error_body(field, message), status_code=status, headers=exc.headers)
 
 
 async def user_error(request: Request, exc: UserError) -> JSONResponse:

@@ -1,4 +1,4 @@
-"""Scorer deployment: gathers the shards' results into the finished instrument (selection, TC,
+"""Scorer deployment: finishes an instrument from the shard results in storage (selection, TC,
 MAD_pitch, presets, zip, manifest last), off the ingress so its event loop stays responsive."""
 
 from __future__ import annotations
@@ -7,23 +7,14 @@ import asyncio
 
 from ray import serve
 
-from instrumentgen.instruments.slices import ShardResult, finish_instrument
+from serve.shards import finish
 
 
 @serve.deployment
 class Scorer:
-    """Runs `instrumentgen.instruments.slices.finish_instrument` in a worker thread."""
+    """Runs `serve.shards.finish` in a worker thread; finishing is idempotent, so a call whose replica
+    died is simply made again."""
 
-    async def finish(
-        self,
-        url: str,
-        shards: list[ShardResult],
-        metadata: dict,
-        audio_format: str,
-        sample_rate_hz: int,
-        num_samples: int,
-    ) -> dict:
-        """The shards of one instrument, in slot order -> its manifest (written last)."""
-        return await asyncio.to_thread(
-            finish_instrument, url, shards, metadata, audio_format, sample_rate_hz, num_samples
-        )
+    async def finish(self, url: str, slots: list, metadata: dict, audio_format: str, duration_s: float) -> dict:
+        """The instrument at `url` (slot order `slots`) -> its manifest (written last)."""
+        return await asyncio.to_thread(finish, url, [tuple(s) for s in slots], metadata, audio_format, duration_s)

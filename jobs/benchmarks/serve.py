@@ -9,6 +9,8 @@ replicas are started and warmed up by one small instrument first).
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import signal
 import tempfile
 import time
 
@@ -18,8 +20,9 @@ import torch
 from instrumentgen.config import load_config
 from instrumentgen.model.lm import InstrumentLM
 from jobs.entry import local_ray
-from serve.local import serving, wait_done
+from serve.local import replica_pid, serving, wait_done
 
+LEASE_S = 5  # the ingress lease: a killed ingress's instrument is adopted within about this
 WARM_UP = {"prompt": "warm up", "seed": 0, "keys": {"low": 60, "high": 61}, "velocities": [100]}
 
 
@@ -39,6 +42,27 @@ def _many_s(base: str, bodies: list[dict]) -> float:
     return time.perf_counter() - start
 
 
+def _killed_ingress_s(base: str, body: dict, after_notes: int) -> float:
+    """Seconds from POST to done of `body` when the Ingress replica's process is SIGKILLed once
+    `after_notes` notes are done (the restarted replica adopts it when the lease ends)."""
+    start = time.perf_counter()
+    accepted = requests.post(f"{base}/v1/instruments", json=body, timeout=60).json()
+    while requests.get(f"{base}{accepted['status_url']}", timeout=30).json()["notes_done"] < after_notes:
+        time.sleep(0.05)
+    os.kill(replica_pid("Ingress"), signal.SIGKILL)
+    while True:
+        try:
+            status = requests.get(f"{base}{accepted['status_url']}", timeout=30).json()
+        except (requests.RequestException, ValueError):  # no ingress for a moment
+            status = {"status": "restarting"}
+        if status["status"] in ("done", "failed"):
+            break
+        time.sleep(0.2)
+    if status["status"] != "done":
+        raise RuntimeError(f"benchmark instrument failed: {status['error']}")
+    return time.perf_counter() - start
+
+
 def _config(root: str, replicas: int, in_flight: int):
     return load_config(
         "tiny",
@@ -49,6 +73,7 @@ def _config(root: str, replicas: int, in_flight: int):
             f"serve.max_replicas={replicas}",
             f"serve.max_instruments_in_flight={in_flight}",
             "serve.num_cpus=0.5",
+            f"serve.stale_after_s={LEASE_S}",
         ],
     )
 
@@ -72,6 +97,8 @@ def run(quick: bool) -> list[dict]:
                 if replicas == 2:
                     serial_s = sum(_instrument_s(base, {**body, "seed": 100 + i}) for i, body in enumerate(batch))
                     parallel_s = _many_s(base, batch)
+                    notes_total = (keys["high"] - keys["low"] + 1) * 5
+                    killed_s = _killed_ingress_s(base, {**one, "seed": 3}, notes_total // 4)
     notes = (keys["high"] - keys["low"] + 1) * 5
     per_minute = count * 60 / parallel_s
     return [
@@ -94,5 +121,15 @@ def run(quick: bool) -> list[dict]:
             "ratio": serial_s / parallel_s,
             "goal": None,
             "note": f"{per_minute:.1f} instruments/min at saturation ({count * 60 / serial_s:.1f} one at a time)",
+        },
+        {
+            "benchmark": f"one instrument, {notes} notes, 2 replicas, Ingress SIGKILLed at {notes // 4} notes",
+            "baseline": "undisturbed",
+            "ours": "Ingress killed, adopted",
+            "baseline_s": seconds[2],
+            "ours_s": killed_s,
+            "ratio": seconds[2] / killed_s,
+            "goal": None,
+            "note": f"lease serve.stale_after_s={LEASE_S}; every note kept, each shard rendered once",
         },
     ]

@@ -4,10 +4,11 @@
 
 const VELOCITIES = [25, 50, 75, 100, 127];
 const COMPUTER_KEYS = "awsedftgyhujk"; // C..C of one octave, white and black keys interleaved
-const state = { info: null, instrument: null, notes: new Map(), buffers: new Map(), octave: 60, context: null };
+const state = { info: null, instrument: null, request: null, notes: new Map(), buffers: new Map(), octave: 60, context: null };
 window.lastPlayed = null; // {url, status, pitch, velocity}: read by the browser test
 window.playCount = 0;
 window.activeSources = 0;
+window.lastError = null; // the last error shown: read by the browser test
 
 const $ = (id) => document.getElementById(id);
 
@@ -39,12 +40,13 @@ async function init() {
   }
   $("request").addEventListener("submit", (event) => { event.preventDefault(); generate(); });
   $("velocity").addEventListener("input", () => { $("velocity-value").textContent = velocity(); });
-  $("download").addEventListener("click", download);
+  $("download").addEventListener("click", () => download().catch((error) => setError(error.message)));
+  $("retry").addEventListener("click", retry);
   drawKeyboard();
   drawPitchPlot();
   document.addEventListener("keydown", onComputerKey);
   const shared = new URLSearchParams(window.location.search).get("id");  // a link to an existing instrument
-  if (shared) await poll(`/v1/instruments/${encodeURIComponent(shared)}`).catch((error) => setProgress(0, `Error: ${error.message}`));
+  if (shared) await poll(`/v1/instruments/${encodeURIComponent(shared)}`).catch((error) => setError(error.message));
 }
 
 function velocity() { return VELOCITIES[Number($("velocity").value)]; }
@@ -57,35 +59,61 @@ function requestBody() {
   return body;
 }
 
-async function generate() {
+async function generate(body = requestBody()) {
   $("generate").disabled = true;
+  $("retry").classList.add("hidden");
   setProgress(0, "Submitting…");
   try {
     const accepted = await api("/v1/instruments", { method: "POST", headers: { "Content-Type": "application/json" },
-                                                    body: JSON.stringify(requestBody()) });
+                                                    body: JSON.stringify(body) });
     $("seed-out").textContent = accepted.seed;
+    state.request = { ...body, seed: accepted.seed };  // a retry asks for the very same instrument
     await poll(accepted.status_url);
   } catch (error) {
-    setProgress(0, `Error: ${error.message}`);
+    setError(error.message);
   } finally {
     $("generate").disabled = false;
   }
+}
+
+function retry() {
+  // POST the same request again: a failed or stale instrument starts again from the notes it has.
+  if (state.request) generate(state.request);
 }
 
 async function poll(statusUrl) {
   for (;;) {
     const status = await api(statusUrl);
     const total = status.notes_total || 1;
-    setProgress(status.notes_done / total, `${status.status}: ${status.notes_done} / ${status.notes_total} notes`);
+    if (!state.request && status.request) {  // opened by link: the stored request, without its nulls
+      state.request = Object.fromEntries(Object.entries({ ...status.request, seed: status.seed }).filter(([, v]) => v !== null));
+    }
     if (status.status === "done") return show(status);
-    if (status.status === "failed") throw new Error(status.error || "generation failed");
+    if (status.status === "failed") {
+      $("retry").classList.remove("hidden");
+      throw new Error(`generation failed after ${status.notes_done} of ${status.notes_total} notes: ${status.error || "no reason given"}`);
+    }
+    if (status.status === "stale") {  // its server replica is gone; another adopts it, or Retry now
+      $("retry").classList.remove("hidden");
+      setProgress(status.notes_done / total, `stale: ${status.notes_done} / ${status.notes_total} notes, waiting for a server to take it over`, "stale");
+    } else {
+      $("retry").classList.add("hidden");
+      setProgress(status.notes_done / total, `${status.status}: ${status.notes_done} / ${status.notes_total} notes`);
+    }
     await new Promise((resolve) => setTimeout(resolve, 500));
   }
 }
 
-function setProgress(fraction, text) {
+function setProgress(fraction, text, kind = "") {
   $("progress-bar").style.width = `${Math.round(fraction * 100)}%`;
   $("status").textContent = text;
+  $("status").className = `status ${kind}`;
+}
+
+function setError(message) {
+  $("status").textContent = message;
+  $("status").className = "status error";
+  window.lastError = message;
 }
 
 function fmt(value, digits = 3) { return value === null || value === undefined ? "–" : Number(value).toFixed(digits); }
@@ -141,13 +169,21 @@ async function buffer(note) {
   if (!state.buffers.has(note.url)) {
     const response = await fetch(note.url, { headers: headers() });
     window.lastPlayed = { url: note.url, status: response.status, pitch: note.pitch, velocity: note.velocity };
-    if (!response.ok) throw new Error(`note ${note.url}: HTTP ${response.status}`);
+    if (!response.ok) throw new Error(`note ${note.pitch} / velocity ${note.velocity} did not load (HTTP ${response.status})`);
     state.buffers.set(note.url, await state.context.decodeAudioData(await response.arrayBuffer()));
   }
   return state.buffers.get(note.url);
 }
 
 async function play(pitch) {
+  try {
+    await playNote(pitch);
+  } catch (error) {
+    setError(`This note could not be played: ${error.message}`);
+  }
+}
+
+async function playNote(pitch) {
   if (!state.instrument) return;
   state.context = state.context || new AudioContext();
   if (state.context.state !== "running") await state.context.resume();
@@ -203,6 +239,10 @@ function drawPitchPlot() {
 
 async function download() {
   const response = await fetch(state.instrument.bundle, { headers: headers() });
+  if (!response.ok) {
+    const body = await response.json().catch(() => ({}));
+    throw new Error(`The download failed: ${body.error || `HTTP ${response.status}`}`);
+  }
   const url = URL.createObjectURL(await response.blob());
   const link = document.createElement("a");
   link.href = url;
@@ -211,4 +251,4 @@ async function download() {
   URL.revokeObjectURL(url);
 }
 
-init().catch((error) => setProgress(0, `Error: ${error.message}`));
+init().catch((error) => setError(error.message));

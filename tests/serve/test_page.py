@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from instrumentgen.config import load_config
-from serve.local import serving
 
 SCREENSHOT = Path(__file__).parents[2] / "docs" / "figures" / "serve_page.png"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -21,18 +20,12 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def page_app(ray_local, checkpoint, tmp_path_factory):
-    cfg = load_config(
-        "tiny",
-        [
-            f"serve.checkpoint={checkpoint}",
-            f"serve.storage={tmp_path_factory.mktemp('inst')}",
-            "serve.min_replicas=1",
-            "serve.max_replicas=1",
-        ],
-    )
-    with serving(cfg) as base:
-        yield base
+def page_app(tmp_path_factory, deployments, make_api, uvicorn_serving):
+    """The API with fake handles rendering in this process (the page needs no Ray)."""
+    root = tmp_path_factory.mktemp("inst")
+    cfg = load_config("tiny", [f"serve.storage={root}"])
+    with uvicorn_serving(make_api(cfg, deployments(cfg))) as base:
+        yield base, root
 
 
 @pytest.fixture
@@ -75,7 +68,8 @@ def wait_for(driver, script: str, timeout_s: float = 240):
 def test_the_page_generates_and_plays_an_instrument(page_app, browser):
     from selenium.webdriver.common.by import By
 
-    browser.get(page_app + "/")
+    base, root = page_app
+    browser.get(base + "/")
     wait_for(browser, "document.getElementById('family').options.length > 0")
     prompt = browser.find_element(By.ID, "prompt")
     prompt.clear()
@@ -100,3 +94,22 @@ def test_the_page_generates_and_plays_an_instrument(page_app, browser):
     wait_for(browser, "window.playCount >= 2")
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(SCREENSHOT))
+
+    instrument = browser.execute_script("return state.instrument.id")
+    (root / instrument / "notes" / "060_v025.wav").unlink()  # a note that fails to load says so
+    browser.execute_script("document.getElementById('velocity').value = 0")
+    browser.find_element(By.CSS_SELECTOR, '.key[data-pitch="60"]').click()
+    error = wait_for(browser, "window.lastError")
+    assert "did not load (HTTP 404)" in error
+    assert browser.find_element(By.ID, "status").get_attribute("class").split() == ["status", "error"]
+    (root / instrument / "instrument.zip").unlink()  # the download checks its response
+    browser.find_element(By.ID, "download").click()
+    wait_for(browser, "window.lastError.startsWith('The download failed')")
+    for field, value in (("low", "70"), ("high", "60")):  # a refused request: the server's line, no prefixes
+        element = browser.find_element(By.ID, field)
+        element.clear()
+        element.send_keys(value)
+    browser.find_element(By.ID, "generate").click()
+    wait_for(browser, "window.lastError.startsWith('keys')")
+    error = browser.execute_script("return window.lastError")
+    assert "allowed: 21 <= low <= high <= 108" in error and "Value error" not in error

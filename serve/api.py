@@ -1,0 +1,223 @@
+"""The HTTP API of an ingress replica (FastAPI, OpenAPI at /docs and /openapi.json), without Ray:
+tests run it with fake Generator / Scorer handles.
+
+POST /v1/instruments                    202 {id, status_url, seed, status}; 200 when already done
+GET  /v1/instruments/{id}               queued | running | stale | done | failed, progress, results
+GET  /v1/instruments/{id}/files/{path}  the instrument's notes, presets, zip (ranges, ETag)
+GET  /v1/info                           limits and vocabulary for clients and the page
+GET  /healthz, /                        liveness; the audition page (serve/static)
+
+Every error is `schema.ErrorBody` {error, field, detail} and is declared in the OpenAPI document.
+"""
+
+import asyncio  # no `from __future__ import annotations`: FastAPI must see the request model's class
+import hmac
+from pathlib import Path
+
+from fastapi import FastAPI, Request, Security
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from instrumentgen.config import Config
+from instrumentgen.errors import UserError
+from instrumentgen.vocab import FAMILIES, PITCH_MAX, PITCH_MIN, SOURCES, VELOCITIES
+from serve.files import MEDIA_TYPES, file_response
+from serve.instruments import Busy, Instruments
+from serve.schema import ErrorBody, error_body, http_error, request_model, user_error, validation_error
+from serve.store import ID_PATTERN
+
+STATIC_DIR = Path(__file__).with_name("static")
+FILE_PATHS = (
+    "notes/<pitch>_v<velocity>.<ext>, instrument.sfz, instrument.dspreset, "
+    "instrument.zip, codes.npy, manifest.json, status.json"
+)
+
+
+def errors(*codes: int) -> dict:
+    """OpenAPI `responses` entries of the given error statuses, all `ErrorBody`."""
+    reasons = {
+        400: "the body is not JSON",
+        401: "missing or unknown API key",
+        404: "no such instrument or file",
+        413: "the body is larger than serve.max_body_bytes",
+        416: "the range is outside the file",
+        422: "a field is invalid",
+        503: "too many instruments in flight; see Retry-After",
+    }
+    return {code: {"model": ErrorBody, "description": reasons[code]} for code in codes}
+
+
+def json_error(status: int, field: str, message: str, headers: dict | None = None) -> JSONResponse:
+    """An `ErrorBody` answer."""
+    return JSONResponse(error_body(field, message), status_code=status, headers=headers)
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body over `limit` bytes, by Content-Length or while reading a chunked
+    body (never read whole first); the body read is replayed to the app."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            shown = length.decode("latin-1")[:20]
+            return await self._refuse(f"the body has {shown} bytes", scope, receive, send)
+        if length is not None or scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                return await self._refuse(f"the body is larger than {self.limit} bytes", scope, receive, send)
+            if not message.get("more_body"):
+                break
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+    async def _refuse(self, what: str, scope, receive, send):
+        message = f"{what}; allowed: at most {self.limit} bytes (serve.max_body_bytes)"
+        await json_error(413, "body", message)(scope, receive, send)
+
+
+def add_errors(api: FastAPI) -> None:
+    """Every exception an answer can end in, as `ErrorBody`."""
+    api.add_exception_handler(RequestValidationError, validation_error)
+    api.add_exception_handler(UserError, user_error)
+    api.add_exception_handler(StarletteHTTPException, http_error)
+
+    @api.exception_handler(Busy)
+    async def busy(request: Request, exc: Busy) -> JSONResponse:
+        return json_error(503, "body", exc.reason, {"Retry-After": str(exc.retry_after_s)})
+
+
+def auth_dependency(keys: list[str]):
+    """The dependency that answers 401 without one of `keys` (X-API-Key or Authorization: Bearer);
+    declared as two OpenAPI security schemes. No keys: nothing is required."""
+    api_key, bearer = APIKeyHeader(name="X-API-Key", auto_error=False), HTTPBearer(auto_error=False)
+
+    async def authorised(
+        key: str | None = Security(api_key), token: HTTPAuthorizationCredentials | None = Security(bearer)
+    ) -> None:
+        given = key or (token.credentials if token else "")
+        if not any(hmac.compare_digest(given.encode(), k.encode()) for k in keys):
+            raise StarletteHTTPException(
+                401,
+                "missing or unknown API key; allowed: 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    return [Security(authorised)] if keys else []
+
+
+def add_instrument_routes(api: FastAPI, instruments: Instruments, cfg: Config, auth: list) -> None:
+    """POST an instrument, GET its status."""
+    Body = request_model(cfg)
+
+    @api.post(
+        "/v1/instruments",
+        status_code=202,
+        dependencies=auth,
+        responses={200: {"description": "the same request was already done"}, **errors(400, 401, 413, 422, 503)},
+    )
+    async def create(body: Body) -> JSONResponse:  # type: ignore[valid-type]  (FastAPI must see the class)
+        code, answer = await instruments.submit(body)
+        return JSONResponse(answer, status_code=code)
+
+    @api.get("/v1/instruments/{instrument}", dependencies=auth, responses=errors(401, 404, 422))
+    async def status(instrument: str = PathParam(pattern=ID_PATTERN)) -> JSONResponse:
+        found = await asyncio.to_thread(instruments.store.status, instrument)
+        if found is None:
+            return json_error(404, "id", f"no instrument {instrument}; allowed: an id from POST /v1/instruments")
+        return JSONResponse(found)
+
+
+def add_file_routes(api: FastAPI, instruments: Instruments, auth: list) -> None:
+    """An instrument's files, and nothing else of storage."""
+    content = {
+        media.split(";")[0]: {"schema": {"type": "string", "format": "binary"}} for media in MEDIA_TYPES.values()
+    }
+
+    @api.get(
+        "/v1/instruments/{instrument}/files/{path:path}",
+        dependencies=auth,
+        response_class=JSONResponse,
+        responses={
+            200: {"description": "the whole file", "content": content},
+            206: {"description": "the requested byte range", "content": content},
+            304: {"description": "not modified (If-None-Match)"},
+            **errors(401, 404, 416, 422),
+        },
+    )
+    async def files(request: Request, instrument: str, path: str):
+        store = instruments.store
+        exact = request.scope["path"] == f"/v1/instruments/{instrument}/files/{path}"  # routes' `$` allows a "\n"
+        url = await asyncio.to_thread(store.file_url, instrument, path) if exact else None
+        if url is None:
+            return json_error(
+                404, "path", f"{path!r} is not a file of instrument {instrument!r}; allowed: {FILE_PATHS}"
+            )
+        return await file_response(request, url, await asyncio.to_thread(store.is_done, instrument))
+
+
+def add_info_routes(api: FastAPI, instruments: Instruments, cfg: Config, keys: list[str]) -> None:
+    """What clients and the page read first; liveness; the page."""
+
+    @api.get("/v1/info")
+    async def info() -> dict:
+        return {
+            "families": FAMILIES,
+            "sources": SOURCES,
+            "velocities": VELOCITIES,
+            "keys": [PITCH_MIN, PITCH_MAX],
+            "max_candidates": cfg.serve.max_candidates,
+            "max_prompt_chars": cfg.serve.max_prompt_chars,
+            "api_key_required": bool(keys),
+            "note_duration_s": cfg.data.note_duration_s,
+        }
+
+    @api.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok", "in_flight": len(instruments.runner.tasks)}
+
+    @api.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html")
+
+    api.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+
+def build_api(instruments: Instruments, cfg: Config, keys: list[str]) -> FastAPI:
+    """The HTTP routes of one ingress replica, bound to its `Instruments`."""
+    api = FastAPI(
+        title="InstrumentGen",
+        version="1",
+        description="Text-to-instrument generation: POST a cue, "
+        "GET the status, then the notes, SFZ / DecentSampler presets and a zip bundle.",
+    )
+    api.add_middleware(BodyLimit, limit=cfg.serve.max_body_bytes)
+    add_errors(api)
+    auth = auth_dependency(keys)
+    add_instrument_routes(api, instruments, cfg, auth)
+    add_file_routes(api, instruments, auth)
+    add_info_routes(api, instruments, cfg, keys)
+    return api

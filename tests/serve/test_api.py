@@ -1,0 +1,339 @@
+"""The HTTP contract of an ingress replica on 127.0.0.1 without Ray: fake handles that render with the
+real library code on tiny models; errors, API keys, request fuzzing, reference audio, files."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import http.client
+import http.server
+import io
+import json
+import os
+import random
+import threading
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+import requests
+import soundfile as sf
+
+from instrumentgen import storage
+from instrumentgen.config import load_config
+from serve.local import wait_done
+
+API_KEY = "test-key-123"
+KEY = {"X-API-Key": API_KEY}
+SMALL = {"keys": {"low": 60, "high": 61}, "velocities": [50, 100]}  # 4 notes: one shard
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory, deployments, make_api, uvicorn_serving):
+    root = tmp_path_factory.mktemp("instruments")
+    overrides = [
+        f"serve.storage={root}",
+        "serve.shard_size=4",
+        "serve.shard_retries=0",
+        "serve.max_reference_seconds=2",
+        "serve.max_reference_bytes=1000000",
+    ]
+    cfg = load_config("tiny", overrides)
+    with uvicorn_serving(make_api(cfg, deployments(cfg), [API_KEY])) as base:
+        yield base, cfg, str(root)
+
+
+def post(base, body, headers=KEY):
+    return requests.post(f"{base}/v1/instruments", json=body, headers=headers, timeout=60)
+
+
+def done(base, body):
+    accepted = post(base, body)
+    assert accepted.status_code == 202, accepted.text
+    status = wait_done(base, accepted.json()["id"], headers=KEY, poll_s=0.1)
+    assert status["status"] == "done", status
+    return status
+
+
+def raw(base, method, path, body=None, headers=None):
+    """One request with the path as given (no client-side normalisation)."""
+    host = urlparse(base)
+    connection = http.client.HTTPConnection(host.hostname, host.port, timeout=30)
+    connection.request(method, path, body=body, headers={**KEY, **(headers or {})})
+    answer = connection.getresponse()
+    result = answer.status, dict(answer.getheaders()), answer.read()
+    connection.close()
+    return result
+
+
+def test_every_error_is_an_error_body_and_is_declared(api):
+    base, cfg, _ = api
+    cases = {
+        "not json": (400, "body", raw(base, "POST", "/v1/instruments", b"{", {"Content-Type": "application/json"})),
+        "not utf-8": (
+            400,
+            "body",
+            raw(base, "POST", "/v1/instruments", b'{"prompt": "\xff"}', {"Content-Type": "application/json"}),
+        ),
+        "deep json": (
+            400,
+            "body",
+            raw(base, "POST", "/v1/instruments", b"[" * 5000, {"Content-Type": "application/json"}),
+        ),
+        "unknown route": (404, "path", raw(base, "GET", "/v2/nothing")),
+        "method": (405, "method", raw(base, "DELETE", "/v1/instruments")),
+        "no key": (401, "authorization", raw(base, "GET", f"/v1/instruments/{'0' * 32}", headers={"X-API-Key": "x"})),
+        "too long": (413, "body", raw(base, "POST", "/v1/instruments", b"{" + b" " * 70_000 + b"}")),
+    }
+    for name, (status, field, (got, headers, body)) in cases.items():
+        answer = json.loads(body)
+        assert got == status and answer["field"] == field, (name, got, body)
+        assert answer["error"].startswith(f"{field}: ") and "allowed:" in answer["error"], (name, answer)
+        assert answer["detail"][0]["field"] == field and headers["content-type"] == "application/json", name
+    assert "GET" in cases["method"][2][1]["allow"] or "POST" in cases["method"][2][1]["allow"]
+
+    def chunked():  # no Content-Length: the limit holds while reading, not after
+        for _ in range(100):
+            yield b" " * 1000
+
+    answer = requests.post(
+        f"{base}/v1/instruments", data=chunked(), headers={**KEY, "Content-Type": "application/json"}
+    )
+    assert answer.status_code == 413 and answer.json()["field"] == "body"
+    blank = post(base, {"prompt": "   "})
+    assert blank.status_code == 422 and not blank.json()["error"].startswith("prompt: Value error")
+    schema = requests.get(f"{base}/openapi.json", timeout=10).json()
+    post_responses = schema["paths"]["/v1/instruments"]["post"]["responses"]
+    assert {"400", "401", "413", "422", "503"} <= set(post_responses)
+    for code in ("400", "422", "503"):
+        assert post_responses[code]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+    assert "HTTPValidationError" not in json.dumps(schema)
+    assert {"206", "404", "416"} <= set(
+        schema["paths"]["/v1/instruments/{instrument}/files/{path}"]["get"]["responses"]
+    )
+
+
+def malformed_requests(cfg) -> list:
+    """At least 300 bodies that are each invalid in one or two ways (never accidentally valid)."""
+    base = {"prompt": "p", "seed": 1, **SMALL}
+    bad = {
+        "prompt": [None, "", "   ", "x" * (cfg.serve.max_prompt_chars + 1), 123, [], {}, True],
+        "seed": [-1, 2**32, 1.5, "7", True, [1]],
+        "cfg_coef": [-0.1, 20.5, "3", None, [3]],
+        "top_k": [-1, cfg.model.card + 1, 2.5, "50", None],
+        "temperature": [-1, 10.5, "1", None],
+        "keys": [
+            {"low": 20},
+            {"high": 109},
+            {"low": 70, "high": 60},
+            {"low": "60"},
+            [21, 108],
+            {"low": 60, "x": 1},
+            5,
+            None,
+            {"low": 60.5},
+        ],
+        "velocities": [[], [60], [25, 25], [25, 50, 75, 100, 127, 25], "25", [True], [25.5], None],
+        "candidates": [0, cfg.serve.max_candidates + 1, -1, 1.5, "2", None],
+        "format": ["mp3", "", 1, None, "WAV24"],
+        "family": ["kazoo", 1, "brass"],  # "brass" with a prompt: two cues
+        "source": ["wood", 2, "acoustic"],
+        "reference_audio_url": ["file:///etc/passwd", "/etc/passwd", "ftp://x/y.wav", "", 5, "http://a b"],
+        "bogus": [1, None, "x"],
+        "Prompt": ["p"],
+    }
+    singles = [{**base, field: value} for field, values in bad.items() for value in values]
+    singles += [{}, {"seed": 1}, {"family": None, "source": None}]
+    rng = random.Random(0)
+    pairs = [
+        {**rng.choice(singles), **{k: v for k, v in rng.choice(singles).items() if k not in base}} for _ in range(250)
+    ]
+    raw_bodies = [
+        "",
+        "{",
+        "[]",
+        "null",
+        "1",
+        '"prompt"',
+        '{"prompt": }',
+        "\x00\x01",
+        "{'prompt': 'p'}",
+        json.dumps(base)[:-1],
+        "[" * 1000,
+    ]
+    return singles + pairs + [("raw", text) for text in raw_bodies]
+
+
+def test_fuzzing_gets_only_4xx_error_bodies_naming_the_field(api):
+    base, cfg, _ = api
+    cases = malformed_requests(cfg)
+    assert len(cases) >= 300
+    answers = []
+    for case in cases:
+        if isinstance(case, tuple):
+            headers = {**KEY, "Content-Type": "application/json"}
+            answers.append(requests.post(f"{base}/v1/instruments", data=case[1].encode(), timeout=30, headers=headers))
+        else:
+            answers.append(post(base, case))
+    answers += [
+        requests.get(f"{base}/v1/instruments/{bad}", headers=KEY, timeout=30)
+        for bad in ("x", "0" * 31, "Z" * 32, "0" * 33, "%00", "..")
+    ]
+    answers.append(requests.put(f"{base}/v1/instruments", json={}, headers=KEY, timeout=30))
+    for case, answer in zip(cases, answers):
+        assert 400 <= answer.status_code < 500, (case, answer.status_code, answer.text)
+        body = answer.json()
+        assert {"error", "field", "detail"} <= set(body) and body["error"].startswith(body["field"]), (case, body)
+        assert "Value error," not in body["error"]
+    fields = {answer.json()["field"] for answer in answers[: len(cases)]}
+    assert {"prompt", "seed", "keys.low", "velocities.0", "candidates", "format", "bogus", "body"} <= fields
+
+
+def test_bad_values_name_the_field_and_what_is_allowed(api):
+    base, cfg, _ = api
+    answer = post(base, {"prompt": "p", "candidates": 9})
+    assert answer.status_code == 422 and answer.json()["field"] == "candidates"
+    assert answer.json()["detail"][0]["allowed"] == {"le": cfg.serve.max_candidates}
+    answer = post(base, {"prompt": "p", "family": "brass"})
+    assert "allowed: exactly one of prompt, reference_audio_url, or family/source" in answer.json()["error"]
+    answer = post(base, {"prompt": "p", "keys": {"low": 70, "high": 60}})
+    assert answer.json()["field"] == "keys" and "allowed: 21 <= low <= high <= 108" in answer.json()["error"]
+
+
+def test_api_keys_are_required(api):
+    base, _, _ = api
+    for headers in ({}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic x"}):
+        answer = post(base, {"prompt": "p", **SMALL}, headers=headers)
+        assert answer.status_code == 401 and answer.json()["field"] == "authorization"
+        assert answer.headers["WWW-Authenticate"] == "Bearer"
+    assert post(base, {"prompt": "p", "seed": 9, **SMALL}, headers={"Authorization": f"Bearer {API_KEY}"}).ok
+    assert requests.get(f"{base}/healthz", timeout=10).ok and requests.get(f"{base}/", timeout=10).ok
+    schemes = requests.get(f"{base}/openapi.json", timeout=10).json()["components"]["securitySchemes"]
+    assert {s["type"] for s in schemes.values()} == {"apiKey", "http"}
+
+
+@pytest.fixture
+def reference_server(tmp_path):
+    """Files of tmp_path over HTTP on 127.0.0.1 (a client's reference recordings)."""
+
+    def wav(seconds):
+        buffer = io.BytesIO()
+        t = np.arange(int(seconds * 16000)) / 16000
+        sf.write(buffer, 0.3 * np.sin(2 * np.pi * 220 * t), 16000, format="WAV")
+        return buffer.getvalue()
+
+    (tmp_path / "short.wav").write_bytes(wav(1.0))
+    (tmp_path / "long.wav").write_bytes(wav(3.0))
+    (tmp_path / "text.wav").write_bytes(b"this is not audio" * 10)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(tmp_path), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_reference_audio_is_fetched_and_checked(api, reference_server):
+    base, _, _ = api
+    for name, words in (
+        ("text.wav", "not readable audio"),
+        ("long.wav", "allowed: at most 2.0 s"),
+        ("missing.wav", "not reachable"),
+    ):
+        answer = post(base, {"reference_audio_url": f"{reference_server}/{name}", **SMALL})
+        assert answer.status_code == 422 and answer.json()["field"] == "reference_audio_url", answer.text
+        assert words in answer.json()["error"]
+    closed = post(base, {"reference_audio_url": "http://127.0.0.1:9/x.wav", **SMALL})
+    assert closed.status_code == 422 and "not reachable" in closed.json()["error"]
+    status = done(base, {"reference_audio_url": f"{reference_server}/short.wav", "seed": 4, **SMALL})
+    assert status["request"]["reference_audio_url"].startswith("sha256:")  # the content, never the URL, names it
+
+
+def test_the_same_request_twice_is_one_instrument(api):
+    base, _, root = api
+    body = {"prompt": "glassy bell", "seed": 5, **SMALL}
+    first = done(base, body)
+    manifest = storage.join(root, first["id"], "manifest.json")
+    written = os.path.getmtime(manifest)
+    again = post(base, {**body, "prompt": "  glassy   bell "})  # the same after normalisation
+    assert again.status_code == 200 and again.json()["id"] == first["id"] and again.json()["status"] == "done"
+    assert requests.get(f"{base}/healthz", timeout=10).json()["in_flight"] == 0
+    assert os.path.getmtime(manifest) == written
+
+
+def test_files_download_like_files_and_nothing_else_is_served(api):
+    base, _, root = api
+    status = done(base, {"prompt": "files", "seed": 8, **SMALL})
+    bundle = f"{base}{status['bundle']}"
+    whole = requests.get(bundle, headers=KEY, timeout=30)
+    size = len(whole.content)
+    assert whole.status_code == 200 and int(whole.headers["Content-Length"]) == size > 1000
+    assert whole.headers["Accept-Ranges"] == "bytes" and "immutable" in whole.headers["Cache-Control"]
+    tag = whole.headers["ETag"]
+    head = requests.get(bundle, headers={**KEY, "Range": f"bytes=0-{size // 3 - 1}"}, timeout=30)
+    rest = requests.get(bundle, headers={**KEY, "Range": f"bytes={size // 3}-", "If-Range": tag}, timeout=30)
+    assert head.status_code == 206 and rest.status_code == 206
+    assert rest.headers["Content-Range"] == f"bytes {size // 3}-{size - 1}/{size}"
+    assert head.content + rest.content == whole.content  # a download resumed where it stopped
+    tail = requests.get(bundle, headers={**KEY, "Range": "bytes=-10"}, timeout=30)
+    assert tail.status_code == 206 and tail.content == whole.content[-10:]
+    assert requests.get(bundle, headers={**KEY, "If-None-Match": tag}, timeout=30).status_code == 304
+    changed = requests.get(bundle, headers={**KEY, "Range": "bytes=0-9", "If-Range": '"other"'}, timeout=30)
+    assert changed.status_code == 200 and changed.content == whole.content
+    past = requests.get(bundle, headers={**KEY, "Range": f"bytes={size}-"}, timeout=30)
+    assert past.status_code == 416 and past.headers["Content-Range"] == f"bytes */{size}"
+    assert past.json()["field"] == "range"
+    note = requests.get(f"{base}{status['notes'][0]['url']}", headers=KEY, timeout=30)
+    assert note.headers["content-type"] == "audio/wav" and int(note.headers["Content-Length"]) == len(note.content)
+    state = requests.get(f"{base}/v1/instruments/{status['id']}/files/status.json", headers=KEY, timeout=30)
+    assert state.headers["Cache-Control"] == "no-cache"
+
+    secret = os.path.join(root, "secret.txt")
+    with open(secret, "w") as f:
+        f.write("not an instrument file")
+    os.symlink(secret, os.path.join(root, status["id"], "notes", "099_v050.wav"))  # planted in storage
+    prefix = f"/v1/instruments/{status['id']}/files/"
+    attacks = [
+        "notes/099_v050.wav",
+        "manifest.json%0a",
+        "manifest.json%0A",
+        "../status.json",
+        "../../etc/passwd",
+        "..%2f..%2fetc%2fpasswd",
+        "%2e%2e/%2e%2e/etc/passwd",
+        "/etc/passwd",
+        "notes/../../x",
+        "notes/..%5c..%5cx",
+        "notes/060_v050.wav%00.txt",
+        "candidates/0/notes/060_v050.wav",
+        "shards/060_v050_n4.pt",
+        "cue.pt",
+        ".tmp-x",
+        "",
+        "notes/",
+        "manifest.json/..",
+        "%252e%252e%252fetc%252fpasswd",
+    ]
+    for attack in attacks:
+        code, _, body = raw(base, "GET", prefix + attack)
+        assert code == 404 and json.loads(body)["field"] in ("path", "id"), (attack, code, body)
+    assert raw(base, "GET", prefix + "manifest.json")[0] == 200
+
+
+def test_overload_gets_503_with_retry_after(tmp_path, blocking, make_api, uvicorn_serving):
+    cfg = load_config("tiny", [f"serve.storage={tmp_path}", "serve.max_instruments_in_flight=2"])
+    with uvicorn_serving(make_api(cfg, blocking)) as base:
+        bodies = [{"prompt": f"overload {i}", "seed": i, **SMALL} for i in range(5)]
+        with concurrent.futures.ThreadPoolExecutor(5) as pool:
+            answers = list(pool.map(lambda body: post(base, body, headers={}), bodies))
+        codes = sorted(answer.status_code for answer in answers)
+        assert codes == [202, 202, 503, 503, 503], codes
+        for answer in answers:
+            if answer.status_code == 503:
+                assert int(answer.headers["Retry-After"]) > 0 and "max_instruments_in_flight" in answer.json()["error"]
+        assert requests.get(f"{base}/healthz", timeout=10).json()["in_flight"] == 2
