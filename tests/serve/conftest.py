@@ -15,7 +15,7 @@ from instrumentgen.pretrained.codec import Codec
 def checkpoint(tmp_path_factory):
     """An untrained tiny InstrumentLM saved like jobs.train exports it; tiny codec/CLAP files made once."""
     cfg = load_config("tiny")
-    Codec.load(cfg.codec.weights)  # write the tiny weight files before the replicas race for them
+    Codec.load(cfg.codec)  # write the tiny weight files before the replicas race for them
     Clap.load(cfg.clap)
     torch.manual_seed(0)
     return InstrumentLM(cfg.model).save(str(tmp_path_factory.mktemp("ckpt") / "model.pt"))

@@ -78,7 +78,7 @@ def test_a_full_instrument_equals_direct_generation_and_used_both_replicas(app):
     codes = np.load(io.BytesIO(requests.get(f"{base}{status['codes']}", headers=KEY, timeout=60).content))
 
     lm = InstrumentLM.load(cfg.serve.checkpoint)
-    codec, clap = Codec.load(cfg.codec.weights), Clap.load(cfg.clap)
+    codec, clap = Codec.load(cfg.codec), Clap.load(cfg.clap)
     cue = InstrumentCue(prompt="warm analog brass")
     gen = cfg.generate.__class__(**{**vars(cfg.generate), "seed": 11})
     direct = generate_codes(
