@@ -5,8 +5,8 @@ and reads the weights with its `load_ckpt`:
 
 - `weights: music` is `music_audioset_epoch_15_esc_90.14.pt` (HTSAT-base + RoBERTa), downloaded
   as upstream does when online. RoBERTa's architecture and tokenizer are read from the folder in
-  `clap.tokenizer` when given (its weights come from the CLAP checkpoint), else from the
-  Hugging Face cache / hub.
+  `clap.tokenizer` when given (a local folder, or a URL such as the one `jobs.stage_weights`
+  uploads; its weights come from the CLAP checkpoint), else from the Hugging Face cache / hub.
 - `weights: tiny` is a seeded random init of the configured classes (the `tiny` config below
   registers a small HTSAT and the BPE `transformer` text tower, which needs no download),
   written once in the checkpoint format `load_ckpt` reads and always loaded back through it.
@@ -215,6 +215,9 @@ class Clap:
 
     @classmethod
     def load(cls, cfg: ClapConfig) -> "Clap":
+        if "://" in cfg.tokenizer:  # a folder staged in a bucket (jobs.stage_weights): copied once
+            local = weight_files.local_folder(cfg.tokenizer, "tokenizer", "clap.tokenizer")
+            cfg = dataclasses.replace(cfg, tokenizer=str(local))
         path, model_id = _checkpoint_file(cfg)  # before building: a missing file fails fast
         module = _build(cfg)
         try:
