@@ -3,6 +3,7 @@
     python -m deploy.render                      # with deploy/values.yaml
     python -m deploy.render bucket=s3://my-bucket image=my.registry/instrumentgen:$(git rev-parse --short HEAD)
     python -m deploy.render --check              # exit 1 if a written file is stale (what the tests check)
+    python -m deploy.render --entrypoint train   # print a RayJob's entrypoint (for `ray job submit`)
 
 The bucket, the run name and the image are named once, in deploy/values.yaml (or on this command
 line); the templates take them as `${bucket}`, `${run}`, `${image}`, `${role_arn}`, and derive:
@@ -68,14 +69,25 @@ def render(values: dict[str, str]) -> dict[str, str]:
     return out
 
 
+def _print_entrypoint(rendered: dict[str, str], job: str) -> int:
+    jobs = sorted(path.split("/")[-1].split(".")[0] for path in rendered if path.endswith(".rayjob.yaml"))
+    if job not in jobs:
+        raise ConfigError(f"--entrypoint {job!r} is not a RayJob; allowed: {', '.join(jobs)}")
+    print(yaml.safe_load(rendered[f"deploy/k8s/{job}.rayjob.yaml"])["spec"]["entrypoint"])
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Write the rendered files, or with --check report the stale ones (exit 1)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="only check; exit 1 if a file is stale")
+    parser.add_argument("--entrypoint", metavar="JOB", help="print deploy/k8s/JOB.rayjob.yaml's entrypoint only")
     parser.add_argument("values", nargs="*", help="key=value overrides of deploy/values.yaml")
     args = parser.parse_args(argv)
     try:
         rendered = render(read_values(args.values))
+        if args.entrypoint:
+            return _print_entrypoint(rendered, args.entrypoint)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

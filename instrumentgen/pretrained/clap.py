@@ -46,7 +46,7 @@ from instrumentgen.errors import UserError
 from instrumentgen.pretrained import weights as weight_files  # noqa: E402
 from instrumentgen.pretrained.weights import WeightsError  # noqa: E402
 
-__all__ = ["Clap", "ClapError", "WeightsError", "save_checkpoint"]
+__all__ = ["Clap", "ClapError", "WeightsError", "random_init", "save_checkpoint"]
 
 SAMPLE_RATE_HZ = 48000  # every laion_clap audio branch works at 48 kHz
 MAX_SAMPLES = 480000  # 10 s: laion_clap crops longer audio at random, we crop deterministically
@@ -166,15 +166,22 @@ def _build(cfg: ClapConfig) -> laion_clap.CLAP_Module:
         ) from None
 
 
-def save_checkpoint(module: laion_clap.CLAP_Module, path: str | Path) -> None:
+def random_init(cfg: ClapConfig) -> laion_clap.CLAP_Module:
+    """A random-init `CLAP_Module` of `cfg.amodel` / `cfg.tmodel` on the CPU, to be saved as weights."""
+    return _build(dataclasses.replace(cfg, device="cpu"))
+
+
+def save_checkpoint(module: laion_clap.CLAP_Module, path: str | Path, prefix: str = "", **extra) -> None:
     """Write `module.model` in the training-checkpoint format `CLAP_Module.load_ckpt` reads.
 
     laion_clap's reader deletes `text_branch.embeddings.position_ids` unconditionally (released
-    checkpoints carry it from transformers < 4.31), so the file must have it too.
+    checkpoints carry it from transformers < 4.31), so the file must have it too. The releases
+    were saved from DistributedDataParallel: `prefix="module."` and `extra` (epoch, ...) write a
+    file of their layout, whose prefix the reader strips.
     """
     state_dict = dict(module.model.state_dict())
     state_dict.setdefault("text_branch.embeddings.position_ids", torch.arange(module.model.context_length)[None])
-    torch.save({"state_dict": state_dict}, str(path))
+    torch.save({**extra, "state_dict": {prefix + k: v for k, v in state_dict.items()}}, str(path))
 
 
 def _tiny_file(cfg: ClapConfig) -> Path:
@@ -189,7 +196,7 @@ def _tiny_file(cfg: ClapConfig) -> Path:
         f"clap-tiny-{cfg.amodel}-{cfg.tmodel}.pt",
         recipe,
         TINY_SEED,
-        lambda path: save_checkpoint(_build(dataclasses.replace(cfg, device="cpu")), path),
+        lambda path: save_checkpoint(random_init(cfg), path),
     )
 
 

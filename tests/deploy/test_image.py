@@ -11,7 +11,7 @@ import ray
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = (REPO / "Dockerfile").read_text()
-IMAGE_LINE = re.compile(r"^# image: (\S+)$", re.M)
+IMAGE_LINE = re.compile(r"^# image: (.+)$", re.M)
 
 
 def pinned(package: str) -> str:
