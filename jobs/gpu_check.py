@@ -31,7 +31,6 @@ from instrumentgen.vocab import PITCHES, VELOCITIES
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 TEMPLATE = DOCS / "benchmarks.template.md"
-BLOCK = re.compile(r"(<!-- gpu_check:start -->\n).*?(<!-- gpu_check:end -->)", re.S)
 CPU_SIZES = {"notes": 8, "cfg_batch": 4}  # a CPU run of the same code (the tests), never written to docs
 GPU_SIZES = {"notes": len(PITCHES) * len(VELOCITIES), "cfg_batch": 88}
 
@@ -121,12 +120,17 @@ def table(rows: list[dict], machine: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_block(template: Path, block: str) -> None:
-    """Replace the text between the gpu_check markers of `template` with `block`."""
+def block_pattern(name: str) -> re.Pattern:
+    """The block `<!-- name:start -->` ... `<!-- name:end -->` of the benchmarks template."""
+    return re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
+
+
+def write_block(template: Path, name: str, block: str) -> None:
+    """Replace the text between the `name` markers of `template` with `block` (gpu_check, paper_check)."""
     text = template.read_text()
-    if not BLOCK.search(text):
-        raise ValueError(f"{template} has no <!-- gpu_check:start --> ... <!-- gpu_check:end --> block")
-    template.write_text(BLOCK.sub(lambda m: m[1] + block + m[2], text))
+    if not block_pattern(name).search(text):
+        raise ValueError(f"{template} has no <!-- {name}:start --> ... <!-- {name}:end --> block")
+    template.write_text(block_pattern(name).sub(lambda m: m[1] + block + m[2], text))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         from jobs.benchmark import main as benchmark_main
 
         rows = measure("cuda")
-        write_block(TEMPLATE, table(rows, describe_machine(this_machine())))
+        write_block(TEMPLATE, "gpu_check", table(rows, describe_machine(this_machine())))
         benchmark_main(["--render"])
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

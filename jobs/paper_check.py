@@ -21,7 +21,8 @@ then the cluster's own job arguments, each stage reading what the one before wro
 5. evaluate: the evaluation RayJob's arguments on a 4-note test instrument.
 
 Each stage prints its time and the peak resident memory of this process and its children (Ray's
-workers; the S3 server excluded); the table at the end goes into docs/benchmarks.md by hand.
+workers; the S3 server excluded); at paper size the table replaces the paper_check block of
+docs/benchmarks.template.md and docs/benchmarks.md is rendered again (`write=0`: print only).
 A failure is the stage's own one-line error (exit 2) or a traceback.
 """
 
@@ -295,6 +296,14 @@ def serve_instrument(serve_config: str, size: str, storage_url: str) -> dict:
     return status
 
 
+def written(url: str) -> str:
+    """`url`, after checking that the stage before wrote it (`RuntimeError` naming it if not)."""
+    if not storage.exists(url):
+        raise RuntimeError(f"{url} was not written: the next stage would not find it")
+    print(f"   wrote {url}", flush=True)
+    return url
+
+
 def run(size: str, out: Path) -> Stages:
     """The whole chain at `size` in `out`; returns the stages' rows."""
     out.mkdir(parents=True, exist_ok=True)
@@ -312,36 +321,61 @@ def run(size: str, out: Path) -> Stages:
             sources = write_release_files(out / "weights") if size == "paper" else write_tiny_files(scratch)
         with stages.stage("stage_weights", f"copy + sha256 to {bucket}/weights"):
             stage_weights.stage(bucket, sources)
+            written(f"{bucket}/weights/{storage.MANIFEST}")
             write_notes(bucket, scratch)
         with local_ray(num_cpus=2):
             with stages.stage("preprocess", "8 notes of 4 s -> DAC codes + CLAP embeddings"):
                 run_job("jobs.preprocess", jobs["jobs.preprocess"], [*size_args, *LOCAL["jobs.preprocess"]])
+                written(f"{bucket}/shards/{storage.MANIFEST}")
             with stages.stage("train", "2 DeepSpeed steps, 2 CPU workers, export"):
                 run_job("jobs.train", jobs["jobs.train"], [*size_args, *LOCAL["jobs.train"]])
+                written(f"{bucket}/runs/{values['run']}/model.pt")
             with stages.stage("serve", "4 notes at full length, CFG, over HTTP"):
-                serve_instrument(rendered["serve/config.yaml"], size, f"{bucket}/instruments")
+                status = serve_instrument(rendered["serve/config.yaml"], size, f"{bucket}/instruments")
+                written(f"{bucket}/instruments/{status['id']}/{storage.MANIFEST}")
             with stages.stage("evaluate", "1 test instrument (4 notes): generate + score"):
                 run_job("jobs.evaluate", jobs["jobs.evaluate"], [*size_args, *LOCAL["jobs.evaluate"]])
+                written(f"{bucket}/evaluation/{values['run']}/results.json")
     return stages
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`size=paper|tiny out=<folder>`: run the chain and print the per-stage table."""
+    """`size=paper|tiny out=<folder> write=1|0`: run the chain, print the per-stage table (and record it)."""
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = dict(arg.split("=", 1) for arg in argv if "=" in arg)
-        unknown = [arg for arg in argv if "=" not in arg or arg.split("=", 1)[0] not in ("size", "out")]
+        unknown = [arg for arg in argv if "=" not in arg or arg.split("=", 1)[0] not in ("size", "out", "write")]
         if unknown:
-            raise ConfigError(f"argument {unknown[0]!r} is not allowed; allowed: size=paper|tiny, out=<folder>")
-        size = args.get("size", "paper")
+            allowed = "size=paper|tiny, out=<folder>, write=1|0"
+            raise ConfigError(f"argument {unknown[0]!r} is not allowed; allowed: {allowed}")
+        size, write = args.get("size", "paper"), args.get("write", "1")
         if size not in SIZES:
             raise ConfigError(f"size={size!r} is not allowed; allowed: {', '.join(SIZES)}")
+        if write not in ("0", "1"):
+            raise ConfigError(f"write={write!r} is not allowed; allowed: 1 (record the table in docs/), 0")
         stages = run(size, Path(args.get("out", ".cache/paper-check")))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"\npaper check ({size}) passed\n\n{stages.table()}", flush=True)
+    if size == "paper" and write == "1":
+        record(stages)
     return 0
+
+
+def record(stages: Stages) -> None:
+    """The table, command and machine into the paper_check block of the benchmarks page."""
+    from jobs.benchmark import describe_machine, this_machine
+    from jobs.benchmark import main as benchmark_main
+    from jobs.gpu_check import TEMPLATE, write_block
+
+    total = sum(row["seconds"] for row in stages.rows)
+    block = (
+        f"```\npython -m jobs.paper_check\n```\n\nMachine: {describe_machine(this_machine())}. "
+        f"Total {total / 60:.1f} min.\n\n{stages.table()}\n"
+    )
+    write_block(TEMPLATE, "paper_check", block)
+    benchmark_main(["--render"])
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ def test_without_a_gpu_it_measures_nothing_and_says_so(capsys, monkeypatch, tmp_
 
 
 def test_the_docs_say_whether_it_has_run():
-    block = gpu_check.BLOCK.search(gpu_check.TEMPLATE.read_text())
+    block = gpu_check.block_pattern("gpu_check").search(gpu_check.TEMPLATE.read_text())
     assert block, "docs/benchmarks.template.md lacks the gpu_check block"
     assert "python -m jobs.gpu_check" in block[0]
     assert ("Not run yet" in block[0]) != ("Machine:" in block[0])
@@ -39,7 +39,7 @@ def test_measurements_run_and_fill_the_block(cache, tmp_path):
     assert float(rows[1]["value"].rstrip("x")) > 0 and re.fullmatch(r"\d+\.\d s", rows[0]["value"])
     template = tmp_path / "t.md"
     template.write_text("before\n<!-- gpu_check:start -->\nNot run yet.\n<!-- gpu_check:end -->\nafter\n")
-    gpu_check.write_block(template, gpu_check.table(rows, "a test machine"))
+    gpu_check.write_block(template, "gpu_check", gpu_check.table(rows, "a test machine"))
     text = template.read_text()
     assert text.startswith("before\n<!-- gpu_check:start -->\n```\npython -m jobs.gpu_check\n```")
     assert "Not run yet" not in text and "Machine: a test machine." in text and text.endswith("end -->\nafter\n")
