@@ -103,3 +103,11 @@ def test_bad_values_are_one_line(capsys):
     )
     assert render.main(["--check", "bucket="]) == 2
     assert "bucket is empty" in capsys.readouterr().err
+
+
+def test_entrypoint_prints_a_rayjobs_command_for_ray_job_submit(capsys):
+    assert render.main(["--entrypoint", "train", "bucket=s3://b2"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith("python -m jobs.train config=paper data.shards=s3://b2/shards ")
+    assert render.main(["--entrypoint", "serve"]) == 2
+    assert "allowed: evaluate, preprocess, render, train" in capsys.readouterr().err
