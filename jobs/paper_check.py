@@ -57,6 +57,7 @@ from jobs import stage_weights
 from jobs.entry import local_ray
 
 SIZES = ("paper", "tiny")
+S3_OPTIONS = {"config_kwargs": {"read_timeout": 900}}  # see loopback_s3
 BUCKET = "paper-check"
 # What scales each RayJob of deploy/k8s to this machine; every other argument is the manifest's.
 LOCAL = {
@@ -180,7 +181,14 @@ def write_notes(bucket: str, scratch: Path) -> None:
 
 @contextlib.contextmanager
 def loopback_s3(log: Path) -> Iterator[tuple[str, int]]:
-    """A moto S3 server on 127.0.0.1 and the AWS variables pointing at it; yields (endpoint, pid)."""
+    """A moto S3 server on 127.0.0.1 and the AWS variables pointing at it; yields (endpoint, pid).
+
+    moto joins the parts of a large upload in Python: completing the 800 MB CLAP file takes over a
+    minute, past botocore's 60 s read timeout, whose retry then fails. Here (and in Ray's workers,
+    through `FSSPEC_S3`) s3fs waits up to 15 minutes instead; a real bucket needs no such setting.
+    """
+    import fsspec.config
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -195,8 +203,10 @@ def loopback_s3(log: Path) -> Iterator[tuple[str, int]]:
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_ENDPOINT_URL": endpoint,
         "AWS_ENDPOINT_URL_S3": endpoint,
+        "FSSPEC_S3": json.dumps(S3_OPTIONS),
     }
     old = {key: os.environ.get(key) for key in env}
+    old_conf = dict(fsspec.config.conf.get("s3", {}))
     try:
         for _ in range(300):
             with contextlib.suppress(OSError):
@@ -206,8 +216,10 @@ def loopback_s3(log: Path) -> Iterator[tuple[str, int]]:
         else:
             raise RuntimeError(f"moto_server did not start on {endpoint}; see {log}")
         os.environ.update(env)
+        fsspec.config.conf.setdefault("s3", {}).update(S3_OPTIONS)
         yield endpoint, proc.pid
     finally:
+        fsspec.config.conf["s3"] = old_conf
         for key, value in old.items():
             os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
         proc.terminate()
