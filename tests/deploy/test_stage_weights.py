@@ -14,7 +14,7 @@ from instrumentgen.config import load_config
 from instrumentgen.metrics.vggish import load_vggish
 from instrumentgen.pretrained.loading import load_models
 from instrumentgen.pretrained.staged import staged_overrides
-from instrumentgen.pretrained.weights import WeightsError, local_file
+from instrumentgen.pretrained.weights import WeightsError, local_file, local_folder
 from jobs import stage_weights
 
 
@@ -67,6 +67,9 @@ def test_stage_writes_files_sums_and_manifest_that_the_loaders_read(s3_bucket, s
     _, codec, clap = load_models(cfg, None)
     assert codec.model_id.startswith("dac-") and clap.embed_text(["brass"]).shape == (1, 512)
     assert load_vggish(urls["metrics.vggish_weights"]).embeddings[-2].out_features == 128
+    folder = local_folder(urls["clap.tokenizer"], "tokenizer", "clap.tokenizer")  # what Clap.load reads
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "merges.txt", "vocab.json"]
+    assert (folder / "merges.txt").read_text() == "#version: 0.2\n"
     assert stage_weights.main([f"verify={bucket}"]) == 0
     assert capsys.readouterr().out.startswith(f"6 files match {bucket}/weights/manifest.json")
 
