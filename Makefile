@@ -9,7 +9,7 @@ export $(shell sed -n 's/^\([A-Z_][A-Z0-9_]*\)=.*/\1/p' jobs/local.env)
 # DeepSpeed caches any compiled op here instead of rebuilding it every run.
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 
-.PHONY: demo test lint browser benchmark clean
+.PHONY: demo test lint browser benchmark paper-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -37,6 +37,11 @@ browser:
 
 benchmark: $(STAMP)
 	$(PY) -m jobs.benchmark
+
+# The real path at paper size on this CPU (docs/cluster.md): released-format weights, loopback S3,
+# the manifests' own job arguments; prints time and peak memory per stage (~10 min on 2 cores).
+paper-check: $(STAMP)
+	$(PY) -m jobs.paper_check $(ARGS)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache demo-output

@@ -39,15 +39,11 @@ def _generate(args: argparse.Namespace) -> None:
     import dataclasses
 
     from instrumentgen.instruments.generate import InstrumentCue, generate_instrument
-    from instrumentgen.model.lm import InstrumentLM
-    from instrumentgen.pretrained.clap import Clap
-    from instrumentgen.pretrained.codec import Codec
+    from instrumentgen.pretrained.loading import load_models
 
     cfg = load_config(args.config, args.overrides)
     storage.check_writable(args.out)
-    lm = InstrumentLM.load(args.checkpoint, cfg.codec.device)
-    codec = Codec.load(cfg.codec.weights, cfg.codec.device, cfg.codec.n_codebooks)
-    clap = Clap.load(cfg.clap) if args.prompt is not None and lm.cfg.conditioning == "clap" else None
+    lm, codec, clap = load_models(cfg, args.checkpoint, clap=None if args.prompt is not None else False)
     cue = InstrumentCue(prompt=args.prompt, family=args.family, source=args.source)
     gen_cfg = cfg.generate if args.seed is None else dataclasses.replace(cfg.generate, seed=args.seed)
     instrument = generate_instrument(lm, codec, clap, cue, gen_cfg, cfg.data.note_duration_s, progress=True)

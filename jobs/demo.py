@@ -78,7 +78,7 @@ def fixture(out: str) -> dict[str, str]:
 
 def codec_round_trip(cfg, shards_url: str) -> None:
     """Decode one note's codes from the shards and print what came back."""
-    codec = Codec.load(cfg.codec.weights, n_codebooks=cfg.codec.n_codebooks)
+    codec = Codec.load(cfg.codec)
     table = shards.read_table(shards.shard_files(shards_url, "train")[0]).slice(0, 1).to_pydict()
     codes = torch.tensor(table["codes"][0]).reshape(1, table["n_codebooks"][0], table["n_frames"][0]).long()
     audio = codec.decode(codes)

@@ -95,14 +95,10 @@ class InstrumentScorer:
 
     def __init__(self, cfg: Config, checkpoint: str):
         from instrumentgen.metrics.fad import Embedder
-        from instrumentgen.model.lm import InstrumentLM
-        from instrumentgen.pretrained.clap import Clap
-        from instrumentgen.pretrained.codec import Codec
+        from instrumentgen.pretrained.loading import load_models
 
         self.cfg = cfg
-        self.lm = None if checkpoint == GROUND_TRUTH else InstrumentLM.load(checkpoint, cfg.codec.device)
-        self.codec = Codec.load(cfg.codec.weights, cfg.codec.device, cfg.codec.n_codebooks)
-        self.clap = Clap.load(cfg.clap)
+        self.lm, self.codec, self.clap = load_models(cfg, None if checkpoint == GROUND_TRUTH else checkpoint, clap=True)
         self.embedder = Embedder(cfg.metrics, self.clap)
 
     def score(self, instrument: TestInstrument, out: str) -> dict:

@@ -8,16 +8,13 @@ for it. Torch work runs in a worker thread so the replica's event loop keeps ans
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 import torch
 from ray import serve
 
 from instrumentgen.config import Config
 from instrumentgen.instruments.generate import InstrumentCue
-from instrumentgen.model.lm import InstrumentLM
-from instrumentgen.pretrained.clap import Clap
-from instrumentgen.pretrained.codec import Codec
+from instrumentgen.pretrained.loading import device_for, load_models
 from serve import shards
 from serve.shards import ShardJob
 
@@ -28,12 +25,9 @@ class Generator:
 
     def __init__(self, cfg: Config):
         torch.set_num_threads(max(1, round(cfg.serve.num_cpus)))
-        device = "cuda" if cfg.serve.num_gpus > 0 and torch.cuda.is_available() else cfg.codec.device
+        device = device_for(cfg.serve.num_gpus, "serve.num_gpus", cfg.codec.device)
         self.cfg = cfg
-        self.lm = InstrumentLM.load(cfg.serve.checkpoint, device)
-        self.codec = Codec.load(cfg.codec.weights, device, cfg.codec.n_codebooks)
-        uses_clap = self.lm.cfg.conditioning == "clap"
-        self.clap = Clap.load(dataclasses.replace(cfg.clap, device=device)) if uses_clap else None
+        self.lm, self.codec, self.clap = load_models(cfg, cfg.serve.checkpoint, device)
         self.model_id = self.lm.model_id
         self.replica = serve.get_replica_context().replica_id.unique_id
 

@@ -264,16 +264,10 @@ class NoteEncoder:
     """
 
     def __init__(self, cfg: Config):
-        import dataclasses
+        from instrumentgen.pretrained.loading import device_for, load_models
 
-        import torch
-
-        from instrumentgen.pretrained.clap import Clap
-        from instrumentgen.pretrained.codec import Codec
-
-        device = "cuda" if cfg.data.encoder_num_gpus > 0 and torch.cuda.is_available() else cfg.codec.device
-        self.codec = Codec.load(cfg.codec.weights, device=device)
-        self.clap = Clap.load(dataclasses.replace(cfg.clap, device=device))
+        device = device_for(cfg.data.encoder_num_gpus, "data.encoder_num_gpus", cfg.codec.device)
+        _, self.codec, self.clap = load_models(cfg, None, device)
         self.n_codebooks = cfg.codec.n_codebooks
         self.batch_size = cfg.data.encode_batch_size
         self.n_samples = round(cfg.data.note_duration_s * cfg.data.sample_rate_hz)

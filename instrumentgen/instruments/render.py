@@ -111,14 +111,10 @@ class Renderer:
     """The LM, codec and CLAP of one render worker, loaded once; `render` writes one instrument per call."""
 
     def __init__(self, cfg: Config, checkpoint: str):
-        from instrumentgen.model.lm import InstrumentLM
-        from instrumentgen.pretrained.clap import Clap
-        from instrumentgen.pretrained.codec import Codec
+        from instrumentgen.pretrained.loading import load_models
 
         self.cfg, self.checkpoint = cfg, checkpoint
-        self.lm = InstrumentLM.load(checkpoint, cfg.codec.device)
-        self.codec = Codec.load(cfg.codec.weights, cfg.codec.device, cfg.codec.n_codebooks)
-        self.clap = Clap.load(cfg.clap) if self.lm.cfg.conditioning == "clap" else None
+        self.lm, self.codec, self.clap = load_models(cfg, checkpoint)
 
     def cue(self, request: RenderRequest) -> InstrumentCue:
         """The request's cue; the reference recording is read and decoded here (`AudioError` if it is not audio)."""

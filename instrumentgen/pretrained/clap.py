@@ -5,8 +5,8 @@ and reads the weights with its `load_ckpt`:
 
 - `weights: music` is `music_audioset_epoch_15_esc_90.14.pt` (HTSAT-base + RoBERTa), downloaded
   as upstream does when online. RoBERTa's architecture and tokenizer are read from the folder in
-  `clap.tokenizer` when given (its weights come from the CLAP checkpoint), else from the
-  Hugging Face cache / hub.
+  `clap.tokenizer` when given (a local folder, or a URL such as the one `jobs.stage_weights`
+  uploads; its weights come from the CLAP checkpoint), else from the Hugging Face cache / hub.
 - `weights: tiny` is a seeded random init of the configured classes (the `tiny` config below
   registers a small HTSAT and the BPE `transformer` text tower, which needs no download),
   written once in the checkpoint format `load_ckpt` reads and always loaded back through it.
@@ -46,7 +46,7 @@ from instrumentgen.errors import UserError
 from instrumentgen.pretrained import weights as weight_files  # noqa: E402
 from instrumentgen.pretrained.weights import WeightsError  # noqa: E402
 
-__all__ = ["Clap", "ClapError", "WeightsError", "save_checkpoint"]
+__all__ = ["Clap", "ClapError", "WeightsError", "random_init", "save_checkpoint"]
 
 SAMPLE_RATE_HZ = 48000  # every laion_clap audio branch works at 48 kHz
 MAX_SAMPLES = 480000  # 10 s: laion_clap crops longer audio at random, we crop deterministically
@@ -166,15 +166,22 @@ def _build(cfg: ClapConfig) -> laion_clap.CLAP_Module:
         ) from None
 
 
-def save_checkpoint(module: laion_clap.CLAP_Module, path: str | Path) -> None:
+def random_init(cfg: ClapConfig) -> laion_clap.CLAP_Module:
+    """A random-init `CLAP_Module` of `cfg.amodel` / `cfg.tmodel` on the CPU, to be saved as weights."""
+    return _build(dataclasses.replace(cfg, device="cpu"))
+
+
+def save_checkpoint(module: laion_clap.CLAP_Module, path: str | Path, prefix: str = "", **extra) -> None:
     """Write `module.model` in the training-checkpoint format `CLAP_Module.load_ckpt` reads.
 
     laion_clap's reader deletes `text_branch.embeddings.position_ids` unconditionally (released
-    checkpoints carry it from transformers < 4.31), so the file must have it too.
+    checkpoints carry it from transformers < 4.31), so the file must have it too. The releases
+    were saved from DistributedDataParallel: `prefix="module."` and `extra` (epoch, ...) write a
+    file of their layout, whose prefix the reader strips.
     """
     state_dict = dict(module.model.state_dict())
     state_dict.setdefault("text_branch.embeddings.position_ids", torch.arange(module.model.context_length)[None])
-    torch.save({"state_dict": state_dict}, str(path))
+    torch.save({**extra, "state_dict": {prefix + k: v for k, v in state_dict.items()}}, str(path))
 
 
 def _tiny_file(cfg: ClapConfig) -> Path:
@@ -189,7 +196,7 @@ def _tiny_file(cfg: ClapConfig) -> Path:
         f"clap-tiny-{cfg.amodel}-{cfg.tmodel}.pt",
         recipe,
         TINY_SEED,
-        lambda path: save_checkpoint(_build(dataclasses.replace(cfg, device="cpu")), path),
+        lambda path: save_checkpoint(random_init(cfg), path),
     )
 
 
@@ -215,6 +222,9 @@ class Clap:
 
     @classmethod
     def load(cls, cfg: ClapConfig) -> "Clap":
+        if "://" in cfg.tokenizer:  # a folder staged in a bucket (jobs.stage_weights): copied once
+            local = weight_files.local_folder(cfg.tokenizer, "tokenizer", "clap.tokenizer")
+            cfg = dataclasses.replace(cfg, tokenizer=str(local))
         path, model_id = _checkpoint_file(cfg)  # before building: a missing file fails fast
         module = _build(cfg)
         try:

@@ -1,7 +1,7 @@
 """DAC codec wrapper: load weights by name, path or URL; audio [B, 1, L] <-> codes [B, K, N].
 
-`Codec.load("44khz")` is the 44.1 kHz DAC release (hop 512, 9 codebooks x 1024, of which the
-paper keeps the 4 most significant); `Codec.load("tiny")` is a small random-init `dac.DAC` with
+`Codec.load(cfg.codec)` reads `codec.weights`: "44khz" is the 44.1 kHz DAC release (hop 512,
+9 codebooks x 1024, of which the paper keeps the 4 most significant); "tiny" is a small random-init `dac.DAC` with
 the same rate, hop and codebook size (made level-preserving, see `_make_level_preserving`),
 saved once with `DAC.save` and always read back with `DAC.load`, so tests exercise the real
 loading path. Any other string is a local path or an fsspec URL of a file written by `DAC.save`.
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from instrumentgen.config import CodecConfig
 from instrumentgen.errors import UserError
 from instrumentgen.pretrained import weights as weight_files
 from instrumentgen.pretrained.weights import WeightsError
@@ -122,10 +123,12 @@ class Codec:
         self.model_id = model_id
 
     @classmethod
-    def load(cls, weights: str, device: str = "cpu", n_codebooks: int = 4) -> "Codec":
-        """`weights`: "44khz" (DAC release), "tiny" (random init), a local path or fsspec URL."""
+    def load(cls, cfg: CodecConfig) -> "Codec":
+        """The DAC of `cfg.weights` ("44khz" release, "tiny" random init, a local path or fsspec URL)
+        on `cfg.device`, keeping `cfg.n_codebooks` codebooks."""
         from dac import DAC  # imports audiotools (~3 s): only when a model is really loaded
 
+        weights = cfg.weights
         if weights == "tiny":
             path = _tiny_file()
             model_id = f"dac-tiny-{weight_files.file_digest(path)}"
@@ -139,7 +142,7 @@ class Codec:
             model = DAC.load(str(path))
         except Exception as e:  # DAC.load raises whatever torch.load / the constructor raise
             raise WeightsError(f"codec.weights={weights!r}: {path} is not a DAC.save file ({e})") from e
-        return cls(model, n_codebooks, model_id, device)
+        return cls(model, cfg.n_codebooks, model_id, cfg.device)
 
     @property
     def sample_rate_hz(self) -> int:

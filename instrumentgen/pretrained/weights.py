@@ -28,6 +28,7 @@ from instrumentgen import storage
 from instrumentgen.errors import UserError
 
 CACHE_ENV = "INSTRUMENTGEN_CACHE"
+SHA256_SUFFIX = ".sha256"  # `<file>.sha256` beside a staged weight file: its sum, `sha256sum` format
 DOWNLOAD_TIMEOUT_S = 20  # per socket operation: a blocked network fails in seconds, not minutes
 
 
@@ -76,7 +77,8 @@ def local_file(path_or_url: str, kind: str, key: str) -> Path:
     """A local path to the file at `path_or_url`; remote files are copied once into `cache_dir(kind)`.
 
     The cached copy is named after the URL and the object's size and version stamp, so a
-    replaced object is fetched again.
+    replaced object is fetched again. A file staged by `jobs.stage_weights` has its sha256 in
+    `<file>.sha256` beside it: the copy is checked against it, and a mismatch is a `WeightsError`.
     """
     fs, path = storage.filesystem(path_or_url)
     if not fs.exists(path):
@@ -87,10 +89,55 @@ def local_file(path_or_url: str, kind: str, key: str) -> Path:
     stamp = f"{path_or_url}|{info.get('size')}|{info.get('ETag') or info.get('mtime') or info.get('created')}"
     dest = cache_dir(kind) / hashlib.sha256(stamp.encode()).hexdigest()[:16] / Path(path).name
     if not dest.exists():
+        expected = _staged_sha256(fs, path)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        with fs.open(path, "rb") as src:
-            _write_atomic(dest, src)
+        with storage.atomic_path(dest) as tmp:
+            with fs.open(path, "rb") as src, open(tmp, "wb") as out:
+                for block in iter(lambda: src.read(1 << 20), b""):
+                    out.write(block)
+            if expected is not None and sha256_file(tmp) != expected:
+                raise WeightsError(
+                    f"{key}={path_or_url!r}: sha256 mismatch with {path_or_url}{SHA256_SUFFIX} "
+                    "(a partial or replaced upload); stage it again with python -m jobs.stage_weights"
+                )
     return dest
+
+
+def local_folder(path_or_url: str, kind: str, key: str) -> Path:
+    """A local copy of the folder at `path_or_url` (e.g. a tokenizer), each file as `local_file` copies it."""
+    fs, path = storage.filesystem(path_or_url)
+    if "file" in _protocols(fs):
+        return Path(path)
+    if not fs.isdir(path):
+        raise WeightsError(f"{key}={path_or_url!r}: no such folder; give an existing local folder or fsspec URL")
+    files = [f for f in fs.find(path) if not f.endswith(SHA256_SUFFIX)]
+    protocol = _protocols(fs)[0]
+    copies = [local_file(f"{protocol}://{f}", kind, key) for f in files]
+    folder = cache_dir(kind) / hashlib.sha256("|".join(map(str, copies)).encode()).hexdigest()[:16]
+    for file, copy in zip(files, copies):
+        link = folder / file[len(path) :].strip("/")
+        if not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            with storage.atomic_path(link) as tmp:
+                os.link(copy, tmp)
+    return folder
+
+
+def sha256_file(path: Path) -> str:
+    """The full sha256 of a local file (hex)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _staged_sha256(fs, path: str) -> str | None:
+    sidecar = path + SHA256_SUFFIX
+    if not fs.exists(sidecar):
+        return None
+    with fs.open(sidecar, "rb") as f:
+        return f.read().decode().split()[0]
 
 
 def file_digest(path: Path) -> str:

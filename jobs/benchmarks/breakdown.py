@@ -45,7 +45,7 @@ def stage_seconds(quick: bool) -> tuple[dict[str, float], str]:
     duration_s = cfg.data.note_duration_s
     torch.manual_seed(0)
     lm = InstrumentLM(cfg.model).eval()  # random init: the same compute as trained weights
-    codec, clap = Codec.load(cfg.codec.weights, n_codebooks=cfg.codec.n_codebooks), Clap.load(cfg.clap)
+    codec, clap = Codec.load(cfg.codec), Clap.load(cfg.clap)
     batch = cfg.generate.batch_size
     stages: dict[str, float] = {}
     embedding = _timed(stages, "CLAP text embedding", lambda: clap.embed_text([PROMPT])[0].cpu())

@@ -51,11 +51,12 @@ def _dac_row(quick: bool) -> dict:
     import dac
     from audiotools import AudioSignal
 
+    from instrumentgen.config import CodecConfig
     from instrumentgen.pretrained.codec import Codec
 
     count, duration_s, batch = (16, 1.0, 8) if quick else (8, 4.0, 4)
     if quick:
-        codec, model_name = Codec.load("tiny"), "tiny DAC"
+        codec, model_name = Codec.load(CodecConfig(weights="tiny")), "tiny DAC"
     else:
         torch.manual_seed(0)
         codec, model_name = Codec(dac.DAC(), 4, "dac-44khz-architecture-random"), "44.1 kHz DAC architecture"

@@ -32,7 +32,7 @@ def serial_loop(cfg: Config) -> int:
     from instrumentgen.pretrained.clap import Clap
     from instrumentgen.pretrained.codec import Codec
 
-    codec, clap = Codec.load(cfg.codec.weights), Clap.load(cfg.clap)
+    codec, clap = Codec.load(cfg.codec), Clap.load(cfg.clap)
     columns = {name: [] for name in STORED_COLUMNS}
     for note in nsynth.iter_notes(cfg.data.source):
         audio = torch.from_numpy(
@@ -66,7 +66,7 @@ def warm_up_serial_loop(cfg: Config) -> None:
     from instrumentgen.pretrained.clap import Clap
     from instrumentgen.pretrained.codec import Codec
 
-    Codec.load(cfg.codec.weights), Clap.load(cfg.clap)
+    Codec.load(cfg.codec), Clap.load(cfg.clap)
 
 
 def _time_both(root: str, instruments: int, pitches: list[int], overrides: list[str]) -> tuple[int, float, float]:

@@ -165,7 +165,7 @@ def test_codes_equal_codec_encode_of_the_same_notes(clean_run, local_data):
 
     out, _ = clean_run
     cfg = load_config("tiny")
-    codec, clap = Codec.load(cfg.codec.weights), Clap.load(cfg.clap)
+    codec, clap = Codec.load(cfg.codec), Clap.load(cfg.clap)
     notes = list(nsynth.iter_notes(local_data["jsonwav"]))
     audio = torch.from_numpy(crop_and_resample(np.stack([n.audio for n in notes]), 0.5, 16000, 44100))
     with torch.inference_mode():

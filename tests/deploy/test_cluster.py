@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -88,3 +89,30 @@ def test_node_resources_match_the_instance_type(name):
 
 def test_gpu_workers_exist():
     assert any(node["resources"].get("GPU", 0) for node in CLUSTER["available_node_types"].values())
+
+
+def test_every_node_type_has_the_same_instance_profile():
+    profiles = {
+        name: node["node_config"].get("IamInstanceProfile", {}).get("Arn")
+        for name, node in CLUSTER["available_node_types"].items()
+    }
+    assert None not in profiles.values(), profiles  # workers need the bucket as much as the head
+    assert len(set(profiles.values())) == 1
+
+
+def test_python_311_venv_outside_the_synced_folder_and_local_state_not_synced():
+    commands = CLUSTER["setup_commands"]
+    assert any("apt-get install" in c and "python3.11-venv" in c for c in commands)
+    (make_venv,) = [c for c in commands if "-m venv" in c]
+    assert "python3.11 -m venv ~/venv" in make_venv
+    (synced,) = CLUSTER["file_mounts"]
+    assert not any(" .venv" in c or "/.venv" in c for c in commands)
+    assert not synced.rstrip("/").endswith("/venv") and "~/venv" not in synced
+    assert {".venv", ".cache", "runs", ".git"} <= set(CLUSTER["rsync_exclude"])
+    assert CLUSTER["rsync_filter"] == [".gitignore"]
+
+
+def test_torch_is_installed_for_the_dockerfiles_cuda():
+    base = re.search(r"^FROM \S+-(cu\d+)$", (REPO / "Dockerfile").read_text(), re.M)[1]
+    installs = [c for c in CLUSTER["setup_commands"] if "torch torchaudio torchvision" in c]
+    assert installs and f"https://download.pytorch.org/whl/{base}" in installs[0]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import re
 import shlex
 from pathlib import Path
@@ -13,16 +12,22 @@ import ray
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
+from deploy import render
 from instrumentgen.config import load_config, split_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
 MANIFESTS = {path.name: list(yaml.safe_load_all(path.read_text())) for path in sorted(K8S.glob("*.yaml"))}
-RESOURCES = [(name, doc) for name, docs in MANIFESTS.items() for doc in docs]
+RESOURCES = [(name, doc) for name, docs in MANIFESTS.items() for doc in docs if doc["apiVersion"] == "ray.io/v1"]
 RAY_JOBS = [(name, doc) for name, doc in RESOURCES if doc["kind"] == "RayJob"]
 (RAY_SERVICE,) = [doc for _, doc in RESOURCES if doc["kind"] == "RayService"]
 # The arguments each job takes besides config=<name> and config overrides.
-JOB_ARGUMENTS = {"jobs.preprocess": set(), "jobs.train": set(), "jobs.render": {"checkpoint", "prompts", "out"}}
+JOB_ARGUMENTS = {
+    "jobs.preprocess": set(),
+    "jobs.train": set(),
+    "jobs.render": {"checkpoint", "prompts", "out"},
+    "jobs.evaluate": {"checkpoints", "out", "actors"},
+}
 
 
 def cluster_spec(resource: dict) -> dict:
@@ -43,19 +48,37 @@ def gpu_groups(resource: dict) -> list[dict]:
     ]
 
 
-def render_rayservice():
-    spec = importlib.util.spec_from_file_location("render_rayservice", K8S / "render_rayservice.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def test_every_manifest_is_a_known_kind():
+    expected = {
+        "preprocess.rayjob.yaml": "RayJob",
+        "train.rayjob.yaml": "RayJob",
+        "evaluate.rayjob.yaml": "RayJob",
+        "render.rayjob.yaml": "RayJob",
+        "serve.rayservice.yaml": "RayService",
+        "serviceaccount.yaml": "ServiceAccount",
+        "networkpolicy.yaml": "NetworkPolicy",
+    }
+    assert {name: docs[0]["kind"] for name, docs in MANIFESTS.items()} == expected
+    api = {
+        "RayJob": "ray.io/v1",
+        "RayService": "ray.io/v1",
+        "ServiceAccount": "v1",
+        "NetworkPolicy": "networking.k8s.io/v1",
+    }
+    assert all(len(docs) == 1 and docs[0]["apiVersion"] == api[docs[0]["kind"]] for docs in MANIFESTS.values())
 
 
-def test_every_manifest_is_ray_io_v1():
-    expected = {"preprocess.rayjob.yaml", "train.rayjob.yaml", "render.rayjob.yaml", "serve.rayservice.yaml"}
-    assert expected <= set(MANIFESTS)
+def test_every_pod_uses_the_service_account_and_mounts_dev_shm():
+    (account,) = MANIFESTS["serviceaccount.yaml"]
     for name, resource in RESOURCES:
-        assert resource["apiVersion"] == "ray.io/v1", name
-        assert resource["kind"] in ("RayJob", "RayService"), name
+        spec = cluster_spec(resource)
+        for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+            pod = group["template"]["spec"]
+            assert pod["serviceAccountName"] == account["metadata"]["name"], name
+            volumes = {v["name"]: v for v in pod["volumes"]}
+            for container in pod["containers"]:
+                (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/dev/shm"]
+                assert volumes[mount["name"]]["emptyDir"]["medium"] == "Memory", name
 
 
 @pytest.mark.parametrize("name,resource", RESOURCES, ids=[name for name, _ in RESOURCES])
@@ -76,9 +99,11 @@ def test_cluster_spec_under_the_right_key(name, resource):
 
 
 @pytest.mark.parametrize("name,resource", RESOURCES, ids=[name for name, _ in RESOURCES])
-def test_images_are_the_dockerfiles(name, resource):
-    (image,) = re.findall(r"^# image: (\S+)$", (REPO / "Dockerfile").read_text(), re.M)
+def test_images_are_the_values_image_of_the_dockerfiles_repository(name, resource):
+    image = yaml.safe_load((REPO / "deploy" / "values.yaml").read_text())["image"]
+    (documented,) = re.findall(r"^# image: (\S+):<git commit>$", (REPO / "Dockerfile").read_text(), re.M)
     assert {container["image"] for container in containers(resource)} == {image}
+    assert image.rsplit(":", 1)[0] == documented
 
 
 @pytest.mark.parametrize("name,job", RAY_JOBS, ids=[name for name, _ in RAY_JOBS])
@@ -94,11 +119,12 @@ def test_entrypoint_runs_a_real_job_with_a_valid_config(name, job):
         for word in words[3:]
         if word.split("=", 1)[0] in JOB_ARGUMENTS[module]
     }
-    assert all(value.startswith("s3://") for value in own.values())  # on a cluster, inputs and outputs live in storage
+    urls = re.findall(r"\w+://[^\s,]+", job["spec"]["entrypoint"])
+    assert urls and all(url.startswith("s3://") for url in urls)  # on a cluster, everything lives in storage
     config_name, overrides = split_overrides([word for word in words[3:] if word.split("=", 1)[0] not in own])
     assert config_name == "paper"
     load_config(config_name, overrides)  # a ConfigError names the bad key
-    if module == "jobs.render":
+    if module in ("jobs.render", "jobs.evaluate"):
         assert set(own) == JOB_ARGUMENTS[module]
 
 
@@ -113,10 +139,17 @@ def test_train_job_resumes_from_object_storage():
     assert job["spec"]["backoffLimit"] >= 1 and job["spec"]["shutdownAfterJobFinishes"] is True
 
 
-def test_serve_config_is_serve_config_yaml():
+def test_serve_config_is_serve_config_yaml_and_nothing_is_stale():
     serve_config = yaml.safe_load(RAY_SERVICE["spec"]["serveConfigV2"])
     assert serve_config == yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
-    assert render_rayservice().main(["--check"]) == 0
+    assert render.main(["--check"]) == 0
+
+
+def test_api_keys_come_from_a_required_secret_in_every_serve_pod():
+    for container in containers(RAY_SERVICE):
+        (env,) = [e for e in container["env"] if e["name"] == "INSTRUMENTGEN_API_KEYS"]
+        assert env["valueFrom"]["secretKeyRef"] == {"name": "instrumentgen-api-keys", "key": "keys"}  # not optional
+    assert RAY_SERVICE["spec"]["upgradeStrategy"]["type"] in ("NewCluster", "None")
 
 
 def test_serve_config_validates_and_listens_on_the_documented_port(documented_ports):
@@ -126,19 +159,3 @@ def test_serve_config_validates_and_listens_on_the_documented_port(documented_po
     assert schema.http_options.port == port and schema.http_options.host == "0.0.0.0"  # reachable in the pod
     head = cluster_spec(RAY_SERVICE)["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert {"containerPort": port, "name": "serve"} in head["ports"]
-
-
-def test_render_rayservice_replaces_only_the_serve_block():
-    manifest = "spec:\n  serveConfigV2: |\n    old: 1\n\n    older: 2\n  rayClusterConfig:\n    rayVersion: x\n"
-    rendered = render_rayservice().with_serve_config(manifest, "# comment\napplications:\n  - name: a\n")
-    assert rendered == (
-        "spec:\n  serveConfigV2: |\n    # comment\n    applications:\n      - name: a\n"
-        "  rayClusterConfig:\n    rayVersion: x\n"
-    )
-
-
-def test_render_job_reads_the_model_the_train_job_exports():
-    entrypoints = {name: shlex.split(job["spec"]["entrypoint"])[3:] for name, job in RAY_JOBS}
-    _, overrides = split_overrides(entrypoints["train.rayjob.yaml"])
-    train = load_config("paper", overrides).train
-    assert f"checkpoint={train.storage_path}/{train.run_name}/model.pt" in entrypoints["render.rayjob.yaml"]

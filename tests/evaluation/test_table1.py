@@ -96,7 +96,7 @@ def models(cache, tmp_path_factory):
     source = write_fixture_nsynth(str(root), 1, [48, 60, 72], [50, 127], ("jsonwav",))["jsonwav"]
     cfg = load_config("tiny", [f"data.source={source}", "metrics.eval_cue=mean_embedding"])
     clap = Clap.load(cfg.clap)
-    return cfg, Codec.load(cfg.codec.weights), clap, Embedder(cfg.metrics, clap)
+    return cfg, Codec.load(cfg.codec), clap, Embedder(cfg.metrics, clap)
 
 
 def test_the_mean_embedding_cue_reaches_the_model_and_the_clap_score(models, monkeypatch):

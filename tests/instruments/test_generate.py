@@ -19,7 +19,7 @@ SLOTS = [(21, 25), (60, 100), (60, 127), (108, 50)]
 def models():
     cfg = load_config("tiny")
     torch.manual_seed(0)
-    return cfg, InstrumentLM(cfg.model).eval(), Codec.load(cfg.codec.weights), Clap.load(cfg.clap)
+    return cfg, InstrumentLM(cfg.model).eval(), Codec.load(cfg.codec), Clap.load(cfg.clap)
 
 
 def generate(models, cue, seed=1, slots=SLOTS, **gen):

@@ -29,7 +29,7 @@ SLOTS = [(p, v) for p in (40, 41, 60, 61, 90) for v in (50, 127)]
 def models():
     cfg = load_config("tiny")
     torch.manual_seed(0)
-    return cfg, InstrumentLM(cfg.model).eval(), Codec.load(cfg.codec.weights), Clap.load(cfg.clap)
+    return cfg, InstrumentLM(cfg.model).eval(), Codec.load(cfg.codec), Clap.load(cfg.clap)
 
 
 def render(models, url, shard_size, candidates=1, seed=3):

@@ -119,7 +119,7 @@ def test_two_checkpoints_and_the_ground_truth_make_one_table_on_s3(ray_local, ca
     from instrumentgen.pretrained.clap import Clap
     from instrumentgen.pretrained.codec import Codec
 
-    clap, codec = Clap.load(cfg.clap), Codec.load(cfg.codec.weights, n_codebooks=cfg.codec.n_codebooks)
+    clap, codec = Clap.load(cfg.clap), Codec.load(cfg.codec)
     cue = clap.embed_audio(torch.from_numpy(instrument.audio)[instrument.reference_index()][None], 44100)[0]
     audio = generate_instrument(
         lm,

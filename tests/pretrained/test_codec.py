@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from instrumentgen import storage
+from instrumentgen.config import CodecConfig
 from instrumentgen.data.synthetic import synth_note, timbre_for
 from instrumentgen.pretrained.codec import Codec, CodecError, WeightsError
 
@@ -18,7 +19,7 @@ SR = 44100
 
 @pytest.fixture(scope="module")
 def codec(cache) -> Codec:
-    return Codec.load("tiny")
+    return Codec.load(CodecConfig(weights="tiny"))
 
 
 def note(velocity: int = 100, duration_s: float = 0.5, pitch: int = 60) -> torch.Tensor:
@@ -61,16 +62,16 @@ def test_encode_decode_shapes_and_code_range(codec):
 
 
 def test_keeps_the_most_significant_codebooks(cache, codec):
-    five = Codec.load("tiny", n_codebooks=5).encode(note())
+    five = Codec.load(CodecConfig(weights="tiny", n_codebooks=5)).encode(note())
     assert torch.equal(five[:, :4], codec.encode(note()))
     with pytest.raises(CodecError, match="n_codebooks=6"):
-        Codec.load("tiny", n_codebooks=6)
+        Codec.load(CodecConfig(weights="tiny", n_codebooks=6))
 
 
 def test_codes_are_deterministic_across_calls_and_loads(cache, codec):
     audio = note()
     assert torch.equal(codec.encode(audio), codec.encode(audio.clone()))
-    again = Codec.load("tiny")
+    again = Codec.load(CodecConfig(weights="tiny"))
     assert again.model_id == codec.model_id
     assert torch.equal(again.encode(audio), codec.encode(audio))
 
@@ -95,8 +96,8 @@ def test_bad_inputs_name_the_expected_shape(codec):
 def test_loads_from_memory_and_file_urls(cache, codec):
     data = open(tiny_file(cache), "rb").read()
     storage.write_bytes("memory://weights/dac-tiny.pth", data)
-    from_memory = Codec.load("memory://weights/dac-tiny.pth")
-    from_file_url = Codec.load("file://" + tiny_file(cache))
+    from_memory = Codec.load(CodecConfig(weights="memory://weights/dac-tiny.pth"))
+    from_file_url = Codec.load(CodecConfig(weights="file://" + tiny_file(cache)))
     for other in (from_memory, from_file_url):
         assert torch.equal(other.encode(note()), codec.encode(note()))
     # named by content, not by location
@@ -107,23 +108,23 @@ def test_loads_from_memory_and_file_urls(cache, codec):
 def test_loads_from_s3(cache, codec, s3_bucket):
     url = f"{s3_bucket}/codec/dac-tiny.pth"
     storage.write_bytes(url, open(tiny_file(cache), "rb").read())
-    assert torch.equal(Codec.load(url).encode(note()), codec.encode(note()))
+    assert torch.equal(Codec.load(CodecConfig(weights=url)).encode(note()), codec.encode(note()))
 
 
 def test_missing_or_bad_files_raise_weights_error(cache, tmp_path):
     with pytest.raises(WeightsError, match="codec.weights='/no/such/dac.pth'"):
-        Codec.load("/no/such/dac.pth")
+        Codec.load(CodecConfig(weights="/no/such/dac.pth"))
     not_a_model = tmp_path / "notes.pth"
     not_a_model.write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="is not a DAC.save file"):
-        Codec.load(str(not_a_model))
+        Codec.load(CodecConfig(weights=str(not_a_model)))
 
 
 def test_release_offline_fails_fast_naming_file_place_and_key(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("INSTRUMENTGEN_DAC_CACHE", str(tmp_path / "dac"))
     with pytest.raises(WeightsError) as error:  # raised before any network call
-        Codec.load("44khz")
+        Codec.load(CodecConfig(weights="44khz"))
     message = str(error.value)
     assert "https://github.com/descriptinc/descript-audio-codec/releases/download/0.0.1/weights.pth" in message
     assert str(tmp_path / "dac" / "weights_44khz_8kbps_0.0.1.pth") in message

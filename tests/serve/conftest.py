@@ -24,7 +24,7 @@ from serve.store import StatusStore
 def checkpoint(tmp_path_factory):
     """An untrained tiny InstrumentLM saved like jobs.train exports it; tiny codec/CLAP files made once."""
     cfg = load_config("tiny")
-    Codec.load(cfg.codec.weights)  # write the tiny weight files before the replicas race for them
+    Codec.load(cfg.codec)  # write the tiny weight files before the replicas race for them
     Clap.load(cfg.clap)
     torch.manual_seed(0)
     return InstrumentLM(cfg.model).save(str(tmp_path_factory.mktemp("ckpt") / "model.pt"))
@@ -55,7 +55,7 @@ class Deployments:
     def __init__(self, cfg, checkpoint):
         self.cfg = cfg
         self.lm = InstrumentLM.load(checkpoint)
-        self.codec, self.clap = Codec.load(cfg.codec.weights), Clap.load(cfg.clap)
+        self.codec, self.clap = Codec.load(cfg.codec), Clap.load(cfg.clap)
         self.calls, self.fail, self.fail_slots = [], {}, set()
         self.info = {
             "model_id": self.lm.model_id,

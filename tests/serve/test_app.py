@@ -101,7 +101,7 @@ def test_a_full_instrument_equals_direct_generation_and_used_both_replicas(app, 
         assert answer.status_code == 200 and int(answer.headers["Content-Length"]) == len(answer.content) > 100
 
     lm = InstrumentLM.load(cfg.serve.checkpoint)
-    codec, clap = Codec.load(cfg.codec.weights), Clap.load(cfg.clap)
+    codec, clap = Codec.load(cfg.codec), Clap.load(cfg.clap)
     cue = InstrumentCue(prompt=BODY["prompt"])
     gen = dataclasses.replace(cfg.generate, seed=BODY["seed"])
     direct = generate_codes(

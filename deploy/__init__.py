@@ -1,0 +1,1 @@
+"""Deployment: the KubeRay manifests and serve/config.yaml, rendered from deploy/templates + deploy/values.yaml."""
