@@ -277,14 +277,14 @@ def test_a_batch_instrument_equals_the_served_one_note_for_note(renderer, tmp_pa
             loaded.lm,
             loaded.codec,
             None,
-            cue,
-            gen,
-            cfg.data.note_duration_s,
-            slots[i : i + 2],
-            served_url,
-            "wav24",
-            2,
-            cfg.metrics,
+            cue=cue,
+            gen_cfg=gen,
+            duration_s=cfg.data.note_duration_s,
+            slots=slots[i : i + 2],
+            url=served_url,
+            audio_format="wav24",
+            candidates=2,
+            metrics_cfg=cfg.metrics,
         )
         for i in (0, 2)
     ]
