@@ -13,13 +13,11 @@ import soundfile as sf
 import torch
 
 from instrumentgen import storage
-from instrumentgen.audio import encode_audio
 from instrumentgen.config import load_config
-from instrumentgen.data.synthetic import synth_note, timbre_for
 from instrumentgen.faults import Fault
 from instrumentgen.instruments import library
 from instrumentgen.instruments.instrument import Instrument
-from instrumentgen.instruments.prompts import expand_variations, instrument_id, read_prompts
+from instrumentgen.instruments.prompts import read_prompts
 from instrumentgen.instruments.render import Renderer, retry_seed
 from instrumentgen.metrics.clap_score import clap_score
 from instrumentgen.metrics.pitch import pitch_report
@@ -85,89 +83,6 @@ def assert_consistent_library(out, ids):
         for note in manifest["notes"]:
             assert storage.exists(storage.join(out, instrument, note["file"])), (instrument, note)
     assert sorted(library.read_index(out).column("id").to_pylist()) == sorted(manifests) == sorted(ids)
-
-
-# ---- the prompt file: no Ray, no models
-
-
-def test_prompt_lines_are_validated_with_line_numbers_and_reasons(tmp_path):
-    reference = str(tmp_path / "ref.wav")
-    storage.write_bytes(reference, encode_audio(synth_note(60, 100, timbre_for(1), 16_000, 0.5), 16_000))
-    lines = [
-        {"prompt": "warm analog brass", "seed": 3, "variations": 2, **SMALL},
-        {"family": "bass", "source": 2},
-        "",
-        {"reference_audio": reference, "name": "my ref", "candidates": 2},
-        "{not json",
-        {"prompt": "   "},
-        {"prompt": "x", "colour": "red"},
-        {"prompt": "x", "keys": [20, 30]},
-        {"prompt": "x", "velocities": [100, 90]},
-        {"prompt": "x", "candidates": 9},
-        {"prompt": "x", "variations": 0},
-        {"reference_audio": str(tmp_path / "missing.wav")},
-        {"name": "no cue"},
-        {"family": "kazoo"},
-    ]
-    requests, failures = read_prompts(write_lines(str(tmp_path / "p.jsonl"), lines), max_candidates=8)
-    assert [(r.line, r.name, r.seed) for r in requests] == [
-        (1, "warm analog brass", 3),
-        (2, "synthetic bass", 0),
-        (4, "my ref", 0),
-    ]
-    assert requests[0].slots() == [(60, 100), (61, 100), (62, 100), (63, 100)]
-    assert requests[1].family == "bass" and requests[1].source == "synthetic" and len(requests[1].slots()) == 440
-    assert [(f.line, f.reason) for f in failures] == [
-        (5, "bad_json"),
-        (6, "empty_prompt"),
-        (7, "unknown_field"),
-        (8, "out_of_range"),
-        (9, "out_of_range"),
-        (10, "out_of_range"),
-        (11, "out_of_range"),
-        (12, "unreachable_reference"),
-        (13, "missing_cue"),
-        (14, "bad_value"),
-    ]
-    messages = {f.line: f.message for f in failures}
-    assert "unknown field 'colour'; allowed: prompt, family" in messages[7]
-    assert "keys=[20, 30] is out of range; allowed: [low, high] with MIDI 21" in messages[8]
-    assert "candidates=9 is out of range; allowed: 1..8" in messages[10]
-    assert "family='kazoo' is unknown; allowed: 0=bass" in messages[14]
-    variations = expand_variations(requests[0])
-    assert [(v.seed, v.variation) for v in variations] == [(3, 0), (4, 1)]
-
-
-def test_csv_lines_read_like_jsonl(tmp_path):
-    csv_url = str(tmp_path / "p.csv")
-    storage.write_bytes(
-        csv_url,
-        b"prompt,family,seed,keys,velocities,candidates\n"
-        b"warm analog brass,,3,60-63,100,\n"
-        b",brass,,,50 127,2\n"
-        b"dark pad,,x,,,\n",
-    )
-    requests, failures = read_prompts(csv_url)
-    assert [(r.line, r.prompt, r.family, r.seed, r.keys, r.velocities, r.candidates) for r in requests] == [
-        (2, "warm analog brass", None, 3, (60, 63), (100,), 1),
-        (3, None, "brass", 0, (21, 108), (50, 127), 2),
-    ]
-    assert [(f.line, f.reason) for f in failures] == [(4, "bad_value")]
-
-
-def test_instrument_ids_hash_the_normalised_cue_never_the_raw_text(tmp_path):
-    lines = [
-        {"prompt": "Warm  Analog brass", **SMALL},
-        {"prompt": "warm analog brass", **SMALL},
-        {"prompt": "warm analog brass", "seed": 1, **SMALL},
-        {"prompt": "warm analog brass", "velocities": [50]},
-    ]
-    requests, _ = read_prompts(write_lines(str(tmp_path / "p.jsonl"), lines))
-    ids = [instrument_id(r, "ckpt-a", {"cfg_coef": 3.0}) for r in requests]
-    assert ids[0] == ids[1] and len(set(ids[1:])) == 3
-    assert instrument_id(requests[0], "ckpt-b", {"cfg_coef": 3.0}) != ids[0]
-    assert instrument_id(requests[0], "ckpt-a", {"cfg_coef": 2.0}) != ids[0]
-    assert all(len(i) == 16 and "warm" not in i for i in ids)
 
 
 # ---- one instrument, no Ray: consistency selection and the quality gate
