@@ -314,6 +314,25 @@ def test_twenty_lines_three_bad_then_a_rerun_renders_nothing(checkpoint, s3_buck
     assert (stats["rendered"], stats["skipped"]) == (0, 18)
 
 
+def test_a_crashing_prompt_is_one_failure_row_and_the_run_goes_on(checkpoint, s3_bucket, ray_local):
+    lines = [{"prompt": f"isolated prompt {i}", "keys": [60, 60], "velocities": [100]} for i in range(10)]
+    prompts = write_lines(storage.join(s3_bucket, "ten.jsonl"), lines)
+    out = storage.join(s3_bucket, "library")
+    fault = Fault("render.instrument", at=6, marker=storage.join(s3_bucket, "fired"), action="raise")
+    stats = job.run(load_config("tiny"), checkpoint, prompts, out, fault=fault)  # a RuntimeError in line 7
+    assert (stats["rendered"], stats["failed"], stats["failed_by_reason"]) == (9, 1, {"InjectedFault": 1})
+    assert storage.read_json(storage.join(out, "summary.json")) == stats
+    failures = [json.loads(f) for f in storage.read_bytes(storage.join(out, "failures.jsonl")).decode().splitlines()]
+    assert [(f["line"], f["reason"], f["message"]) for f in failures] == [
+        (7, "InjectedFault", "injected failure at render.instrument=6 (rank 0)")
+    ]
+    planned, _ = job.plan(load_config("tiny"), checkpoint, prompts)
+    assert_consistent_library(out, [i for i, _ in planned if i != failures[0]["id"]])
+    stats = job.run(load_config("tiny"), checkpoint, prompts, out)  # the re-run clears and renders line 7 only
+    assert (stats["rendered"], stats["skipped"], stats["failed"]) == (1, 9, 0)
+    assert_consistent_library(out, [i for i, _ in planned])
+
+
 def test_table2_report_matches_the_metric_functions(checkpoint, s3_bucket, ray_local):
     from instrumentgen.pretrained.clap import Clap
 
@@ -357,6 +376,20 @@ def test_bad_arguments_are_one_line(checkpoint, tmp_path, capsys):
     assert f"checkpoint='{corrupt}' is not an InstrumentLM checkpoint (UnpicklingError: " in capsys.readouterr().err
     assert job.main(args(str(tmp_path / "missing.pt"), prompts, str(tmp_path))) == 2
     assert f"checkpoint='{tmp_path}/missing.pt' does not exist" in capsys.readouterr().err
+    empty = write_lines(str(tmp_path / "empty.csv"), [""])
+    assert job.main(args(checkpoint, empty, str(tmp_path))) == 2
+    assert capsys.readouterr().err == f"error: prompts={empty!r} is empty; allowed: a file with one prompt per line\n"
+    (tmp_path / "file").write_text("x")
+    assert job.main(args(checkpoint, prompts, str(tmp_path / "file" / "library"))) == 2
+    assert "cannot write to " in capsys.readouterr().err
+
+
+def test_a_mistyped_bucket_is_refused_before_any_work(checkpoint, tmp_path, s3_bucket, capsys):
+    prompts = write_lines(str(tmp_path / "one.jsonl"), [{"prompt": "warm analog brass"}])
+    missing = f"{s3_bucket}-mistyped"
+    assert job.main(args(checkpoint, prompts, storage.join(missing, "library"))) == 2
+    assert f"cannot write to '{missing}/library': no such file, folder or bucket" in capsys.readouterr().err
+    assert not storage.exists(missing)
 
 
 # ---- killed runs resume to a clean run's library
@@ -374,6 +407,7 @@ def clean_library(checkpoint, s3_server, ray_local, tmp_path_factory):
 
 
 def assert_same_as_clean(out, clean):
+    assert not [f for f in storage.list_files(out, temporary=True) if "/.tmp-" in f]  # raw listing: no temp object
     ids = sorted(library.read_manifests(clean))
     assert len(ids) == len(KILL_LINES)
     assert_consistent_library(out, ids)
