@@ -98,14 +98,7 @@ def read_manifests(out: str, ids: list[str] | None = None) -> dict[str, dict]:
     """{id: manifest} of the complete instruments under `out` (all of them, or those of `ids`)."""
     _refresh(out)
     if ids is None:
-        fs, path = storage.filesystem(out)
-        if not fs.exists(path):
-            return {}
-        ids = sorted(
-            entry["name"].rstrip("/").rsplit("/", 1)[-1]
-            for entry in fs.ls(path, detail=True)
-            if entry["type"] == "directory"
-        )
+        ids = sorted(folder_ids(out))
 
     def read(instrument_id: str) -> dict | None:
         url = storage.join(out, instrument_id, storage.MANIFEST)
