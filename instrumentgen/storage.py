@@ -1,8 +1,14 @@
 """fsspec helpers: every artefact goes through these, for `file://`, `s3://`, `gs://`, `memory://`.
 
-Writes are atomic per object: data goes to a temporary key beside the target and is moved into
-place only when complete, so a reader never sees a half-written object under its final name.
-A folder of objects is complete when its `manifest.json` exists (written last).
+Writes are atomic per object. On an object store (s3://, gs://, memory://) one PUT is already
+atomic: an object is written with exactly one request, never under a temporary key. On a local
+disk data goes to a temporary file beside the target and is renamed into place when complete. So
+a reader never sees a half-written object under its final name, and a killed writer leaves a
+`.tmp-*` file only on a local disk. A folder of objects is complete when its `manifest.json`
+exists (written last).
+
+`TransientStorageError` marks the failures worth retrying (endpoint unreachable, throttled, a
+server error); every other `StorageError` is the user's to fix.
 """
 
 from __future__ import annotations
@@ -16,10 +22,12 @@ from typing import Any, Iterator
 
 import fsspec
 from fsspec import AbstractFileSystem
+from fsspec.implementations.local import LocalFileSystem
 
 from instrumentgen.errors import MissingObjectError, StorageError
 
 MANIFEST = "manifest.json"
+TEMP_PREFIX = ".tmp-"
 # botocore / aiohttp errors by name: storage must not import every backend to recognise them.
 NO_CREDENTIALS = (
     "NoCredentialsError",
@@ -34,7 +42,15 @@ UNREACHABLE = (
     "ClientConnectorError",
     "ServerTimeoutError",
     "ConnectionError",
+    "ReadTimeoutError",
+    "TimeoutError",
 )
+# What an object store answers when it is busy or failing, not because of the request.
+THROTTLED = ("SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling", "503", "500")
+
+
+class TransientStorageError(StorageError):
+    """A storage failure that a later try may not meet (unreachable, throttled, a server error)."""
 
 
 @contextlib.contextmanager
@@ -61,10 +77,14 @@ def storage_errors(url: str, action: str) -> Iterator[None]:
                 "AWS_SECRET_ACCESS_KEY (or a profile / instance role) for s3://, "
                 "GOOGLE_APPLICATION_CREDENTIALS for gs://"
             ) from None
-        if kind in UNREACHABLE:
-            raise StorageError(
+        if kind in UNREACHABLE or isinstance(e, (TimeoutError, ConnectionError)):
+            raise TransientStorageError(
                 f"cannot {action} {url!r}: its endpoint is unreachable ({str(e).splitlines()[0]}); "
                 "check AWS_ENDPOINT_URL / the network"
+            ) from None
+        if any(code in str(e) for code in THROTTLED):
+            raise TransientStorageError(
+                f"cannot {action} {url!r}: the store is busy or failing ({kind}); try again"
             ) from None
         if isinstance(e, OSError):  # not a directory, read-only file system, ...
             raise StorageError(f"cannot {action} {url!r}: {e.strerror or e}") from None
@@ -88,18 +108,35 @@ def join(url: str, *parts: str) -> str:
     return "/".join([url.rstrip("/"), *(p.strip("/") for p in parts if p.strip("/"))])
 
 
+def is_local(fs: AbstractFileSystem) -> bool:
+    """Whether `fs` is a local disk (renames are atomic there, PUTs are not a thing)."""
+    return isinstance(fs, LocalFileSystem)
+
+
 def write_bytes(url: str, data: bytes) -> None:
-    """Write `data` to `url` atomically (temporary key, then move); `StorageError` if it cannot."""
+    """Write `data` to `url` atomically; `StorageError` if it cannot.
+
+    Object store: one PUT (no HEAD, LIST, COPY or DELETE; the bucket must exist). Local disk: a
+    temporary file beside the target, then a rename."""
     with storage_errors(url, "write"):
         fs, path = filesystem(url)
+        if not is_local(fs):
+            fs.pipe_file(path, data)
+            return
         parent = path.rsplit("/", 1)[0] if "/" in path else ""
         if parent:
             fs.makedirs(parent, exist_ok=True)
         name = path.rsplit("/", 1)[-1]
-        tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{name}" if parent else f".tmp-{uuid.uuid4().hex}-{path}"
-        with fs.open(tmp, "wb") as f:
-            f.write(data)
-        fs.mv(tmp, path)
+        tmp = (
+            f"{parent}/{TEMP_PREFIX}{uuid.uuid4().hex}-{name}" if parent else f"{TEMP_PREFIX}{uuid.uuid4().hex}-{path}"
+        )
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
 
 @contextlib.contextmanager
@@ -119,13 +156,13 @@ def atomic_path(dest: Path) -> Iterator[Path]:
 
 
 def check_writable(url: str) -> None:
-    """Fail now, not after minutes of work, if nothing can be written under the folder `url`."""
-    probe = join(url, f".tmp-probe-{uuid.uuid4().hex}")
+    """Fail now, not after minutes of work, if nothing can be written under the folder `url`: one probe
+    object written and removed (an object store's bucket must exist: none is created)."""
     with storage_errors(url, "write to"):
-        fs, path = filesystem(probe)
-        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        with fs.open(path, "wb") as f:
-            f.write(b"")
+        fs, path = filesystem(join(url, f"{TEMP_PREFIX}probe-{uuid.uuid4().hex}"))
+        if is_local(fs):
+            fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        fs.pipe_file(path, b"")
         fs.rm(path)
 
 
@@ -154,13 +191,31 @@ def exists(url: str) -> bool:
         return fs.exists(path)
 
 
-def list_files(url: str, suffix: str = "") -> list[str]:
+def list_files(url: str, suffix: str = "", temporary: bool = False) -> list[str]:
     """Full URLs of the files under `url` (recursively) whose names end with `suffix`, sorted;
-    temporary objects left by an interrupted write are skipped."""
+    temporary objects left by an interrupted local write are skipped unless `temporary`."""
     with storage_errors(url, "list"):
         fs, path = filesystem(url)
-        if not fs.exists(path):
-            return []
-        found = sorted(p for p in fs.find(path) if p.endswith(suffix) and not p.rsplit("/", 1)[-1].startswith(".tmp-"))
+        fs.invalidate_cache(path)
+        found = sorted(
+            p
+            for p in fs.find(path)
+            if p.endswith(suffix) and (temporary or not p.rsplit("/", 1)[-1].startswith(TEMP_PREFIX))
+        )
+    return [url_of(fs, p) for p in found]
+
+
+def url_of(fs: AbstractFileSystem, path: str) -> str:
+    """A path inside `fs` -> the URL the other helpers take (a plain path on a local disk)."""
     protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
-    return [p if protocol in ("file", "local") else f"{protocol}://{p}" for p in found]
+    return path if protocol in ("file", "local") else f"{protocol}://{path}"
+
+
+def remove(url: str) -> None:
+    """Remove the object or folder (recursively) at `url`, if there is one."""
+    with storage_errors(url, "remove"):
+        fs, path = filesystem(url)
+        try:
+            fs.rm(path, recursive=True)
+        except FileNotFoundError:
+            pass

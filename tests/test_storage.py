@@ -16,17 +16,66 @@ def test_atomic_write_read_and_listing(tmp_path, scheme):
     assert storage.list_files(storage.join(root, "missing")) == []
 
 
-def test_interrupted_write_leaves_no_object_under_the_final_name(tmp_path, monkeypatch):
-    fs, _ = storage.filesystem(str(tmp_path))
-
+def test_interrupted_local_write_leaves_no_object_under_the_final_name(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(type(fs), "mv", crash)
+    monkeypatch.setattr(storage.os, "replace", crash)
     with pytest.raises(KeyboardInterrupt):
         storage.write_bytes(str(tmp_path / "final.bin"), b"data")
     assert not (tmp_path / "final.bin").exists()
-    assert storage.list_files(str(tmp_path)) == []
+    assert storage.list_files(str(tmp_path), temporary=True) == []  # the temporary file is gone too
+
+
+def test_a_local_temporary_file_is_listed_only_on_request(tmp_path):
+    storage.write_bytes(str(tmp_path / "a" / "x.bin"), b"1")
+    (tmp_path / "a" / ".tmp-0123-x.bin").write_bytes(b"half")  # what a SIGKILLed writer leaves
+    assert storage.list_files(str(tmp_path)) == [str(tmp_path / "a" / "x.bin")]
+    assert storage.list_files(str(tmp_path), temporary=True) == [
+        str(tmp_path / "a" / ".tmp-0123-x.bin"),
+        str(tmp_path / "a" / "x.bin"),
+    ]
+    storage.remove(str(tmp_path / "a"))
+    storage.remove(str(tmp_path / "a"))  # nothing there: no error
+    assert storage.list_files(str(tmp_path), temporary=True) == []
+
+
+def test_an_object_store_write_is_one_put_and_never_creates_a_bucket(s3_bucket, monkeypatch):
+    import s3fs
+
+    calls = []
+    original = s3fs.S3FileSystem._call_s3
+
+    async def counted(self, method, *args, **kwargs):
+        calls.append(method if isinstance(method, str) else method.__name__)
+        return await original(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", counted)
+    storage.write_bytes(storage.join(s3_bucket, "deep", "er", "x.bin"), b"data")
+    assert calls == ["put_object"]
+    assert storage.read_bytes(storage.join(s3_bucket, "deep", "er", "x.bin")) == b"data"
+    assert storage.list_files(s3_bucket, temporary=True) == [f"{s3_bucket}/deep/er/x.bin"]
+    storage.check_writable(storage.join(s3_bucket, "library"))
+    assert storage.list_files(s3_bucket, temporary=True) == [f"{s3_bucket}/deep/er/x.bin"]  # probe removed
+    missing = f"{s3_bucket}-mistyped"
+    with pytest.raises(
+        storage.StorageError, match=f"cannot write to '{missing}/library': no such file, folder or bucket"
+    ):
+        storage.check_writable(storage.join(missing, "library"))
+    assert not storage.exists(missing)  # the mistyped bucket was not created
+
+
+def test_unreachable_and_throttled_stores_are_transient(tmp_path):
+    with pytest.raises(storage.TransientStorageError, match="cannot read 'x': its endpoint is unreachable"):
+        with storage.storage_errors("x", "read"):
+            raise ConnectionError("refused")
+    with pytest.raises(storage.TransientStorageError, match="the store is busy or failing"):
+        with storage.storage_errors("x", "write"):
+            raise OSError("An error occurred (SlowDown) when calling the PutObject operation")
+    with pytest.raises(storage.StorageError) as denied:
+        with storage.storage_errors("x", "write"):
+            raise PermissionError("denied")
+    assert not isinstance(denied.value, storage.TransientStorageError)
 
 
 def test_s3_round_trip(s3_bucket):

@@ -3,9 +3,14 @@
 Layout under the library URL `out`:
 
     <out>/<id>/...                 one instrument (`slices.write_instrument`); complete with manifest.json
-    <out>/index.parquet            one row per complete instrument (`INDEX_COLUMNS`), rebuilt from the
-                                   manifests at the end of every run, written atomically
+    <out>/index.parquet            one row per complete instrument (`INDEX_COLUMNS`), sorted by id;
+                                   each run adds its own rows (`update_index`), no manifest is read
     <out>/summary.json, failures.jsonl, results.md, results.json, figures/   of the last run
+
+Nothing here grows with the library but the index itself (a few hundred bytes per instrument):
+`plan_library` finds the finished ids from one paginated listing of the top-level folders and
+the index, and reads a manifest only for a folder the index lacks (an instrument finished by a
+run killed before it wrote its index rows). Table 2 is computed from index rows.
 """
 
 from __future__ import annotations
@@ -13,11 +18,14 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import json
+import re
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from instrumentgen import storage
+from instrumentgen.errors import MissingObjectError
 from instrumentgen.metrics.aggregate import finite_mean, score_cell
 
 INDEX = "index.parquet"
@@ -42,6 +50,8 @@ INDEX_COLUMNS = {
     "checkpoint": pa.string(),
 }
 IO_THREADS = 16  # object stores are latency-bound: one request per instrument, many at once
+ID_PATTERN = re.compile(r"[0-9a-f]{16}")  # `prompts.instrument_id`
+FIGURE_MAX_PROMPTS = 200  # one bar per prompt: past this the figure is unreadable (and huge)
 
 
 def _refresh(url: str) -> None:
@@ -50,8 +60,34 @@ def _refresh(url: str) -> None:
     fs.invalidate_cache(path)
 
 
+def folder_ids(out: str) -> set[str]:
+    """The instrument ids that have a folder under `out`: one paginated listing of its top level."""
+    with storage.storage_errors(out, "list"):
+        fs, path = storage.filesystem(out)
+        fs.invalidate_cache(path)
+        try:
+            names = fs.ls(path, detail=False)
+        except FileNotFoundError:
+            return set()
+    return {n for n in (name.rstrip("/").rsplit("/", 1)[-1] for name in names) if ID_PATTERN.fullmatch(n)}
+
+
+def plan_library(out: str, ids: list[str]) -> tuple[set[str], list[dict]]:
+    """Which of `ids` are complete under `out` -> (complete ids, index rows the index lacks).
+
+    A planned id is complete when it has a folder and an index row; a folder without a row is asked
+    for its manifest (complete: its row is returned, to be added), so a killed run's instruments are
+    neither lost from the index nor rendered again. A folder with neither is rendered (and cleared
+    first) by the worker."""
+    folders = folder_ids(out) & set(ids)
+    indexed = set(read_index(out).column("id").to_pylist()) if folders else set()
+    unknown = sorted(folders - indexed)
+    recovered = [index_row(m) for m in read_manifests(out, unknown).values()]
+    return (folders & indexed) | {r["id"] for r in recovered}, recovered
+
+
 def complete_ids(out: str, ids: list[str]) -> set[str]:
-    """The ids among `ids` whose folder under `out` has a manifest."""
+    """The ids among `ids` whose folder under `out` has a manifest (one HEAD each: for a few ids)."""
     _refresh(out)
     with concurrent.futures.ThreadPoolExecutor(IO_THREADS) as pool:
         found = pool.map(lambda i: storage.exists(storage.join(out, i, storage.MANIFEST)), ids)
@@ -62,14 +98,7 @@ def read_manifests(out: str, ids: list[str] | None = None) -> dict[str, dict]:
     """{id: manifest} of the complete instruments under `out` (all of them, or those of `ids`)."""
     _refresh(out)
     if ids is None:
-        fs, path = storage.filesystem(out)
-        if not fs.exists(path):
-            return {}
-        ids = sorted(
-            entry["name"].rstrip("/").rsplit("/", 1)[-1]
-            for entry in fs.ls(path, detail=True)
-            if entry["type"] == "directory"
-        )
+        ids = sorted(folder_ids(out))
 
     def read(instrument_id: str) -> dict | None:
         url = storage.join(out, instrument_id, storage.MANIFEST)
@@ -87,27 +116,59 @@ def index_row(manifest: dict) -> dict:
     return row
 
 
-def write_index(out: str) -> pa.Table:
-    """Rebuild `<out>/index.parquet` from the manifests (atomic); returns the table, one row per instrument by id."""
-    rows = [index_row(m) for _, m in sorted(read_manifests(out).items())]
-    table = pa.Table.from_pylist(rows, schema=pa.schema(INDEX_COLUMNS))
+def index_table(rows: list[dict]) -> pa.Table:
+    """Index rows -> a table of `INDEX_COLUMNS`."""
+    return pa.Table.from_pylist(rows, schema=pa.schema(INDEX_COLUMNS))
+
+
+def write_index(out: str, table: pa.Table) -> None:
+    """Write `table` as `<out>/index.parquet` (one object, atomic)."""
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     storage.write_bytes(storage.join(out, INDEX), buffer.getvalue())
+
+
+def update_index(out: str, rows: list[dict]) -> pa.Table:
+    """Add `rows` (this run's instruments) to `<out>/index.parquet`, a row per id (a newer row replaces
+    an older one), sorted by id; returns the whole index. One read and one write: no manifest is read."""
+    current = read_index(out)
+    if rows:
+        added = index_table(rows)
+        keep = pc.invert(pc.is_in(current.column("id"), value_set=added.column("id")))
+        merged = pa.concat_tables([current.filter(keep), added])
+        current = merged.take(pc.sort_indices(merged, sort_keys=[("id", "ascending")]))
+    write_index(out, current)
+    return current
+
+
+def rebuild_index(out: str) -> pa.Table:
+    """`<out>/index.parquet` rebuilt from every manifest (reads the whole library: a repair, not a run's step)."""
+    table = index_table([index_row(m) for _, m in sorted(read_manifests(out).items())])
+    write_index(out, table)
     return table
 
 
 def read_index(out: str) -> pa.Table:
-    """The library's index table."""
-    return pq.read_table(io.BytesIO(storage.read_bytes(storage.join(out, INDEX))))
+    """The library's index table (empty when the library has none yet)."""
+    try:
+        data = storage.read_bytes(storage.join(out, INDEX))
+    except MissingObjectError:
+        return index_table([])
+    return pq.read_table(io.BytesIO(data))
 
 
 def _cell(value: float | None) -> str:
     return score_cell(value, missing="–")  # the paper's mark for a score not measured
 
 
+def _text_cell(text: str) -> str:
+    """Free text as one Markdown table cell: a `|` would end the cell, a newline the row."""
+    return " ".join(text.split()).replace("|", "\\|")
+
+
 def table2(manifests: list[dict], model: str) -> tuple[dict, str]:
-    """Manifests of a curated prompt list -> (results JSON, Markdown in the layout of the paper's Table 2).
+    """Index rows (or manifests) of a curated prompt list -> (results JSON, Markdown in the layout of
+    the paper's Table 2).
 
     Per prompt and on average: CLAP score (prompt text embedding vs the instrument's notes), MAD_pitch,
     TC; the MOS columns of the paper are listening tests, shown as – (not measured)."""
@@ -139,28 +200,31 @@ def table2(manifests: list[dict], model: str) -> tuple[dict, str]:
         "|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {p['prompt'] or p['name']} | {p['seed']} | {_cell(p['clap_score'])} | {_cell(p['mad_pitch'])} "
+        f"| {_text_cell(p['prompt'] or p['name'])} | {p['seed']} | {_cell(p['clap_score'])} | {_cell(p['mad_pitch'])} "
         f"| {_cell(p['tc'])} | {_cell(p['tc_without_selection'])} |"
         for p in prompts
     ]
     return results, "\n".join(lines) + "\n"
 
 
-def write_report(out: str, manifests: list[dict], model: str) -> dict:
-    """Write `results.md`, `results.json` and `figures/tc_per_prompt.png` under `out`; returns the results."""
+def write_report(out: str, rows: list[dict], model: str) -> dict:
+    """Write `results.md`, `results.json` and (up to `FIGURE_MAX_PROMPTS` prompts)
+    `figures/tc_per_prompt.png` under `out` from index rows; returns the results."""
     from instrumentgen.metrics.plots import tc_per_prompt_figure
 
-    results, markdown = table2(manifests, model)
-    names = [m.get("prompt") or m["name"] for m in manifests]
-    storage.write_bytes(
-        storage.join(out, "figures", "tc_per_prompt.png"),
-        tc_per_prompt_figure(
-            names,
-            [m["tc"] for m in manifests],
-            [m["tc_without_selection"] for m in manifests],
-            f"{model}: TC per prompt",
-        ),
-    )
+    results, markdown = table2(rows, model)
+    if len(rows) <= FIGURE_MAX_PROMPTS:
+        storage.write_bytes(
+            storage.join(out, "figures", "tc_per_prompt.png"),
+            tc_per_prompt_figure(
+                [m.get("prompt") or m["name"] for m in rows],
+                [m["tc"] for m in rows],
+                [m["tc_without_selection"] for m in rows],
+                f"{model}: TC per prompt",
+            ),
+        )
+    else:
+        markdown += f"\nNo TC-per-prompt figure: {len(rows)} prompts, over the {FIGURE_MAX_PROMPTS} one figure shows.\n"
     storage.write_bytes(storage.join(out, "results.md"), markdown.encode())
     storage.write_json(storage.join(out, "results.json"), results)
     return results

@@ -14,6 +14,9 @@ One line asks for one instrument (or `variations` of it). Fields:
 
 A line that cannot be used becomes a `PromptFailure` with its 1-based line number, a reason code
 and a message naming the field and what is allowed; the other lines go on. Blank lines are skipped.
+A file that cannot be used at all is one `PromptError`: missing, unknown extension, no line, or a
+CSV whose first row is not a header of known columns (a CSV without a header would lose its first
+prompt as the header).
 """
 
 from __future__ import annotations
@@ -168,15 +171,21 @@ def parse_request(data: dict, line: int, default_seed: int, max_variations: int,
     default_name = prompt or (
         reference.rstrip("/").rsplit("/", 1)[-1] if reference else " ".join(v for v in (source, family) if v)
     )
+    seed, variations = _int(data, "seed", 0, MAX_SEED, default_seed), _int(data, "variations", 1, max_variations, 1)
+    if seed + variations - 1 > MAX_SEED:
+        raise _LineError(
+            "out_of_range",
+            f"seed={seed} with variations={variations} passes {MAX_SEED}; allowed: seed + variations - 1 <= {MAX_SEED}",
+        )
     return RenderRequest(
         line=line,
         name=(name or default_name).strip(),
-        seed=_int(data, "seed", 0, MAX_SEED, default_seed),
+        seed=seed,
         prompt=prompt.strip() if prompt else None,
         family=family,
         source=source,
         reference_audio=reference,
-        variations=_int(data, "variations", 1, max_variations, 1),
+        variations=variations,
         keys=_keys(data["keys"]) if "keys" in data else (PITCH_MIN, PITCH_MAX),
         velocities=_velocities(data["velocities"]) if "velocities" in data else VELOCITIES,
         candidates=_int(data, "candidates", 1, max_candidates, 1),
@@ -221,6 +230,16 @@ def _lines(text: str, fmt: str):
             yield number, data if isinstance(data, dict) else _LineError("bad_json", "a line must be a JSON object")
         return
     reader = csv.DictReader(io.StringIO(text))
+    header = [name.strip() for name in reader.fieldnames or []]
+    unknown = [name for name in header if name not in FIELDS]
+    if unknown:
+        if len(unknown) == len(header):
+            raise PromptError(
+                f"the first row of the CSV ({','.join(header)[:80]!r}) is not a header; expected a header row "
+                f"naming its columns, from: {', '.join(FIELDS)} (e.g. 'prompt,seed')"
+            )
+        raise PromptError(f"CSV header column {unknown[0]!r} is unknown; allowed: {', '.join(FIELDS)}")
+    reader.fieldnames = header
     for row in reader:
         if not any((cell or "").strip() for key, cell in row.items() if key is not None):
             continue
@@ -245,7 +264,12 @@ def read_prompts(
     fmt = prompt_format(url)
     if not storage.exists(url):
         raise PromptError(f"prompts={url!r} does not exist; allowed: a .jsonl or .csv file (path or URL)")
-    text = storage.read_bytes(url).decode("utf-8-sig")
+    try:
+        text = storage.read_bytes(url).decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise PromptError(f"prompts={url!r} is not UTF-8 text ({e.reason}); allowed: a .jsonl or .csv file") from None
+    if not text.strip():
+        raise PromptError(f"prompts={url!r} is empty; allowed: a file with one prompt per line")
     requests, failures = [], []
     for number, data in _lines(text, fmt):
         try:

@@ -1,7 +1,7 @@
 """An instrument rendered in shards: any worker generates, decodes and writes a few slots; one
 step gathers the small results, selects candidates and scores; one step writes the instrument.
 
-    render_shard(lm, codec, clap, cue, gen_cfg, duration_s, slots, url)   -> ShardResult
+    render_shard(lm, codec, clap, cue=, gen_cfg=, duration_s=, slots=, url=, ...) -> ShardResult
     score_shards([ShardResult, ...])                                       -> ScoredInstrument
     write_instrument(url, scored, metadata, ...)                            -> manifest
     finish_instrument(url, shards, metadata, ...) = write_instrument(url, score_shards(shards), ...)
@@ -74,7 +74,9 @@ class ShardResult:
     codes [C, S, K, N] int16; features [C, S, F] float32 (TC features: the liftered log-mel of every
     TC scale, flattened and concatenated, `feature_sizes` values per scale); f0_hz [C, S] float32
     (NaN: unvoiced); gains [C, S] float32 (the level policy's scale of each written note); attempt:
-    the quality-gate attempt (0: the first), which with the candidate says where the notes were written.
+    the quality-gate attempt (0: the first), which with the candidate says where the notes were written;
+    notes: the encoded files as written, only when the caller keeps them in memory (the batch renderer:
+    its CLAP score and zip then read nothing back), else None (Serve: no audio travels).
     """
 
     slots: list[tuple[int, int]]
@@ -85,6 +87,7 @@ class ShardResult:
     feature_sizes: list[int]
     worker: str = ""
     attempt: int = 0
+    notes: list[list[bytes]] | None = None  # [C][S] the encoded notes as written (`keep_notes`), else None
 
 
 def embedded_cue(cue: InstrumentCue, clap, model_cfg: ModelConfig) -> InstrumentCue:
@@ -127,20 +130,24 @@ def features_tc(features: torch.Tensor, feature_sizes: list[int]) -> float | Non
 
 def _write_notes(
     folder: str, slots: list[tuple[int, int]], audio: np.ndarray, sample_rate_hz: int, audio_format: str
-) -> None:
-    def write(i: int) -> None:
+) -> list[bytes]:
+    """Encode and write the notes audio [S, L] of `slots` under `folder`; returns the encoded files."""
+
+    def write(i: int) -> bytes:
         pitch, velocity = slots[i]
         data = encode_audio(audio[i], sample_rate_hz, audio_format)
         storage.write_bytes(storage.join(folder, note_file(pitch, velocity, audio_format)), data)
+        return data
 
     with concurrent.futures.ThreadPoolExecutor(WRITE_THREADS) as pool:
-        list(pool.map(write, range(len(slots))))
+        return list(pool.map(write, range(len(slots))))
 
 
 def render_shard(
     lm,
     codec,
     clap,
+    *,
     cue: InstrumentCue,
     gen_cfg: GenerateConfig,
     duration_s: float,
@@ -151,21 +158,23 @@ def render_shard(
     metrics_cfg: MetricsConfig | None = None,
     worker: str = "",
     attempt: int = 0,
+    keep_notes: bool = False,
 ) -> ShardResult:
     """Generate, decode and write `slots` of the instrument at `url` (k = `candidates` per slot, seeded by
     `gen_cfg.seed`), returning codes, TC features and pitch estimates. clap may be None for a cue from
-    `embedded_cue`. `attempt` > 0 (a quality-gate retry) stages every note, keeping the first attempt's."""
+    `embedded_cue`. `attempt` > 0 (a quality-gate retry) stages every note, keeping the first attempt's.
+    `keep_notes`: also return the encoded notes as written ([C][S] bytes), for a caller in this process."""
     metrics_cfg = metrics_cfg or MetricsConfig()
     cues = instrument_cues(cue, cue_embedding(cue, clap, lm.cfg), slots)
     num_frames = codec.frames_for(duration_s)
-    codes, features, f0, gains = [], [], [], []
+    codes, features, f0, gains, notes = [], [], [], [], []
     for index, seed in enumerate(candidate_seeds(gen_cfg.seed, candidates)):
         candidate_codes = generate_codes(lm, cues, num_frames, dataclasses.replace(gen_cfg, seed=seed))
         audio = decode_notes(codec, candidate_codes, duration_s, gen_cfg.batch_size)
         if not torch.isfinite(audio).all():
             raise GenerateError("the codec produced NaN or inf audio; refusing to write a broken note")
         gain = note_gains(audio)
-        _write_notes(
+        written = _write_notes(
             candidate_url(url, index, candidates, attempt),
             slots,
             (audio * gain[:, None]).numpy(),
@@ -178,6 +187,7 @@ def render_shard(
         features.append(candidate_features)
         f0.append(report.f0_hz.float())
         gains.append(gain.float())
+        notes.append(written)
     return ShardResult(
         list(slots),
         torch.stack(codes),
@@ -187,6 +197,7 @@ def render_shard(
         sizes,
         worker,
         attempt,
+        notes if keep_notes else None,
     )
 
 
@@ -203,7 +214,8 @@ class ScoredInstrument:
     `candidates`); codes [S, K, N] int16, f0_hz [S], pitch_error [S] float64 semitones (NaN: unvoiced)
     and gains [S] of the kept notes; attempt: the `render_shard` attempt whose notes these are.
     tc / tc_without_selection: normalised TC of the kept notes / of candidate 0 everywhere (None
-    under two notes); mad_pitch: median |pitch_error| over voiced notes (None if none is voiced).
+    under two notes); mad_pitch: median |pitch_error| over voiced notes (None if none is voiced);
+    notes: S encoded kept notes as written, when every shard kept them (`keep_notes`), else None.
     """
 
     slots: list[tuple[int, int]]
@@ -219,6 +231,7 @@ class ScoredInstrument:
     tc_without_selection: float | None
     mad_pitch: float | None
     unvoiced: int
+    notes: list[bytes] | None = None
 
     def scores(self) -> dict:
         """The scores that the manifest, the quality gate, an index row and an HTTP status carry (JSON-able)."""
@@ -250,6 +263,10 @@ def score_shards(shards: list[ShardResult]) -> ScoredInstrument:
     sizes = shards[0].feature_sizes
     error = 12 * torch.log2(f0.double() / torch.tensor([midi_to_hz(p) for p, _ in slots], dtype=torch.float64))
     voiced = torch.isfinite(error)
+    kept_notes = None
+    if all(s.notes is not None for s in shards):
+        per_slot = [[s.notes[c][i] for c in range(count)] for s in shards for i in range(len(s.slots))]
+        kept_notes = [per_slot[slot][c] for slot, c in enumerate(chosen.tolist())]
     return ScoredInstrument(
         slots=slots,
         chosen=chosen,
@@ -264,6 +281,7 @@ def score_shards(shards: list[ShardResult]) -> ScoredInstrument:
         tc_without_selection=features_tc(features[0], sizes),
         mad_pitch=_finite(error[voiced].abs().median().item()) if voiced.any() else None,
         unvoiced=int((~voiced).sum()),
+        notes=kept_notes,
     )
 
 
@@ -277,13 +295,15 @@ def kept_note_urls(url: str, scored: ScoredInstrument, audio_format: str) -> lis
     ]
 
 
-def _bundle(url: str, files: list[str], manifest_bytes: bytes) -> None:
+def _bundle(url: str, files: list[str], manifest_bytes: bytes, in_memory: dict[str, bytes]) -> None:
     """instrument.zip of `files` (stored, not deflated: audio does not compress) and the manifest. Entries
-    carry a fixed date, so the same instrument gives the same bytes whenever it is rendered."""
+    carry a fixed date, so the same instrument gives the same bytes whenever it is rendered. A file of
+    `in_memory` ({name: bytes as written}) is not read back."""
     with tempfile.TemporaryFile() as tmp:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as bundle:
             for name in files:
-                bundle.writestr(_zip_entry(name), storage.read_bytes(storage.join(url, name)))
+                data = in_memory[name] if name in in_memory else storage.read_bytes(storage.join(url, name))
+                bundle.writestr(_zip_entry(name), data)
             bundle.writestr(_zip_entry(storage.MANIFEST), manifest_bytes)
         tmp.seek(0)
         storage.write_bytes(storage.join(url, BUNDLE_FILE), tmp.read())
@@ -297,9 +317,7 @@ def _zip_entry(name: str) -> zipfile.ZipInfo:
 
 def remove_staging(url: str) -> None:
     """Remove the candidates/ folder of the instrument at `url` (the notes not kept), if there is one."""
-    fs, path = storage.filesystem(storage.join(url, CANDIDATES_DIR))
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
+    storage.remove(storage.join(url, CANDIDATES_DIR))
 
 
 def write_instrument(
@@ -323,12 +341,20 @@ def write_instrument(
         for source, file in zip(kept_note_urls(url, scored, audio_format), files)
         if source != storage.join(url, file)
     ]
+    kept = dict(zip(kept_note_urls(url, scored, audio_format), scored.notes)) if scored.notes is not None else {}
+
+    def copy(job: tuple[str, str]) -> None:
+        source, dest = job
+        storage.write_bytes(dest, kept[source] if source in kept else storage.read_bytes(source))
+
     with concurrent.futures.ThreadPoolExecutor(WRITE_THREADS) as pool:
-        list(pool.map(lambda job: storage.write_bytes(job[1], storage.read_bytes(job[0])), copies))
+        list(pool.map(copy, copies))
     buffer = io.BytesIO()
     np.save(buffer, scored.codes.numpy())
     storage.write_bytes(storage.join(url, CODES_FILE), buffer.getvalue())
-    presets = write_presets(url, pitches, velocities, audio_format, title or metadata.get("prompt"))
+    presets = write_presets(
+        url, pitches, velocities, audio_format, title or metadata.get("prompt"), note_bytes=scored.notes
+    )
     manifest = {
         **metadata,
         **scored.scores(),
@@ -361,7 +387,8 @@ def write_instrument(
         ],
     }
     manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()
-    _bundle(url, [*files, SFZ_FILE, DSPRESET_FILE, SF2_FILE], manifest_bytes)
+    in_memory = dict(zip(files, scored.notes)) if scored.notes is not None else {}
+    _bundle(url, [*files, SFZ_FILE, DSPRESET_FILE, SF2_FILE], manifest_bytes, in_memory)
     remove_staging(url)
     if before_manifest is not None:
         before_manifest()

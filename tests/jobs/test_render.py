@@ -12,13 +12,11 @@ import pytest
 import torch
 
 from instrumentgen import storage
-from instrumentgen.audio import encode_audio
 from instrumentgen.config import load_config
-from instrumentgen.data.synthetic import synth_note, timbre_for
 from instrumentgen.faults import Fault
 from instrumentgen.instruments import library
 from instrumentgen.instruments.instrument import Instrument
-from instrumentgen.instruments.prompts import expand_variations, instrument_id, read_prompts
+from instrumentgen.instruments.prompts import read_prompts
 from instrumentgen.instruments.render import Renderer, retry_seed
 from instrumentgen.metrics.clap_score import clap_score
 from instrumentgen.metrics.pitch import pitch_report
@@ -84,89 +82,6 @@ def assert_consistent_library(out, ids):
         for note in manifest["notes"]:
             assert storage.exists(storage.join(out, instrument, note["file"])), (instrument, note)
     assert sorted(library.read_index(out).column("id").to_pylist()) == sorted(manifests) == sorted(ids)
-
-
-# ---- the prompt file: no Ray, no models
-
-
-def test_prompt_lines_are_validated_with_line_numbers_and_reasons(tmp_path):
-    reference = str(tmp_path / "ref.wav")
-    storage.write_bytes(reference, encode_audio(synth_note(60, 100, timbre_for(1), 16_000, 0.5), 16_000))
-    lines = [
-        {"prompt": "warm analog brass", "seed": 3, "variations": 2, **SMALL},
-        {"family": "bass", "source": 2},
-        "",
-        {"reference_audio": reference, "name": "my ref", "candidates": 2},
-        "{not json",
-        {"prompt": "   "},
-        {"prompt": "x", "colour": "red"},
-        {"prompt": "x", "keys": [20, 30]},
-        {"prompt": "x", "velocities": [100, 90]},
-        {"prompt": "x", "candidates": 9},
-        {"prompt": "x", "variations": 0},
-        {"reference_audio": str(tmp_path / "missing.wav")},
-        {"name": "no cue"},
-        {"family": "kazoo"},
-    ]
-    requests, failures = read_prompts(write_lines(str(tmp_path / "p.jsonl"), lines), max_candidates=8)
-    assert [(r.line, r.name, r.seed) for r in requests] == [
-        (1, "warm analog brass", 3),
-        (2, "synthetic bass", 0),
-        (4, "my ref", 0),
-    ]
-    assert requests[0].slots() == [(60, 100), (61, 100), (62, 100), (63, 100)]
-    assert requests[1].family == "bass" and requests[1].source == "synthetic" and len(requests[1].slots()) == 440
-    assert [(f.line, f.reason) for f in failures] == [
-        (5, "bad_json"),
-        (6, "empty_prompt"),
-        (7, "unknown_field"),
-        (8, "out_of_range"),
-        (9, "out_of_range"),
-        (10, "out_of_range"),
-        (11, "out_of_range"),
-        (12, "unreachable_reference"),
-        (13, "missing_cue"),
-        (14, "bad_value"),
-    ]
-    messages = {f.line: f.message for f in failures}
-    assert "unknown field 'colour'; allowed: prompt, family" in messages[7]
-    assert "keys=[20, 30] is out of range; allowed: [low, high] with MIDI 21" in messages[8]
-    assert "candidates=9 is out of range; allowed: 1..8" in messages[10]
-    assert "family='kazoo' is unknown; allowed: 0=bass" in messages[14]
-    variations = expand_variations(requests[0])
-    assert [(v.seed, v.variation) for v in variations] == [(3, 0), (4, 1)]
-
-
-def test_csv_lines_read_like_jsonl(tmp_path):
-    csv_url = str(tmp_path / "p.csv")
-    storage.write_bytes(
-        csv_url,
-        b"prompt,family,seed,keys,velocities,candidates\n"
-        b"warm analog brass,,3,60-63,100,\n"
-        b",brass,,,50 127,2\n"
-        b"dark pad,,x,,,\n",
-    )
-    requests, failures = read_prompts(csv_url)
-    assert [(r.line, r.prompt, r.family, r.seed, r.keys, r.velocities, r.candidates) for r in requests] == [
-        (2, "warm analog brass", None, 3, (60, 63), (100,), 1),
-        (3, None, "brass", 0, (21, 108), (50, 127), 2),
-    ]
-    assert [(f.line, f.reason) for f in failures] == [(4, "bad_value")]
-
-
-def test_instrument_ids_hash_the_normalised_cue_never_the_raw_text(tmp_path):
-    lines = [
-        {"prompt": "Warm  Analog brass", **SMALL},
-        {"prompt": "warm analog brass", **SMALL},
-        {"prompt": "warm analog brass", "seed": 1, **SMALL},
-        {"prompt": "warm analog brass", "velocities": [50]},
-    ]
-    requests, _ = read_prompts(write_lines(str(tmp_path / "p.jsonl"), lines))
-    ids = [instrument_id(r, "ckpt-a", {"cfg_coef": 3.0}) for r in requests]
-    assert ids[0] == ids[1] and len(set(ids[1:])) == 3
-    assert instrument_id(requests[0], "ckpt-b", {"cfg_coef": 3.0}) != ids[0]
-    assert instrument_id(requests[0], "ckpt-a", {"cfg_coef": 2.0}) != ids[0]
-    assert all(len(i) == 16 and "warm" not in i for i in ids)
 
 
 # ---- one instrument, no Ray: consistency selection and the quality gate
@@ -265,14 +180,14 @@ def test_a_batch_instrument_equals_the_served_one_note_for_note(renderer, tmp_pa
             loaded.lm,
             loaded.codec,
             None,
-            cue,
-            gen,
-            cfg.data.note_duration_s,
-            slots[i : i + 2],
-            served_url,
-            "wav24",
-            2,
-            cfg.metrics,
+            cue=cue,
+            gen_cfg=gen,
+            duration_s=cfg.data.note_duration_s,
+            slots=slots[i : i + 2],
+            url=served_url,
+            audio_format="wav24",
+            candidates=2,
+            metrics_cfg=cfg.metrics,
         )
         for i in (0, 2)
     ]
@@ -375,6 +290,25 @@ def test_twenty_lines_three_bad_then_a_rerun_renders_nothing(checkpoint, s3_buck
     assert (stats["rendered"], stats["skipped"]) == (0, 18)
 
 
+def test_a_crashing_prompt_is_one_failure_row_and_the_run_goes_on(checkpoint, s3_bucket, ray_local):
+    lines = [{"prompt": f"isolated prompt {i}", "keys": [60, 60], "velocities": [100]} for i in range(10)]
+    prompts = write_lines(storage.join(s3_bucket, "ten.jsonl"), lines)
+    out = storage.join(s3_bucket, "library")
+    fault = Fault("render.instrument", at=6, marker=storage.join(s3_bucket, "fired"), action="raise")
+    stats = job.run(load_config("tiny"), checkpoint, prompts, out, fault=fault)  # a RuntimeError in line 7
+    assert (stats["rendered"], stats["failed"], stats["failed_by_reason"]) == (9, 1, {"InjectedFault": 1})
+    assert storage.read_json(storage.join(out, "summary.json")) == stats
+    failures = [json.loads(f) for f in storage.read_bytes(storage.join(out, "failures.jsonl")).decode().splitlines()]
+    assert [(f["line"], f["reason"], f["message"]) for f in failures] == [
+        (7, "InjectedFault", "injected failure at render.instrument=6 (rank 0)")
+    ]
+    planned, _ = job.plan(load_config("tiny"), checkpoint, prompts)
+    assert_consistent_library(out, [i for i, _ in planned if i != failures[0]["id"]])
+    stats = job.run(load_config("tiny"), checkpoint, prompts, out)  # the re-run clears and renders line 7 only
+    assert (stats["rendered"], stats["skipped"], stats["failed"]) == (1, 9, 0)
+    assert_consistent_library(out, [i for i, _ in planned])
+
+
 def test_table2_report_matches_the_metric_functions(checkpoint, s3_bucket, ray_local):
     from instrumentgen.pretrained.clap import Clap
 
@@ -418,6 +352,20 @@ def test_bad_arguments_are_one_line(checkpoint, tmp_path, capsys):
     assert f"checkpoint='{corrupt}' is not an InstrumentLM checkpoint (UnpicklingError: " in capsys.readouterr().err
     assert job.main(args(str(tmp_path / "missing.pt"), prompts, str(tmp_path))) == 2
     assert f"checkpoint='{tmp_path}/missing.pt' does not exist" in capsys.readouterr().err
+    empty = write_lines(str(tmp_path / "empty.csv"), [""])
+    assert job.main(args(checkpoint, empty, str(tmp_path))) == 2
+    assert capsys.readouterr().err == f"error: prompts={empty!r} is empty; allowed: a file with one prompt per line\n"
+    (tmp_path / "file").write_text("x")
+    assert job.main(args(checkpoint, prompts, str(tmp_path / "file" / "library"))) == 2
+    assert "cannot write to " in capsys.readouterr().err
+
+
+def test_a_mistyped_bucket_is_refused_before_any_work(checkpoint, tmp_path, s3_bucket, capsys):
+    prompts = write_lines(str(tmp_path / "one.jsonl"), [{"prompt": "warm analog brass"}])
+    missing = f"{s3_bucket}-mistyped"
+    assert job.main(args(checkpoint, prompts, storage.join(missing, "library"))) == 2
+    assert f"cannot write to '{missing}/library': no such file, folder or bucket" in capsys.readouterr().err
+    assert not storage.exists(missing)
 
 
 # ---- killed runs resume to a clean run's library
@@ -435,6 +383,7 @@ def clean_library(checkpoint, s3_server, ray_local, tmp_path_factory):
 
 
 def assert_same_as_clean(out, clean):
+    assert not [f for f in storage.list_files(out, temporary=True) if "/.tmp-" in f]  # raw listing: no temp object
     ids = sorted(library.read_manifests(clean))
     assert len(ids) == len(KILL_LINES)
     assert_consistent_library(out, ids)

@@ -1,0 +1,72 @@
+"""The library index, planning and Table 2, no Ray, no models: synthetic folders with manifests."""
+
+from instrumentgen import storage
+from instrumentgen.instruments import library
+
+
+def manifest(instrument: str, tc: float, prompt: str = "warm analog brass") -> dict:
+    return {
+        "id": instrument,
+        "name": prompt,
+        "prompt": prompt,
+        "seed": 3,
+        "line": 1,
+        "tc": tc,
+        "tc_without_selection": tc + 1,
+        "mad_pitch": 0.5,
+        "clap_score": 0.25,
+        "quality": "passed",
+        "notes": [{"pitch": 60, "velocity": 100, "file": "notes/060_v100.wav"}],
+    }
+
+
+def ids(n: int) -> list[str]:
+    return [f"{i:016x}" for i in range(n)]
+
+
+def test_planning_reads_the_index_and_only_the_manifests_it_lacks(tmp_path, monkeypatch):
+    out = str(tmp_path / "lib")
+    a, b, c, d, e = ids(5)
+    for i in (a, b, c):
+        storage.write_json(storage.join(out, i, storage.MANIFEST), manifest(i, 1.0))
+    storage.write_bytes(storage.join(out, d, "notes", "060_v100.wav"), b"half")  # a killed render: no manifest
+    storage.write_json(storage.join(out, "summary.json"), {})  # not an instrument
+    library.update_index(out, [library.index_row(manifest(i, 1.0)) for i in (a, b)])
+    read = []
+    original = library.read_manifests
+    monkeypatch.setattr(library, "read_manifests", lambda out, ids=None: read.extend(ids) or original(out, ids))
+    assert library.folder_ids(out) == {a, b, c, d}
+    complete, recovered = library.plan_library(out, [a, b, c, d, e])
+    assert complete == {a, b, c} and [r["id"] for r in recovered] == [c]
+    assert sorted(read) == [c, d]  # the folders the index lacks, nothing else
+    assert library.plan_library(str(tmp_path / "none"), [a]) == (set(), [])
+
+
+def test_the_index_takes_a_runs_rows_newest_first_sorted_by_id(tmp_path):
+    out = str(tmp_path / "lib")
+    a, b, c = ids(3)
+    assert library.read_index(out).num_rows == 0
+    library.update_index(out, [library.index_row(manifest(i, 1.0)) for i in (c, a)])
+    table = library.update_index(out, [library.index_row(manifest(b, 2.0)), library.index_row(manifest(a, 3.0))])
+    assert table.column("id").to_pylist() == [a, b, c]
+    assert table.column("tc").to_pylist() == [3.0, 2.0, 1.0]
+    assert table.column("notes").to_pylist() == [1, 1, 1]
+    assert library.read_index(out).to_pylist() == table.to_pylist()
+    assert library.update_index(out, []).to_pylist() == table.to_pylist()
+
+
+def test_table2_from_index_rows_keeps_each_prompt_in_its_cell(tmp_path):
+    rows = [library.index_row(manifest(i, t, p)) for i, t, p in zip(ids(2), (1.0, 3.0), ("a | b", "two\nlines"))]
+    results, markdown = library.table2(rows, "model.pt")
+    assert results["mean_tc"] == 2.0 and results["mean_tc_without_selection"] == 3.0
+    assert "| model.pt | 0.250 | 0.500 | 2.000 | – | – | – |" in markdown
+    assert "| a \\| b | 3 | 0.250 | 0.500 | 1.000 | 2.000 |" in markdown
+    assert "| two lines | 3 |" in markdown
+    out = str(tmp_path / "report")
+    library.write_report(out, rows, "model.pt")
+    assert storage.read_bytes(storage.join(out, "figures", "tc_per_prompt.png"))[:4] == b"\x89PNG"
+    many = [library.index_row(manifest(i, 1.0)) for i in ids(library.FIGURE_MAX_PROMPTS + 1)]
+    big = str(tmp_path / "big")
+    assert library.write_report(big, many, "m")["instruments"] == library.FIGURE_MAX_PROMPTS + 1
+    assert not storage.exists(storage.join(big, "figures"))
+    assert "No TC-per-prompt figure: 201 prompts" in storage.read_bytes(storage.join(big, "results.md")).decode()
