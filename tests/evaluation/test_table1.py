@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from instrumentgen.config import load_config
 from instrumentgen.data.synthetic import write_fixture_nsynth
-from instrumentgen.evaluation.table1 import InstrumentScores, model_row, summary_table
 from instrumentgen.evaluation import table1 as evaluation
+from instrumentgen.evaluation.table1 import InstrumentScores, model_row, summary_table
 from instrumentgen.metrics.clap_score import clap_score
 
 
