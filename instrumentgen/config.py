@@ -98,17 +98,24 @@ class ModelConfig:
     conditioning: str = choice("clap", "clap", "metadata")
     clap_dim: int = 512
     # The CLAP residual vector quantizer (model/quantizer.py), audiocraft's CLAP conditioner: 12 codebooks
-    # x 1024 bins and 50 k-means iterations (config/conditioner/clapemb2music.yaml: n_q, bins, kmeans_iters),
-    # EMA decay 0.99 and dead-code threshold 2 (the defaults of audiocraft/quantization/vq.py
-    # ResidualVectorQuantizer, which that config keeps; kmeans_init=True there too).
+    # x 1024 bins and 50 k-means iterations (config/conditioner/clapemb2music.yaml: n_q, bins, kmeans_iters).
+    # audiocraft's EMA decay 0.99 and dead-code threshold 2 are per step, whatever the batch; at a global
+    # batch of 32 rows for 1024 entries they re-seed nearly every entry every step (jobs/benchmarks/
+    # quantizer.py). Here both are per `bins` rows of the global batch, so they mean the same at any batch.
     rvq_codebooks: int = bounded(12, 1)
     rvq_bins: int = bounded(1024, 2)
-    rvq_decay: float = bounded(0.99, 0.0, 1.0)  # EMA decay of the codebook statistics
-    rvq_kmeans_iters: int = bounded(50, 0)  # Lloyd iterations of the k-means init on the first training batch
-    # An entry whose EMA usage (assignments per step, global batch) falls below this is re-seeded
-    # from the current batch; 0 never re-seeds. With a global batch below bins x threshold (32 rows,
-    # 1024 x 2 in the paper config) most entries are below it, and are re-seeded every step.
-    rvq_dead_code_threshold: float = bounded(2.0, 0.0)
+    # EMA decay per `rvq_bins` rows (a step of B rows decays by rvq_decay ** (B / rvq_bins)): at 0.999 an
+    # entry's statistics average ~1000 of its rows, whatever the batch (32k steps at 32 rows for 1024
+    # entries): the codebooks stay near the k-means of the sample and refine slowly
+    rvq_decay: float = bounded(0.999, 0.0, 1.0)
+    rvq_kmeans_iters: int = bounded(50, 0)  # Lloyd iterations of each codebook's k-means initialisation
+    # CLAP embeddings of the training set that the codebooks' k-means starts from, drawn from the train
+    # shards before the first step (training/clap_sample.py), the same on every worker
+    rvq_init_samples: int = bounded(32768, 1)
+    # An entry whose EMA usage falls below this share of an even share (1 = it takes 1/rvq_bins of the
+    # rows) is re-seeded from the current batch; 0 never re-seeds. 0.05 at decay 0.999: fewer than ~50
+    # rows of the ~1000 that an even share gets over the EMA's window
+    rvq_dead_code_threshold: float = bounded(0.05, 0.0)
     family_dropout: float = bounded(0.7, 0.0, 1.0)
     source_dropout: float = bounded(0.7, 0.0, 1.0)
     cfg_dropout: float = bounded(0.1, 0.0, 1.0)  # whole-condition dropout for classifier-free guidance

@@ -26,7 +26,18 @@ from pathlib import Path
 import torch
 
 # Fixed, so that a missing area module fails loudly instead of vanishing from the report.
-AREAS = ("generation", "breakdown", "preprocess", "codec", "metrics", "training", "serve", "render", "render_scale")
+AREAS = (
+    "generation",
+    "breakdown",
+    "preprocess",
+    "codec",
+    "metrics",
+    "training",
+    "quantizer",
+    "serve",
+    "render",
+    "render_scale",
+)
 COLUMNS = ("benchmark", "baseline", "ours", "baseline_s", "ours_s", "ratio", "goal", "note")
 HEADERS = ("benchmark", "baseline", "ours", "baseline s", "ours s", "ratio", "goal", "note")
 DOCS = Path(__file__).resolve().parents[1] / "docs"

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from instrumentgen import storage
 from instrumentgen.config import Config, ConfigError
 from instrumentgen.data.preprocess import check_sources_exist
+from instrumentgen.evaluation import instrument_files
 from instrumentgen.evaluation.table1 import (
     GROUND_TRUTH,
     TestInstrument,
@@ -35,9 +36,8 @@ from instrumentgen.evaluation.table1 import (
     model_row,
     summary_table,
 )
-from instrumentgen.metrics.aggregate import score_cell
 from instrumentgen.metrics.fad import fad
-from instrumentgen.metrics.plots import pitch_error_figure, tc_matrix_figure
+from instrumentgen.metrics.plots import pitch_error_figure
 from jobs.entry import job_main, parse_job_args
 
 RESULTS = "results.json"
@@ -91,39 +91,20 @@ def models_from(specs: list[str]) -> list[Model]:
 
 
 class InstrumentScorer:
-    """Loads the model, codec, CLAP and FAD embedder once; scores one test instrument per call."""
+    """A Ray actor of the scoring pool: loads the models once (`ScoringModels`), then per call scores
+    one test instrument (`evaluate_instrument`) and writes its figures and record (`instrument_files`)."""
 
     def __init__(self, cfg: Config, checkpoint: str):
-        from instrumentgen.metrics.fad import Embedder
-        from instrumentgen.pretrained.loading import load_models
+        from instrumentgen.evaluation.scoring_models import ScoringModels  # in the actor: the job starts light
 
-        self.cfg = cfg
-        self.lm, self.codec, self.clap = load_models(cfg, None if checkpoint == GROUND_TRUTH else checkpoint, clap=True)
-        self.embedder = Embedder(cfg.metrics, self.clap)
+        self.cfg, self.models = cfg, ScoringModels.load(cfg, checkpoint)
 
     def score(self, instrument: TestInstrument, out: str) -> dict:
-        """Scores `instrument`, writes its arrays and figures under `out`; returns its JSON row."""
-        scores = evaluate_instrument(self.cfg, instrument, self.lm, self.codec, self.clap, self.embedder)
-        buffer = io.BytesIO()
-        np.savez(buffer, **scores.arrays())
-        storage.write_bytes(storage.join(out, "instruments", f"{instrument.name}.npz"), buffer.getvalue())
-        storage.write_bytes(
-            storage.join(out, "figures", f"{instrument.name}_tc.png"),
-            tc_matrix_figure(
-                scores.tc_matrix, scores.pitches, scores.velocities, f"{instrument.name}: TC {scores.tc:.3f}"
-            ),
-        )
-        storage.write_bytes(
-            storage.join(out, "figures", f"{instrument.name}_pitch.png"),
-            pitch_error_figure(
-                np.array(scores.pitches),
-                scores.pitch_errors,
-                f"{instrument.name}: MAD_pitch {score_cell(scores.mad_pitch)}",
-            ),
-        )
-        row = scores.json_row()
-        storage.write_json(storage.join(out, "instruments", f"{instrument.name}.json"), row)  # last: done
-        return row
+        """Scores `instrument`, writes its files under `out`; returns its JSON row."""
+        m = self.models
+        scores = evaluate_instrument(self.cfg, instrument, m.lm, m.codec, m.clap, m.embedder)
+        instrument_files.write_figures(out, instrument.name, scores)
+        return instrument_files.write_record(out, instrument.name, scores)  # the JSON row last: done
 
 
 def check_checkpoint(url: str) -> None:
@@ -170,7 +151,7 @@ def score_model(cfg: Config, model: Model, instruments: list[TestInstrument], ou
     """The JSON rows of `instruments` for one model, scoring those not yet scored under `out`."""
     rows = {}
     for instrument in instruments:
-        url = storage.join(out, "instruments", f"{instrument.name}.json")
+        url = instrument_files.row_url(out, instrument.name)
         if storage.exists(url):
             rows[instrument.name] = storage.read_json(url)
     todo = [i for i in instruments if i.name not in rows]

@@ -92,7 +92,8 @@ class InstrumentScores:
     a pitch. clap: mean cosine similarity of the CLAP cue and each note's CLAP embedding.
     pitches, velocities: the S slots (MIDI). pitch_errors: float [S], signed f0 error in semitones,
     NaN where unvoiced. tc_matrix: float [S, S], mean |y_i - y_j| per pair of notes.
-    embeddings / real_embeddings: float [S, E], FAD embeddings of the generated / real notes.
+    embeddings / real_embeddings: float [N, E], FAD embeddings of the generated / real notes (VGGish:
+    one per 0.96 s frame of each note, N = S x frames; CLAP: one per note).
     rvq_counts: [Q][bins] how often the model's CLAP quantizer picks each entry for the real notes'
     CLAP embeddings (None for the ground truth and a metadata-conditioned model).
     """

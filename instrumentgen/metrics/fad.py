@@ -7,8 +7,10 @@ matrix S_a^1/2 S_b S_a^1/2 (clipped at 0), which is stable where `scipy.linalg.s
 non-symmetric product S_a S_b returns complex noise for near-singular covariances (few notes,
 many dimensions).
 
-Embedders (`metrics.fad_embedder`): "vggish" (the paper's; `metrics.vggish_weights`) or "clap"
-(CLAP audio embeddings, 512-d).
+Embedders (`metrics.fad_embedder`): "vggish" (the paper's; `metrics.vggish_weights`): as the
+reference implementation (google-research `frechet_audio_distance`, and `fadtk`), the 128-d
+pre-activation embedding of every 0.96 s frame of every note, all frames of a set in one Gaussian
+(`vggish.py`); or "clap" (CLAP audio embeddings, 512-d, one per note).
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ def fad(embeddings_a, embeddings_b) -> float:
 
 
 class Embedder:
-    """audio [B, L] at a sample rate -> embeddings [B, E]; `name` says which, for tables."""
+    """audio [B, L] at a sample rate -> embeddings [N, E] (VGGish: N = B x 0.96 s frames per note;
+    CLAP: N = B); `name` says which, for tables."""
 
     def __init__(self, metrics_cfg, clap=None):
         self.name = metrics_cfg.fad_embedder

@@ -6,6 +6,12 @@ audio -> log mel examples [N, 1, 96, 64] (25 ms windows, 10 ms hop, 64 HTK mel b
 log(mel + 0.01), 0.96 s per example) -> 128-d embeddings. The PCA post-processing is not applied
 (FAD compares distributions; an invertible affine map changes nothing but the scale it is read in).
 
+For FAD the embedding is the reference implementation's (google-research `frechet_audio_distance`
+reads the TF model's `vggish/embedding` tensor, which `vggish_slim.py` defines as the 128-d `fc2`
+layer with `activation_fn=None`; `fadtk`'s VGGish drops torchvggish's last ReLU for the same
+reason): the final linear layer's output *before* any ReLU, one embedding per 0.96 s example,
+never averaged per note (`vggish_embeddings`).
+
 `metrics.vggish_weights`: "vggish" (the release, downloaded when online, else an error naming the
 file), "tiny" (a random-init narrow variant for tests, saved and loaded through the same state
 dict path), or a local path / fsspec URL. Layer widths are read from the state dict's shapes.
@@ -46,8 +52,7 @@ class VGGish(nn.Module):
             nn.ReLU(inplace=True),
             nn.Linear(hidden[0], hidden[1]),
             nn.ReLU(inplace=True),
-            nn.Linear(hidden[1], 128),
-            nn.ReLU(inplace=True),
+            nn.Linear(hidden[1], 128),  # no ReLU after it: the reference's pre-activation embedding
         )
 
     def forward(self, examples: torch.Tensor) -> torch.Tensor:
@@ -110,8 +115,6 @@ def load_vggish(weights: str) -> VGGish:
 
 @torch.no_grad()
 def vggish_embeddings(model: VGGish, audio: torch.Tensor, sample_rate_hz: int) -> torch.Tensor:
-    """audio [B, L] -> [B, 128]: the mean of each note's 0.96 s example embeddings."""
-    examples, owner = log_mel_examples(audio, sample_rate_hz)
-    per_example = model(examples)
-    sums = torch.zeros(audio.shape[0], per_example.shape[1]).index_add_(0, owner, per_example)
-    return sums / torch.bincount(owner, minlength=audio.shape[0]).clamp_min(1)[:, None]
+    """audio [B, L] -> [N, 128]: every 0.96 s example's embedding, note by note (N = B x examples
+    per note; a note shorter than 0.96 s is one zero-padded example), as the FAD reference takes them."""
+    return model(log_mel_examples(audio, sample_rate_hz)[0])

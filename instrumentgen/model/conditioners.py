@@ -34,7 +34,15 @@ class CategoricalConditioner(nn.Module):
 
 
 class ClapConditioner(nn.Module):
-    """clap_embedding [B, E] (or None: all null) -> (tokens [B, D], commitment loss, codes [B, Q] or None)."""
+    """clap_embedding [B, E] (or None: all null) -> (tokens [B, D], commitment loss, codes [B, Q] or None).
+
+    The embedding is quantized in fp32, then scaled by sqrt(E) before the projection: CLAP's
+    embeddings are unit-norm, so each of their E coordinates is ~1/sqrt(E), where a lookup-table
+    row (`nn.Embedding`, N(0, 1)) has coordinates ~1. Scaled, the CLAP token leaves the same
+    `nn.Linear` at the scale of the other tokens (norm ~sqrt(D/3) each) instead of ~sqrt(E) times
+    smaller (docs/generation.md has the measured norms). A constant, not a parameter: the
+    architecture and the checkpoints' tensors are the paper's.
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -48,14 +56,16 @@ class ClapConditioner(nn.Module):
         )
         self.proj = nn.Linear(cfg.clap_dim, cfg.dim)
         self.null = nn.Parameter(torch.zeros(cfg.dim))
+        self.scale = cfg.clap_dim**0.5
 
     def forward(
         self, clap_embedding: torch.Tensor | None, null: torch.Tensor, batch: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         if clap_embedding is None:
             return self.null.expand(batch, -1), self.null.new_zeros(()), None
-        quantized, codes, loss = self.rvq(clap_embedding.to(self.proj.weight.dtype))
-        return torch.where(null[:, None], self.null, self.proj(quantized)), loss, codes
+        quantized, codes, loss = self.rvq(clap_embedding.float())
+        tokens = self.proj((quantized * self.scale).to(self.proj.weight.dtype))
+        return torch.where(null[:, None], self.null, tokens), loss, codes
 
 
 def _velocity_table() -> torch.Tensor:

@@ -176,7 +176,30 @@ class InstrumentLM(nn.Module):
         seeds: an int, or [B] long per-note seeds (a note's tokens then do not depend on its batch).
         use_cache: False recomputes the whole prefix at every step (the reference for tests and
         benchmarks).
+
+        Generation never trains: it runs in eval mode (no dropout; the CLAP quantizer only reads
+        its codebooks, never gathers from other workers) whatever the model's mode, restored after.
         """
+        if not self.training:
+            return self._generate(cues, num_frames, cfg_coef, top_k, temperature, seeds, use_cache, cfg_batched)
+        nn.Module.train(self, False)  # not self.train(): the weights do not change, model_id stays
+        try:
+            return self._generate(cues, num_frames, cfg_coef, top_k, temperature, seeds, use_cache, cfg_batched)
+        finally:
+            nn.Module.train(self, True)
+
+    def _generate(
+        self,
+        cues: Cues,
+        num_frames: int,
+        cfg_coef: float,
+        top_k: int,
+        temperature: float,
+        seeds: int | torch.Tensor,
+        use_cache: bool,
+        cfg_batched: bool,
+    ) -> torch.Tensor:
+        """`generate` in eval mode."""
         if not 1 <= num_frames <= self.cfg.max_frames:
             raise LMError(
                 f"num_frames={num_frames} is not allowed; allowed: 1..{self.cfg.max_frames} (model.max_frames)"

@@ -97,7 +97,12 @@ def _gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, slice]:
 
 
 class ResidualVectorQuantizer(nn.Module):
-    """x [B, E] -> (quantized [B, E], codes [B, Q] long, commitment loss scalar); see the module docstring."""
+    """x [B, E] -> (quantized [B, E], codes [B, Q] long, commitment loss scalar); see the module docstring.
+
+    decay: the EMA decay per `bins` rows of the global batch (a step of B rows decays by
+    decay ** (B / bins)); dead_code_threshold: the EMA usage, in units of an even share (1 = the
+    entry takes 1/bins of the rows), below which an entry is re-seeded (0: never).
+    """
 
     def __init__(
         self, dim: int, num_codebooks: int, bins: int, decay: float, kmeans_iters: int, dead_code_threshold: float
@@ -105,17 +110,26 @@ class ResidualVectorQuantizer(nn.Module):
         super().__init__()
         self.bins, self.decay, self.kmeans_iters = bins, decay, kmeans_iters
         self.dead_code_threshold = dead_code_threshold
-        # Until k-means replaces them (first training batch), entries of norm ~1 like CLAP's unit
-        # embeddings, so that an untrained model still tells embeddings apart.
+        # Until k-means replaces them (`initialize`, or the first training batch), entries of norm ~1
+        # like CLAP's unit embeddings, so that an untrained model still tells embeddings apart.
         self.register_buffer("codebooks", torch.randn(num_codebooks, bins, dim) / dim**0.5)
+        # EMA usage of each entry in rows per `bins` rows (1 = an even share) and of the sum of those rows.
         self.register_buffer("cluster_sizes", torch.zeros(num_codebooks, bins))
         self.register_buffer("embedding_sums", torch.zeros(num_codebooks, bins, dim))
         self.register_buffer("initialized", torch.zeros(num_codebooks, dtype=torch.bool))
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))  # training batches seen: seeds the draws
+        # Entries re-seeded by the last training step, per codebook [Q] (for metrics; not saved).
+        self.register_buffer("reseeds", torch.zeros(num_codebooks, dtype=torch.long), persistent=False)
 
-    def _randint(self, q: int, high: int, device: torch.device) -> torch.Tensor:
-        """[bins] long uniform in [0, high): the same draw on every worker (seeded by `updates` and q)."""
-        generator = torch.Generator(device=device).manual_seed(int(self.updates) * 1_000 + q)
+    def _generator(self, q: int, device: torch.device) -> torch.Generator:
+        """The same generator on every worker and after a resume (seeded by `updates` and q)."""
+        return torch.Generator(device=device).manual_seed(int(self.updates) * 1_000 + q)
+
+    def _starts(self, q: int, high: int, device: torch.device) -> torch.Tensor:
+        """[bins] long indices in [0, high): distinct when high >= bins."""
+        generator = self._generator(q, device)
+        if high >= self.bins:
+            return torch.randperm(high, device=device, generator=generator)[: self.bins]
         return torch.randint(0, high, (self.bins,), device=device, generator=generator)
 
     def _apply(self, fn, recurse=True):
@@ -126,9 +140,21 @@ class ResidualVectorQuantizer(nn.Module):
                 self._buffers[name] = buffer.float()
         return self
 
+    @torch.no_grad()
+    def initialize(self, sample: torch.Tensor) -> None:
+        """Every codebook <- the k-means centroids (`kmeans_iters` Lloyd iterations) of the residuals
+        that the codebooks before it leave of `sample` [N, E] (the same on every worker), and its EMA
+        statistics <- the clusters' shares of the sample. Training calls it once, before the first
+        step, with tens of thousands of the training set's embeddings (`training/clap_sample.py`)."""
+        residual = sample.float().to(self.codebooks.device)
+        for q in range(len(self.codebooks)):
+            self._kmeans_init(q, residual)
+            residual = residual - self.codebooks[q][nearest(residual, self.codebooks[q])]
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """In training mode the codebooks are initialised / updated from the global batch (every
-        worker must call it with the same B); in eval mode they are only read."""
+        """In training mode the codebooks are updated from the global batch (every worker must call
+        it with the same B; a codebook not yet initialised starts from this batch); in eval mode
+        they are only read."""
         if self.training:
             with torch.no_grad():
                 samples, mine = _gather_rows(x.detach().float())
@@ -161,30 +187,37 @@ class ResidualVectorQuantizer(nn.Module):
         return quantized, torch.stack(codes, dim=-1), torch.stack(inputs), torch.stack(entries)
 
     def _kmeans_init(self, q: int, samples: torch.Tensor) -> None:
-        means, counts = kmeans(samples, self._randint(q, len(samples), samples.device), self.kmeans_iters)
+        means, counts = kmeans(samples, self._starts(q, len(samples), samples.device), self.kmeans_iters)
         if _distributed():  # the same input everywhere; rank 0's result guards against kernel nondeterminism
             dist.broadcast(means, src=0)
             dist.broadcast(counts, src=0)
+        shares = counts * (self.bins / len(samples))
         self.codebooks[q] = means
-        self.cluster_sizes[q] = counts
-        self.embedding_sums[q] = means * counts[:, None]
+        self.cluster_sizes[q] = shares
+        self.embedding_sums[q] = means * shares[:, None]
         self.initialized[q] = True
 
     def _ema_update(self, q: int, samples: torch.Tensor, index: torch.Tensor) -> None:
+        """One step of N rows: the EMAs decay by decay ** (N / bins) towards this batch's usage and
+        sums (per `bins` rows); entries whose usage falls below the threshold are re-seeded."""
+        per_bins = self.bins / len(samples)
+        weight = 1 - self.decay ** (len(samples) / self.bins)
         onehot = F.one_hot(index, self.bins).float()  # [N, bins]
-        self.cluster_sizes[q].lerp_(onehot.sum(0), 1 - self.decay)
-        self.embedding_sums[q].lerp_(onehot.T @ samples, 1 - self.decay)
+        self.cluster_sizes[q].lerp_(onehot.sum(0) * per_bins, weight)
+        self.embedding_sums[q].lerp_(onehot.T @ samples * per_bins, weight)
         total = self.cluster_sizes[q].sum()
         smoothed = (self.cluster_sizes[q] + EPSILON) / (total + self.bins * EPSILON) * total
         self.codebooks[q] = self.embedding_sums[q] / smoothed[:, None]
         dead = self.cluster_sizes[q] < self.dead_code_threshold
+        self.reseeds[q] = dead.sum() if self.dead_code_threshold > 0 else 0
         if self.dead_code_threshold > 0 and dead.any():  # identical buffers: every worker takes this branch
-            seeds = samples[self._randint(q, len(samples), samples.device)]
+            # A re-seeded entry starts at an even share (or the threshold, if higher): a window's
+            # worth of steps to be chosen before it can count as dead again.
+            restart = max(1.0, self.dead_code_threshold)
+            seeds = samples[self._starts(q, len(samples), samples.device)]
             self.codebooks[q] = torch.where(dead[:, None], seeds, self.codebooks[q])
-            self.embedding_sums[q] = torch.where(
-                dead[:, None], seeds * self.dead_code_threshold, self.embedding_sums[q]
-            )
-            self.cluster_sizes[q] = torch.where(dead, self.dead_code_threshold, self.cluster_sizes[q])
+            self.embedding_sums[q] = torch.where(dead[:, None], seeds * restart, self.embedding_sums[q])
+            self.cluster_sizes[q] = torch.where(dead, restart, self.cluster_sizes[q])
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,10 @@ this worker's shard of the token shards, the LM loss (mean cross-entropy of the 
 with the paper's per-sample attribute dropout done inside the model, the engine's step
 (DeepSpeed or DDP, `engines.py`).
 
+Before the first step of a fresh run the CLAP quantizer's codebooks are the k-means of a sample
+of the training set's embeddings (`clap_sample.py`). `train` then reads step -> log ->
+checkpoint (`train_step`, `window_metrics` + `log_metrics`, `save_checkpoint`).
+
 Every `log_every` steps the window's mean metrics (and the CLAP quantizer's code usage) are
 reported and rank 0 rewrites `<run>/metrics.csv`; every `eval_every` steps the validation loss
 over the held-out shard is added; every `checkpoint_every` steps (and at `max_steps`) a
@@ -13,7 +17,7 @@ submitted again) loads the latest checkpoint and continues at the same step, dat
 random state.
 
 `train` is plain PyTorch: it gets its rank, device, data shards (anything with Ray Data's
-`iter_batches`) and a `Session` to report to; `worker.py` is the Ray Train adapter.
+`iter_batches`) and a `Session` to report to; `jobs/train_worker.py` is the Ray Train adapter.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import tempfile
 import time
 from collections import defaultdict
 from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from typing import Iterator, Protocol
 
 import numpy as np
@@ -38,6 +43,7 @@ from instrumentgen.model.cues import NOT_GIVEN, Cues
 from instrumentgen.model.lm import InstrumentLM
 from instrumentgen.model.quantizer import code_counts, code_usage_from_counts
 from instrumentgen.training.checkpoint import METRICS, Checkpointer, Position, checkpoint_name, metrics_csv
+from instrumentgen.training.clap_sample import clap_sample
 from instrumentgen.training.engines import Engine, make_engine
 
 
@@ -106,11 +112,10 @@ def micro_batches(shard, rows: int, shuffle_buffer: int, seed: int, position: Po
         position.batch_in_epoch = 0
 
 
-def _to_engine(codes: torch.Tensor, cues: Cues, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, Cues]:
-    cues = cues.to(device)
-    if cues.clap_embedding is not None:
-        cues = cues.with_clap(cues.clap_embedding.to(dtype))
-    return codes.to(device), cues
+def _to_engine(codes: torch.Tensor, cues: Cues, device: torch.device) -> tuple[torch.Tensor, Cues]:
+    """The batch on the engine's device. The CLAP embedding stays fp32 (the shards' fp16 widened):
+    the quantizer works in fp32, and its projection casts the quantized value to the model's dtype."""
+    return codes.to(device), cues.to(device)
 
 
 def without_metadata(cues: Cues) -> Cues:
@@ -133,7 +138,7 @@ def validation_loss(engine: Engine, shard: Shard, rows: int) -> dict[str, float]
     engine.module.eval()
     totals = torch.zeros(3 + engine.module.cfg.n_q, dtype=torch.float64)  # rows, loss, with metadata, ce sums
     for batch in shard.iter_batches(batch_size=rows, batch_format="numpy"):
-        codes, cues = _to_engine(*collate(batch), engine.device, engine.dtype)
+        codes, cues = _to_engine(*collate(batch), engine.device)
         out = engine.forward(codes, without_metadata(cues) if clap_model else cues)
         with_metadata = engine.forward(codes, cues).loss.item() if clap_model else out.loss.item()
         n = len(codes)
@@ -192,6 +197,103 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
+@dataclass
+class Window:
+    """What the loop accumulates between two reports: per-step metric values, the CLAP codes' counts
+    [Q, bins] (None without CLAP), tokens seen and when the window started."""
+
+    counts: torch.Tensor | None
+    values: dict[str, list] = field(default_factory=lambda: defaultdict(list))
+    tokens: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+    def reset(self) -> None:
+        self.values.clear()
+        if self.counts is not None:
+            self.counts.zero_()
+        self.tokens, self.start = 0, time.perf_counter()
+
+
+def start_engine(cfg: Config, rank: int, world_size: int, device: torch.device, rows: int) -> Engine:
+    """The freshly initialised model of `cfg` on its engine: the same weights on every rank, then each
+    rank its own random streams (dropout)."""
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    engine = make_engine(InstrumentLM(cfg.model), cfg.train, rows, rank, world_size, device)
+    seed_everything(cfg.seed * 1_000 + rank + 1)  # then each rank its own dropout draws
+    return engine
+
+
+def initialize_quantizer(cfg: Config, engine: Engine, shard: Shard, world_size: int) -> None:
+    """A fresh CLAP run: k-means codebooks over `model.rvq_init_samples` training embeddings
+    (`clap_sample.py`), identical on every worker and saved with the checkpoints."""
+    clap = engine.module.conditioners.clap
+    if clap is not None:
+        sample = clap_sample(shard, cfg.model.rvq_init_samples, world_size, cfg.seed, engine.device)
+        clap.rvq.initialize(sample)
+
+
+def train_step(engine: Engine, batches: Iterator[tuple], grad_accum: int, world_size: int, window: Window) -> None:
+    """One optimizer step of `grad_accum` micro-batches; their metrics go to `window`."""
+    for _ in range(grad_accum):
+        codes, cues = _to_engine(*next(batches), engine.device)
+        out = engine.forward(codes, cues)
+        engine.backward(out.loss)
+        grad_norm = engine.step()
+        window.tokens += codes.numel() * world_size
+        window.values["loss"].append(out.loss.detach())
+        window.values["rvq_loss"].append(out.rvq_loss.detach())
+        for k, ce in enumerate(out.ce_per_codebook.detach()):
+            window.values[f"ce_{k}"].append(ce)
+        if window.counts is not None:
+            window.counts += code_counts(out.clap_codes, window.counts.shape[1])
+    window.values["grad_norm"].append(grad_norm if grad_norm is not None else float("nan"))
+
+
+def window_metrics(
+    engine: Engine, position: Position, window: Window, valid_shard: Shard | None, rows: int, validate: bool
+) -> dict:
+    """The report of a window (every rank takes part: all-reduces), with the validation loss if `validate`."""
+    elapsed = time.perf_counter() - window.start
+    metrics = {
+        "step": position.step,
+        "epoch": position.epoch,
+        "lr": engine.lr,
+        "tokens_per_s": window.tokens / elapsed,
+        "steps_per_s": len(window.values["grad_norm"]) / elapsed,
+        **window_means(window.values),
+        **(window_code_usage(window.counts) if window.counts is not None else {}),
+    }
+    if valid_shard is not None and validate:
+        metrics.update(validation_loss(engine, valid_shard, rows))
+    return metrics
+
+
+def log_metrics(metrics_url: str, history: list[dict], max_steps: int) -> None:
+    """Rank 0: rewrite `<run>/metrics.csv` and print the window's line."""
+    storage.write_bytes(metrics_url, metrics_csv(history))
+    metrics = history[-1]
+    # stdout itself: Ray Train's patched print would log each line twice.
+    sys.stdout.write(
+        f"step {metrics['step']}/{max_steps} epoch {metrics['epoch']} "
+        f"loss {metrics['loss']:.4f}"
+        + (f" valid {metrics['valid_loss']:.4f}" if "valid_loss" in metrics else "")
+        + f" lr {metrics['lr']:.2e} {metrics['tokens_per_s']:.0f} tok/s\n"
+    )
+    sys.stdout.flush()
+
+
+def save_checkpoint(
+    checkpointer: Checkpointer, engine: Engine, position: Position, history: list[dict], session: Session
+) -> None:
+    """Every rank writes and reports its part; once all have, rank 0 commits it as the latest."""
+    with tempfile.TemporaryDirectory() as folder:
+        checkpointer.write(engine, position, history, folder)
+        session.report(history[-1], folder, checkpoint_name(position.step))
+    if dist.is_initialized():
+        dist.barrier()  # every rank has uploaded its part
+    checkpointer.commit(position)
+
+
 def train(
     cfg: Config,
     rank: int,
@@ -207,81 +309,37 @@ def train(
     at point "train.step" after each optimizer step."""
     train_cfg = cfg.train
     rows = micro_batch_rows(train_cfg.batch_size, world_size, train_cfg.grad_accum)
-
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    engine = make_engine(InstrumentLM(cfg.model), train_cfg, rows, rank, world_size, device)
-    seed_everything(cfg.seed * 1_000 + rank + 1)  # then each rank its own dropout draws
-    checkpointer = Checkpointer(cfg, rank)
+    engine, checkpointer = start_engine(cfg, rank, world_size, device, rows), Checkpointer(cfg, rank)
     position, history = Position(), []
     with session.restored_checkpoint() as folder:
         if folder is not None:
             position, history = checkpointer.read(engine, folder)
-    if rank == 0 and position.step:
+    if position.step == 0:
+        initialize_quantizer(cfg, engine, train_shard, world_size)
+    elif rank == 0:
         sys.stdout.write(
             f"resumed at step {position.step} (epoch {position.epoch}, micro-batch {position.batch_in_epoch})\n"
         )
     engine.module.train()
 
     batches = micro_batches(train_shard, rows, train_cfg.shuffle_buffer, cfg.seed, position)
-    window: dict[str, list[float]] = defaultdict(list)
-    rvq = engine.module.conditioners.clap.rvq if engine.module.conditioners.clap is not None else None
-    counts = torch.zeros(cfg.model.rvq_codebooks, cfg.model.rvq_bins, device=engine.device) if rvq else None
-    window_start, tokens = time.perf_counter(), 0
+    clap = engine.module.conditioners.clap
+    window = Window(torch.zeros(cfg.model.rvq_codebooks, cfg.model.rvq_bins, device=engine.device) if clap else None)
     metrics_url = storage.join(checkpointer.run_url, METRICS)
     while position.step < train_cfg.max_steps:
-        for _ in range(train_cfg.grad_accum):
-            codes, cues = _to_engine(*next(batches), engine.device, engine.dtype)
-            out = engine.forward(codes, cues)
-            engine.backward(out.loss)
-            grad_norm = engine.step()
-            tokens += codes.numel() * world_size
-            window["loss"].append(out.loss.detach())
-            window["rvq_loss"].append(out.rvq_loss.detach())
-            for k, ce in enumerate(out.ce_per_codebook.detach()):
-                window[f"ce_{k}"].append(ce)
-            if counts is not None:
-                counts += code_counts(out.clap_codes, cfg.model.rvq_bins)
+        train_step(engine, batches, train_cfg.grad_accum, world_size, window)
         position.step += 1
-        window["grad_norm"].append(grad_norm if grad_norm is not None else float("nan"))
         fault_point(fault, "train.step", position.step, rank)
-
         last = position.step == train_cfg.max_steps
         checkpoint_now = position.step % train_cfg.checkpoint_every == 0 or last
         if not (checkpoint_now or position.step % train_cfg.log_every == 0):
             continue
-        elapsed = time.perf_counter() - window_start
-        metrics = {
-            "step": position.step,
-            "epoch": position.epoch,
-            "lr": engine.lr,
-            "tokens_per_s": tokens / elapsed,
-            "steps_per_s": len(window["grad_norm"]) / elapsed,
-            **window_means(window),
-            **(window_code_usage(counts) if counts is not None else {}),
-        }
-        if valid_shard is not None and (position.step % train_cfg.eval_every == 0 or last):
-            metrics.update(validation_loss(engine, valid_shard, rows))
-        history.append(metrics)
+        validate = position.step % train_cfg.eval_every == 0 or last
+        history.append(window_metrics(engine, position, window, valid_shard, rows, validate))
         if rank == 0:
-            storage.write_bytes(metrics_url, metrics_csv(history))
-            # stdout itself: Ray Train's patched print would log each line twice.
-            sys.stdout.write(
-                f"step {position.step}/{train_cfg.max_steps} epoch {position.epoch} "
-                f"loss {metrics['loss']:.4f}"
-                + (f" valid {metrics['valid_loss']:.4f}" if "valid_loss" in metrics else "")
-                + f" lr {metrics['lr']:.2e} {metrics['tokens_per_s']:.0f} tok/s\n"
-            )
-            sys.stdout.flush()
+            log_metrics(metrics_url, history, train_cfg.max_steps)
         if checkpoint_now:
-            with tempfile.TemporaryDirectory() as folder:
-                checkpointer.write(engine, position, history, folder)
-                session.report(metrics, folder, checkpoint_name(position.step))
-            if dist.is_initialized():
-                dist.barrier()  # every rank has uploaded its part
-            checkpointer.commit(position)
+            save_checkpoint(checkpointer, engine, position, history, session)
         else:
-            session.report(metrics)
-        window.clear()
-        if counts is not None:
-            counts.zero_()
-        window_start, tokens = time.perf_counter(), 0
+            session.report(history[-1])
+        window.reset()

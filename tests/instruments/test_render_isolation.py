@@ -118,8 +118,8 @@ def test_s3_requests_grow_by_one_put_per_note(tiny_renderer, s3_bucket, s3_reque
         s3_requests.clear()
         url = storage.join(s3_bucket, "lib", f"n{keys[1]}")
         assert render_isolated(tiny_renderer, request(keys=keys), "n", url)["status"] == "rendered"
-        assert s3_requests["put_object"] == keys[1] - keys[0] + 1 + 5  # + codes.npy, SFZ, .dspreset, zip, manifest
-        assert s3_requests["get_object"] == 2  # the presets read into the zip; no note is read back
+        assert s3_requests["put_object"] == keys[1] - keys[0] + 1 + 6  # + codes.npy, SFZ, .dspreset, SF2, zip, manifest
+        assert s3_requests["get_object"] == 3  # the three presets read into the zip; no note is read back
         totals.append(sum(s3_requests.values()))
     assert totals[1] - totals[0] == 2  # two more notes, two more requests
     assert totals[0] - 1 + 440 <= 500
@@ -132,6 +132,6 @@ def test_a_440_note_instrument_costs_under_500_s3_requests(tiny_renderer, s3_buc
     assert row["status"] == "rendered" and row["index"]["notes"] == 440
     total = sum(s3_requests.values())
     print(f"S3 requests for one 440-note instrument: {total} {dict(s3_requests)}")
-    assert s3_requests["put_object"] == 440 + 5  # notes, codes.npy, SFZ, .dspreset, zip, manifest
+    assert s3_requests["put_object"] == 440 + 6  # notes, codes.npy, SFZ, .dspreset, SF2, zip, manifest
     assert total <= 500, dict(s3_requests)
     assert not [f for f in storage.list_files(url, temporary=True) if "/.tmp-" in f]

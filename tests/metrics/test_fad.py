@@ -65,6 +65,50 @@ def test_vggish_release_layout_and_the_tiny_variant_round_trip(cache, tmp_path):
     torch.testing.assert_close(embedder(notes, 44100), again(examples))
 
 
+def test_vggish_fad_embeddings_are_the_pre_activation_output_of_every_0_96_s_frame(cache):
+    """As the reference (google-research frechet_audio_distance: TF `vggish/embedding`, fc2 without
+    activation; fadtk: torchvggish without its last ReLU): negative values kept, no per-note mean."""
+    model = load_vggish("tiny")
+    assert not isinstance(model.embeddings[-1], torch.nn.ReLU) and isinstance(model.embeddings[-1], torch.nn.Linear)
+    notes = torch.from_numpy(np.stack([synth_note(p, 100, timbre_for(1), 44100, 3.0) for p in (45, 64)]))
+    examples, owner = log_mel_examples(notes, 44100)
+    assert owner.tolist() == [0, 0, 0, 1, 1, 1]  # three 0.96 s frames per 3 s note
+    embeddings = Embedder(load_config("tiny", ["metrics.vggish_weights=tiny"]).metrics)(notes, 44100)
+    assert embeddings.shape == (6, 128)
+    with torch.no_grad():
+        hidden = model.embeddings[:-1](model.features(examples).permute(0, 2, 3, 1).flatten(1))
+        torch.testing.assert_close(embeddings, model.embeddings[-1](hidden))
+    assert (embeddings < 0).any()  # what a final ReLU would have zeroed
+
+
+def reference_frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """The Fréchet distance as the reference implementations write it: np.cov and scipy's sqrtm."""
+    import scipy.linalg
+
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    sigma_a, sigma_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = scipy.linalg.sqrtm(sigma_a.dot(sigma_b)).real
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(sigma_a) + np.trace(sigma_b) - 2 * np.trace(covmean))
+
+
+def test_fad_of_two_embedding_sets_equals_an_independent_numpy_scipy_frechet_distance(cache):
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=(400, 16)) @ rng.normal(size=(16, 16))
+    b = 0.5 + rng.normal(size=(300, 16)) @ rng.normal(size=(16, 16))
+    assert fad(a, b) == pytest.approx(reference_frechet_distance(a, b), rel=1e-8)
+    # And on VGGish frame embeddings of two small sets of notes (tiny weights).
+    embedder = Embedder(load_config("tiny", ["metrics.vggish_weights=tiny"]).metrics)
+    first = embedder(
+        torch.from_numpy(np.stack([synth_note(p, 100, timbre_for(0), 44100, 2.0) for p in range(40, 80, 2)])), 44100
+    )
+    second = embedder(
+        torch.from_numpy(np.stack([synth_note(p, 60, timbre_for(3), 44100, 2.0) for p in range(41, 81, 2)])), 44100
+    )
+    assert first.shape == (40, 128)  # 20 notes x 2 frames
+    expected = reference_frechet_distance(first.double().numpy(), second.double().numpy())
+    assert fad(first, second) == pytest.approx(expected, rel=1e-6) and expected > 0
+
+
 def test_vggish_offline_error_names_the_file_and_the_key(cache):
     with pytest.raises(WeightsError, match=r"vggish-10086976\.pth.*metrics\.vggish_weights"):
         load_vggish("vggish")

@@ -65,3 +65,32 @@ def test_out_of_vocabulary_cues_name_the_value_and_the_allowed_ones(field, value
     bad = Cues(**{**vars(cues), field: values})
     with pytest.raises(VocabError, match=re.escape(message)):
         conditioners()(bad)
+
+
+def clustered_unit_embeddings(count, instruments=64, within=0.8, seed=0):
+    """[count, 512] unit-norm notes around `instruments` random directions (cosine ~`within` in one)."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.nn.functional.normalize(torch.randn(instruments, 512, generator=generator), dim=-1)
+    which = torch.randint(0, instruments, (count,), generator=generator)
+    spread = torch.nn.functional.normalize(torch.randn(count, 512, generator=generator), dim=-1)
+    return torch.nn.functional.normalize(within**0.5 * centres[which] + (1 - within) ** 0.5 * spread, dim=-1)
+
+
+def test_every_condition_token_has_the_scale_of_the_others_at_the_paper_shapes():
+    """CLAP-like unit-norm embeddings through a k-means-initialised quantizer: at the paper's width the
+    CLAP token's norm is within 2x of the lookup-table tokens' (~10x smaller without the sqrt(512) scale)."""
+    torch.manual_seed(0)
+    model = Conditioners(load_config("paper", ["model.rvq_codebooks=4", "model.rvq_kmeans_iters=5"]).model).eval()
+    model.clap.rvq.initialize(clustered_unit_embeddings(2048))
+    pitches, velocities = [21 + i for i in range(64)], [(25, 50, 75, 100, 127)[i % 5] for i in range(64)]
+    cues = make_cues(pitches, velocities, "brass", "acoustic").with_clap(clustered_unit_embeddings(64, seed=1))
+    tokens = model(cues)[0]  # [64, 5, 512]
+    norms = dict(zip(("family", "source", "pitch", "velocity", "clap"), tokens.norm(dim=-1).mean(0).tolist()))
+    unscaled = model.clap.proj(model.clap.rvq(cues.clap_embedding)[0]).norm(dim=-1).mean().item()
+    print(
+        "condition token norms (paper width, random init):",
+        {name: round(norm, 2) for name, norm in norms.items()},
+        f"CLAP token without the sqrt(512) scale: {unscaled:.2f}",
+    )
+    assert max(norms.values()) < 2 * min(norms.values()), norms
+    assert unscaled < min(norms.values()) / 5  # what the scale fixes

@@ -154,3 +154,18 @@ def test_model_id_is_kept_until_the_weights_can_change():
     lm(torch.randint(0, 1024, (2, 4, 8)), cues_of(2))  # a training forward moves the EMA codebooks
     lm.eval()
     assert lm.model_id != other.model_id
+
+
+def test_generating_from_a_model_in_training_mode_changes_no_buffer_and_keeps_its_mode():
+    lm = tiny_lm("model.dropout=0.5").train()
+    lm.conditioners.clap.rvq.initialize(torch.nn.functional.normalize(torch.randn(256, 512), dim=-1))
+    before = {name: b.clone() for name, b in lm.named_buffers()}
+    model_id = lm.model_id
+    cues = cues_of(3)
+    codes = lm.generate(cues, 12, top_k=1, seeds=3)
+    assert lm.training and all(m.training for m in lm.modules())
+    for name, buffer in lm.named_buffers():
+        assert torch.equal(before[name], buffer), name  # the quantizer's EMA statistics, `updates` included
+    assert lm.model_id == model_id
+    # As in eval mode: no dropout (0.5 here) in the sampled codes.
+    assert torch.equal(codes, lm.eval().generate(cues, 12, top_k=1, seeds=3))

@@ -71,22 +71,59 @@ def test_ema_update_of_cluster_sizes_and_embedding_sums():
     torch.testing.assert_close(rvq.codebooks[0], rvq.embedding_sums[0] / smoothed[:, None])
 
 
-def test_dead_entries_are_reseeded_from_the_batch_with_their_statistics():
-    rvq = quantizer(bins=8, decay=0.5, threshold=1.5).train()
+def test_decay_and_usage_are_per_bins_rows_whatever_the_batch():
+    """A step of N rows moves the EMAs by 1 - decay ** (N / bins), towards usage in rows per `bins` rows."""
+    rvq = quantizer(bins=8, decay=0.5, threshold=0.0).train()
+    x = clusters()  # 16 rows, 4 clusters
+    rvq(x)
+    sizes, sums = rvq.cluster_sizes[0].clone(), rvq.embedding_sums[0].clone()
+    torch.testing.assert_close(sizes.sum(), torch.tensor(8.0))  # 16 rows = 2 x bins: 8 shares in all
+    _, codes, _ = rvq(x[:2])  # 2 rows of the first cluster: a quarter of `bins` rows
+    weight = 1 - 0.5**0.25
+    entry = codes[0, 0]
+    expected = (1 - weight) * sizes
+    expected[entry] += weight * 8  # both rows: all 8 shares of 8 rows per bins rows
+    torch.testing.assert_close(rvq.cluster_sizes[0], expected)
+    torch.testing.assert_close(rvq.embedding_sums[0][entry], (1 - weight) * sums[entry] + weight * 4 * x[:2].sum(0))
+
+
+def test_only_entries_below_the_threshold_share_are_reseeded_with_an_even_share():
+    rvq = quantizer(bins=8, decay=0.5, threshold=0.3).train()
     x = clusters()
-    rvq(x)  # 16 residuals, 8 entries: about 2 each
+    rvq(x)  # 16 residuals, 8 entries
     sizes = rvq.cluster_sizes[0].clone()
-    _, codes, _ = rvq(x[:4])  # 3 clusters unused this step: their entries fall to about 1, below 1.5
+    _, codes, _ = rvq(x[:8])  # 8 rows = `bins` rows: the EMAs halve
     unused = torch.ones(8, dtype=torch.bool)
     unused[codes[:, 0]] = False
-    dead = unused & (0.5 * sizes < 1.5)
-    assert dead.sum() >= 3
-    assert (rvq.cluster_sizes[0][dead] == 1.5).all()
+    dead = unused & (0.5 * sizes < 0.3)
+    alive = ~unused | (0.5 * sizes >= 0.3)
+    assert dead.any() and alive.any()
+    assert rvq.reseeds[0] == dead.sum()
+    assert (rvq.cluster_sizes[0][dead] == 1.0).all()  # an even share: a window to be chosen
+    assert (rvq.cluster_sizes[0][alive] >= 0.3).all() and not (rvq.cluster_sizes[0][alive] == 1.0).all()
     for entry in dead.nonzero().flatten():
         # the entry is now one of the batch's residuals, and its sum agrees with it
-        assert (rvq.codebooks[0][entry] - x[:4]).abs().max(dim=1).values.min() < 1e-6
-        torch.testing.assert_close(rvq.embedding_sums[0][entry], 1.5 * rvq.codebooks[0][entry])
-    assert (rvq.cluster_sizes[0] >= 1.5).all()
+        assert (rvq.codebooks[0][entry] - x[:8]).abs().max(dim=1).values.min() < 1e-6
+        torch.testing.assert_close(rvq.embedding_sums[0][entry], rvq.codebooks[0][entry])
+
+
+def test_initialize_fits_kmeans_on_a_sample_larger_than_a_batch_with_distinct_starts():
+    rvq = quantizer(bins=8, codebooks=2, threshold=0.05)
+    centres = 5 * torch.eye(16)[:8]
+    sample = (centres[:, None] + 0.01 * torch.randn(8, 50, 16, generator=torch.Generator().manual_seed(3))).reshape(
+        -1, 16
+    )
+    rvq.initialize(sample)
+    assert rvq.initialized.all() and rvq.updates == 0
+    codes = rvq.encode(sample).view(8, 50, 2)
+    assert len(codes[:, 0, 0].unique()) == 8 and (codes[..., 0] == codes[:, :1, 0]).all()  # one entry per cluster
+    torch.testing.assert_close(rvq.codebooks[0][codes[:, 0, 0]], sample.view(8, 50, 16).mean(1), atol=1e-3, rtol=0)
+    torch.testing.assert_close(rvq.cluster_sizes[0], torch.ones(8))  # 50 of 400 rows each: an even share
+    torch.testing.assert_close(rvq.embedding_sums[0], rvq.codebooks[0] * rvq.cluster_sizes[0][:, None])
+    # Training goes on from there with its own batches, which never re-initialise the codebooks.
+    before = rvq.codebooks[0].clone()
+    rvq.train()(sample[::50])
+    assert (rvq.codebooks[0] - before).abs().max() < 0.1
 
 
 def test_code_usage_perplexity_and_live_entries():

@@ -1,0 +1,29 @@
+"""The models that score a test instrument, loaded once per scorer: the LM, the codec, CLAP, the FAD embedder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from instrumentgen.config import Config
+from instrumentgen.evaluation.table1 import GROUND_TRUTH
+from instrumentgen.metrics.fad import Embedder
+from instrumentgen.model.lm import InstrumentLM
+from instrumentgen.pretrained.clap import Clap
+from instrumentgen.pretrained.codec import Codec
+from instrumentgen.pretrained.loading import load_models
+
+
+@dataclass
+class ScoringModels:
+    """lm: None for the ground truth; codec, clap and embedder as `cfg` names them."""
+
+    lm: InstrumentLM | None
+    codec: Codec
+    clap: Clap
+    embedder: Embedder
+
+    @classmethod
+    def load(cls, cfg: Config, checkpoint: str) -> "ScoringModels":
+        """`checkpoint`: an exported InstrumentLM (path or URL) or `GROUND_TRUTH`."""
+        lm, codec, clap = load_models(cfg, None if checkpoint == GROUND_TRUTH else checkpoint, clap=True)
+        return cls(lm, codec, clap, Embedder(cfg.metrics, clap))
