@@ -31,10 +31,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
-import os
 import shlex
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -55,6 +52,7 @@ from instrumentgen.errors import UserError
 from instrumentgen.vocab import VELOCITIES
 from jobs import stage_weights
 from jobs.entry import local_ray
+from jobs.loopback_s3 import environment, moto_server, s3_env
 
 SIZES = ("paper", "tiny")
 S3_OPTIONS = {"config_kwargs": {"read_timeout": 900}}  # see loopback_s3
@@ -189,41 +187,14 @@ def loopback_s3(log: Path) -> Iterator[tuple[str, int]]:
     """
     import fsspec.config
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=out
-        )
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ENDPOINT_URL_S3": endpoint,
-        "FSSPEC_S3": json.dumps(S3_OPTIONS),
-    }
-    old = {key: os.environ.get(key) for key in env}
     old_conf = dict(fsspec.config.conf.get("s3", {}))
     try:
-        for _ in range(300):
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            time.sleep(0.2)
-        else:
-            raise RuntimeError(f"moto_server did not start on {endpoint}; see {log}")
-        os.environ.update(env)
-        fsspec.config.conf.setdefault("s3", {}).update(S3_OPTIONS)
-        yield endpoint, proc.pid
+        with moto_server(log) as (endpoint, pid):
+            fsspec.config.conf.setdefault("s3", {}).update(S3_OPTIONS)
+            with environment({**s3_env(endpoint), "FSSPEC_S3": json.dumps(S3_OPTIONS)}):
+                yield endpoint, pid
     finally:
         fsspec.config.conf["s3"] = old_conf
-        for key, value in old.items():
-            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 class Stages:

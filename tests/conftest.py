@@ -7,15 +7,11 @@ import os
 # Before anything imports transformers / laion_clap / ray: tests run on this machine only, whatever
 # the shell says; importing `jobs` then applies jobs/local.env (no hub calls, loopback only).
 os.environ.pop("RAY_ADDRESS", None)
-import socket
-import subprocess
-import sys
-import time
 
 import pytest
 
 import jobs  # noqa: E402,F401
-from serve.local import free_port
+from jobs.loopback_s3 import environment, moto_server, s3_env  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -47,39 +43,9 @@ def s3_server(tmp_path_factory):
     Sets the AWS variables so that s3fs / boto3 in this process and in Ray workers started
     after it talk to this server only.
     """
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        raise RuntimeError(f"moto_server did not start on {endpoint}")
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ENDPOINT_URL_S3": endpoint,
-    }
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    yield endpoint
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    proc.terminate()
-    proc.wait(timeout=10)
+    with moto_server(str(tmp_path_factory.mktemp("moto") / "moto.log")) as (endpoint, _):
+        with environment(s3_env(endpoint)):
+            yield endpoint
 
 
 @pytest.fixture

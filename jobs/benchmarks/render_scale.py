@@ -156,6 +156,7 @@ def run(quick: bool) -> list[dict]:
     from jobs import render as job
     from jobs.benchmarks import private_weights_cache
     from jobs.entry import local_ray
+    from jobs.loopback_s3 import environment, s3_env
     from serve.local import free_port
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request would cost more than the request
@@ -163,17 +164,8 @@ def run(quick: bool) -> list[dict]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ENDPOINT_URL_S3": endpoint,
-    }
-    old_env = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     try:
-        with private_weights_cache(), tempfile.TemporaryDirectory() as root:
+        with environment(s3_env(endpoint)), private_weights_cache(), tempfile.TemporaryDirectory() as root:
             boto3.client("s3").create_bucket(Bucket=BUCKET)
             backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
             cfg = load_config("tiny", [f"render.actors={ACTORS}", "render.num_cpus=1"])
@@ -221,11 +213,6 @@ def run(quick: bool) -> list[dict]:
             with local_ray():
                 loop_s, job_s = _renders(cfg, checkpoint, root, sizes["RENDERS"])
     finally:
-        for k, v in old_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         server.stop()
     big, small = sizes["LIBRARY"], sizes["COMPARED"]
     rss = max(s["rss_mib"] for s in steps.values())
