@@ -30,6 +30,7 @@ import torch
 
 from instrumentgen.config import ModelConfig
 from instrumentgen.model.quantizer import ResidualVectorQuantizer
+from jobs.benchmarks import row
 
 DIM = 512
 
@@ -95,16 +96,15 @@ def simulate(
 def _row(name: str, before: float, after: float, floor: float, goal: float | None, note: str) -> dict:
     """A row whose figure is better lower; a 0 is shown at the measurement's resolution `floor`."""
     shown = max(after, floor)
-    return {
-        "benchmark": name,
-        "baseline": "before: first-batch k-means, decay 0.99 / step, threshold 2 / step",
-        "ours": "after: k-means over the sample, decay 0.999 / 1024 rows, threshold 0.05 share",
-        "baseline_s": before,
-        "ours_s": shown,
-        "ratio": before / shown,
-        "goal": None if goal is None else f"≤ {goal:g} {'✔' if after <= goal else '✘'}",
-        "note": note + (f" (0 measured: shown at the resolution {floor:.2g})" if after < floor else ""),
-    }
+    return row(
+        name,
+        "before: first-batch k-means, decay 0.99 / step, threshold 2 / step",
+        "after: k-means over the sample, decay 0.999 / 1024 rows, threshold 0.05 share",
+        before,
+        shown,
+        None if goal is None else f"≤ {goal:g} {'✔' if after <= goal else '✘'}",
+        note + (f" (0 measured: shown at the resolution {floor:.2g})" if after < floor else ""),
+    )
 
 
 def rows(

@@ -26,6 +26,7 @@ from instrumentgen.instruments.prompts import read_prompts
 from instrumentgen.instruments.render import Renderer
 from instrumentgen.model.lm import InstrumentLM
 from jobs import render as job
+from jobs.benchmarks import row
 from jobs.entry import local_ray
 
 PROMPTS = (
@@ -83,27 +84,25 @@ def run(quick: bool) -> list[dict]:
     ours = f"jobs.render (Ray Data, {ACTORS} actors of 1 CPU)"
     baseline = "serial loop of Renderer.render (generate_instrument + scores + write)"
     return [
-        {
-            "benchmark": f"render {count} instruments of {notes} notes (tiny, 0.5 s notes), end to end",
-            "baseline": baseline,
-            "ours": ours,
-            "baseline_s": baseline_s,
-            "ours_s": ours_s,
-            "ratio": baseline_s / ours_s,
-            "goal": 1.5,
-            "note": f"{3600 * count / ours_s:.0f} vs {3600 * count / baseline_s:.0f} instruments/hour; model loading "
+        row(
+            f"render {count} instruments of {notes} notes (tiny, 0.5 s notes), end to end",
+            baseline,
+            ours,
+            baseline_s,
+            ours_s,
+            1.5,
+            f"{3600 * count / ours_s:.0f} vs {3600 * count / baseline_s:.0f} instruments/hour; model loading "
             f"and actor start-up included; {os.cpu_count()} cores",
-        },
-        {
-            "benchmark": f"render, steady state: the extra {extra} instruments of the {large[0]}-prompt run "
+        ),
+        row(
+            f"render, steady state: the extra {extra} instruments of the {large[0]}-prompt run "
             f"over the {count}-prompt run",
-            "baseline": baseline,
-            "ours": ours,
-            "baseline_s": marginal_baseline_s,
-            "ours_s": marginal_ours_s,
-            "ratio": marginal_baseline_s / marginal_ours_s,
-            "goal": 1.5,
-            "note": f"{3600 * extra / marginal_ours_s:.0f} vs {3600 * extra / marginal_baseline_s:.0f} "
+            baseline,
+            ours,
+            marginal_baseline_s,
+            marginal_ours_s,
+            1.5,
+            f"{3600 * extra / marginal_ours_s:.0f} vs {3600 * extra / marginal_baseline_s:.0f} "
             "instruments/hour once loaded",
-        },
+        ),
     ]

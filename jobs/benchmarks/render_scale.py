@@ -97,7 +97,7 @@ def driver(checkpoint: str, prompts: str, out: str, compared_prompts: str, compa
 
         def report():
             index = library.read_index(folder)
-            by_id = {row["id"]: row for row in index.to_pylist()}
+            by_id = {entry["id"]: entry for entry in index.to_pylist()}
             return library.write_report(folder, [by_id[i] for i, _ in planned if i in by_id], "model.pt")["instruments"]
 
         steps.append(_step(f"{label}table2", report))
@@ -127,10 +127,10 @@ def _renders(cfg, checkpoint: str, root: str, count: int) -> tuple[float, float]
     requests, _ = read_prompts(prompts)
     start = time.perf_counter()
     for number, request in enumerate(requests):
-        row = render_isolated(
+        rendered = render_isolated(
             renderer, request, f"{number:016x}", storage.join(f"s3://{BUCKET}/serial", f"{number:016x}")
         )
-        assert row["status"] == "rendered", row
+        assert rendered["status"] == "rendered", rendered
     loop_s = time.perf_counter() - start
     start = time.perf_counter()
     stats = job.run(cfg, checkpoint, prompts, f"s3://{BUCKET}/streamed")
@@ -154,7 +154,7 @@ def run(quick: bool) -> list[dict]:
     from instrumentgen.instruments.render import Renderer, render_isolated
     from instrumentgen.model.lm import InstrumentLM
     from jobs import render as job
-    from jobs.benchmarks import private_weights_cache
+    from jobs.benchmarks import private_weights_cache, row
     from jobs.entry import local_ray
     from jobs.loopback_s3 import environment, s3_env
     from serve.local import free_port
@@ -222,46 +222,42 @@ def run(quick: bool) -> list[dict]:
         return f"at {big:,}: {s['s']:.2f} s, tracemalloc peak {s['peak_mib']:.0f} MiB"
 
     return [
-        {
-            "benchmark": f"plan: finished ids of {small:,} complete instruments on loopback S3",
-            "baseline": "a HEAD per id (before issue 25)",
-            "ours": "one listing of the library + its index (library.plan_library)",
-            "baseline_s": steps["old plan"]["s"],
-            "ours_s": steps["compared plan"]["s"],
-            "ratio": steps["old plan"]["s"] / steps["compared plan"]["s"],
-            "goal": f"at {big:,}: < 60 s, driver < 1 GiB",
-            "note": f"{at_scale('plan')} (prompt file read and ids computed included); driver peak RSS over all "
+        row(
+            f"plan: finished ids of {small:,} complete instruments on loopback S3",
+            "a HEAD per id (before issue 25)",
+            "one listing of the library + its index (library.plan_library)",
+            steps["old plan"]["s"],
+            steps["compared plan"]["s"],
+            f"at {big:,}: < 60 s, driver < 1 GiB",
+            f"{at_scale('plan')} (prompt file read and ids computed included); driver peak RSS over all "
             f"steps {rss:.0f} MiB (imports of torch, pyarrow included)",
-        },
-        {
-            "benchmark": f"index: {sizes['NEW_ROWS']:,} new rows into a {small:,}-instrument library",
-            "baseline": "index rebuilt from every manifest (before)",
-            "ours": "this run's rows added to index.parquet (library.update_index)",
-            "baseline_s": steps["old index"]["s"],
-            "ours_s": steps["compared index"]["s"],
-            "ratio": steps["old index"]["s"] / steps["compared index"]["s"],
-            "goal": None,
-            "note": at_scale("index"),
-        },
-        {
-            "benchmark": f"Table 2 of {small:,} prompts",
-            "baseline": "from the manifests (before)",
-            "ours": "from the index (results.md + .json; no figure past 200 prompts)",
-            "baseline_s": steps["old table2"]["s"],
-            "ours_s": steps["compared table2"]["s"],
-            "ratio": steps["old table2"]["s"] / steps["compared table2"]["s"],
-            "goal": None,
-            "note": at_scale("table2"),
-        },
-        {
-            "benchmark": f"render {sizes['RENDERS']} one-note instruments (tiny) into loopback S3",
-            "baseline": "serial loop of render_isolated",
-            "ours": f"jobs.render ({ACTORS} actors of 1 CPU, blocks of {job.BLOCK_ROWS})",
-            "baseline_s": loop_s,
-            "ours_s": job_s,
-            "ratio": loop_s / job_s,
-            "goal": None,
-            "note": f"{60 * sizes['RENDERS'] / job_s:.0f} vs {60 * sizes['RENDERS'] / loop_s:.0f} instruments/min; "
+        ),
+        row(
+            f"index: {sizes['NEW_ROWS']:,} new rows into a {small:,}-instrument library",
+            "index rebuilt from every manifest (before)",
+            "this run's rows added to index.parquet (library.update_index)",
+            steps["old index"]["s"],
+            steps["compared index"]["s"],
+            None,
+            at_scale("index"),
+        ),
+        row(
+            f"Table 2 of {small:,} prompts",
+            "from the manifests (before)",
+            "from the index (results.md + .json; no figure past 200 prompts)",
+            steps["old table2"]["s"],
+            steps["compared table2"]["s"],
+            None,
+            at_scale("table2"),
+        ),
+        row(
+            f"render {sizes['RENDERS']} one-note instruments (tiny) into loopback S3",
+            "serial loop of render_isolated",
+            f"jobs.render ({ACTORS} actors of 1 CPU, blocks of {job.BLOCK_ROWS})",
+            loop_s,
+            job_s,
+            None,
+            f"{60 * sizes['RENDERS'] / job_s:.0f} vs {60 * sizes['RENDERS'] / loop_s:.0f} instruments/min; "
             f"actor start-up and model loading included in ours; {os.cpu_count()} cores",
-        },
+        ),
     ]

@@ -19,6 +19,7 @@ import torch
 
 from instrumentgen.config import load_config
 from instrumentgen.model.lm import InstrumentLM
+from jobs.benchmarks import row
 from jobs.entry import local_ray
 from serve.local import replica_pid, serving, wait_done
 
@@ -102,34 +103,31 @@ def run(quick: bool) -> list[dict]:
     notes = (keys["high"] - keys["low"] + 1) * 5
     per_minute = count * 60 / parallel_s
     return [
-        {
-            "benchmark": f"one instrument, {notes} notes, shards of 55 slots",
-            "baseline": "1 Generator replica",
-            "ours": "2 Generator replicas",
-            "baseline_s": seconds[1],
-            "ours_s": seconds[2],
-            "ratio": seconds[1] / seconds[2],
-            "goal": 1.6,
-            "note": "each replica 0.5 CPU, 1 torch thread",
-        },
-        {
-            "benchmark": f"{count} instruments of {(small['high'] - small['low'] + 1) * 5} notes, 2 replicas",
-            "baseline": "one after another",
-            "ours": f"{count} in flight at once",
-            "baseline_s": serial_s,
-            "ours_s": parallel_s,
-            "ratio": serial_s / parallel_s,
-            "goal": None,
-            "note": f"{per_minute:.1f} instruments/min at saturation ({count * 60 / serial_s:.1f} one at a time)",
-        },
-        {
-            "benchmark": f"one instrument, {notes} notes, 2 replicas, Ingress SIGKILLed at {notes // 4} notes",
-            "baseline": "undisturbed",
-            "ours": "Ingress killed, adopted",
-            "baseline_s": seconds[2],
-            "ours_s": killed_s,
-            "ratio": seconds[2] / killed_s,
-            "goal": None,
-            "note": f"lease serve.stale_after_s={LEASE_S}; every note kept, each shard rendered once",
-        },
+        row(
+            f"one instrument, {notes} notes, shards of 55 slots",
+            "1 Generator replica",
+            "2 Generator replicas",
+            seconds[1],
+            seconds[2],
+            1.6,
+            "each replica 0.5 CPU, 1 torch thread",
+        ),
+        row(
+            f"{count} instruments of {(small['high'] - small['low'] + 1) * 5} notes, 2 replicas",
+            "one after another",
+            f"{count} in flight at once",
+            serial_s,
+            parallel_s,
+            None,
+            f"{per_minute:.1f} instruments/min at saturation ({count * 60 / serial_s:.1f} one at a time)",
+        ),
+        row(
+            f"one instrument, {notes} notes, 2 replicas, Ingress SIGKILLed at {notes // 4} notes",
+            "undisturbed",
+            "Ingress killed, adopted",
+            seconds[2],
+            killed_s,
+            None,
+            f"lease serve.stale_after_s={LEASE_S}; every note kept, each shard rendered once",
+        ),
     ]
