@@ -2,6 +2,7 @@
 tests run it with fake Generator / Scorer handles.
 
 POST /v1/instruments                    202 {id, status_url, seed, status}; 200 when already done
+POST /v1/instruments/{id}/regenerate    a new instrument: the chosen notes rendered again, the rest copied
 GET  /v1/instruments/{id}               queued | running | stale | done | failed, progress, results
 GET  /v1/instruments/{id}/files/{path}  the instrument's notes, presets, zip (ranges, ETag)
 GET  /v1/info                           limits and vocabulary for clients and the page
@@ -26,8 +27,16 @@ from instrumentgen.config import Config
 from instrumentgen.errors import UserError
 from instrumentgen.vocab import FAMILIES, PITCH_MAX, PITCH_MIN, SOURCES, VELOCITIES
 from serve.files import MEDIA_TYPES, file_response
-from serve.instruments import Busy, Instruments
-from serve.schema import ErrorBody, error_body, http_error, request_model, user_error, validation_error
+from serve.instruments import Busy, Instruments, NotFound, NotReady
+from serve.schema import (
+    ErrorBody,
+    RegenerateRequest,
+    error_body,
+    http_error,
+    request_model,
+    user_error,
+    validation_error,
+)
 from serve.store import ID_PATTERN
 
 STATIC_DIR = Path(__file__).with_name("static")
@@ -44,6 +53,7 @@ def errors(*codes: int) -> dict:
         401: "missing or unknown API key",
         404: "no such instrument or file",
         413: "the body is larger than serve.max_body_bytes",
+        409: "the instrument is not done (or not of this deployment's model)",
         416: "the range is outside the file",
         422: "a field is invalid",
         503: "too many instruments in flight; see Retry-After",
@@ -105,6 +115,14 @@ def add_errors(api: FastAPI) -> None:
     api.add_exception_handler(UserError, user_error)
     api.add_exception_handler(StarletteHTTPException, http_error)
 
+    @api.exception_handler(NotFound)
+    async def not_found(request: Request, exc: NotFound) -> JSONResponse:
+        return json_error(404, exc.field, exc.message)
+
+    @api.exception_handler(NotReady)
+    async def not_ready(request: Request, exc: NotReady) -> JSONResponse:
+        return json_error(409, exc.field, exc.message)
+
     @api.exception_handler(Busy)
     async def busy(request: Request, exc: Busy) -> JSONResponse:
         return json_error(503, "body", exc.reason, {"Retry-After": str(exc.retry_after_s)})
@@ -141,6 +159,21 @@ def add_instrument_routes(api: FastAPI, instruments: Instruments, cfg: Config, a
     )
     async def create(body: Body) -> JSONResponse:  # type: ignore[valid-type]  (FastAPI must see the class)
         code, answer = await instruments.submit(body)
+        return JSONResponse(answer, status_code=code)
+
+    @api.post(
+        "/v1/instruments/{instrument}/regenerate",
+        status_code=202,
+        dependencies=auth,
+        responses={
+            200: {"description": "the same request was already done"},
+            **errors(400, 401, 404, 409, 413, 422, 503),
+        },
+    )
+    async def regenerate(body: RegenerateRequest, instrument: str = PathParam(pattern=ID_PATTERN)) -> JSONResponse:
+        """A new instrument whose notes are the parent's but for the chosen keys / velocity layers, rendered
+        again with `seed`; its manifest names the parent (`parent`) and the slots (`regenerated`)."""
+        code, answer = await instruments.regenerate(instrument, body)
         return JSONResponse(answer, status_code=code)
 
     @api.get("/v1/instruments/{instrument}", dependencies=auth, responses=errors(401, 404, 422))

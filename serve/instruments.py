@@ -23,12 +23,20 @@ from instrumentgen.audio import decode_audio
 from instrumentgen.config import Config
 from instrumentgen.errors import UserError
 from instrumentgen.model.lm import InstrumentLM
-from serve.runner import REFERENCE_FILE, Job, Runner
-from serve.schema import SEED_MAX, RequestError
-from serve.shards import request_slots
+from serve.runner import CUE_FILE, REFERENCE_FILE, Job, Runner
+from serve.schema import SEED_MAX, RegenerateRequest, RequestError
+from serve.shards import copy_notes, request_slots
 from serve.store import RUNNING, StatusStore, lease_live
 
 REFERENCE_TIMEOUT_S = 20
+
+
+class NotFound(RequestError):
+    """An unknown instrument: answered 404."""
+
+
+class NotReady(RequestError):
+    """An instrument that cannot be used for this yet (not done): answered 409."""
 
 
 class Busy(Exception):
@@ -128,6 +136,54 @@ class Instruments:
             await asyncio.to_thread(check_reference, data, self.limits.max_reference_seconds)
             request["reference_audio_url"] = "sha256:" + hashlib.sha256(data).hexdigest()
         seed = body.seed if body.seed is not None else secrets.randbelow(SEED_MAX + 1)
+        return await self._start(request, seed, info, data)
+
+    async def regenerate(self, parent: str, body: RegenerateRequest) -> tuple[int, dict]:
+        """A new instrument from done instrument `parent`: the slots `body` names rendered again (its
+        seed), every other note, its codes and its TC features copied from the parent byte for byte;
+        the child's request names the parent and the slots, so the same seeded body is the same child."""
+        status = await asyncio.to_thread(self.store.raw, parent)
+        if status is None and not await asyncio.to_thread(self.store.is_done, parent):
+            raise NotFound("id", f"no instrument {parent}; allowed: an id from POST /v1/instruments")
+        if status is None or not await asyncio.to_thread(self.store.is_done, parent):
+            raise NotReady(
+                "id",
+                f"instrument {parent} is {status['status'] if status else 'not served here'}; "
+                "allowed: a done instrument of POST /v1/instruments",
+            )
+        info = await self.identity()
+        if status["model_id"] != info["model_id"]:
+            raise NotReady(
+                "id", f"instrument {parent} was made by {status['model_id']}; allowed: one of {info['model_id']}"
+            )
+        parent_request = {k: v for k, v in status["request"].items() if k not in ("parent", "regenerated")}
+        slots = request_slots(parent_request)
+        keys = body.keys if body.keys is not None else sorted({p for p, _ in slots})
+        layers = body.velocities if body.velocities is not None else parent_request["velocities"]
+        for field, asked, has in (
+            ("keys", body.keys or [], sorted({p for p, _ in slots})),
+            ("velocities", body.velocities or [], parent_request["velocities"]),
+        ):
+            missing = [value for value in asked if value not in has]
+            if missing:
+                raise RequestError(field, f"{missing} are not {field} of instrument {parent}; allowed: {has}")
+        chosen = [(p, v) for p, v in slots if p in keys and v in layers]
+        request = {**parent_request, "parent": parent, "regenerated": [list(s) for s in chosen]}
+        seed = body.seed if body.seed is not None else secrets.randbelow(SEED_MAX + 1)
+        parent_url = self.store.url(parent)
+
+        def prepare(url: str) -> None:
+            for name in (CUE_FILE, REFERENCE_FILE):
+                source = storage.join(parent_url, name)
+                if storage.exists(source):
+                    storage.write_bytes(storage.join(url, name), storage.read_bytes(source))
+            copy_notes(parent_url, url, slots, set(chosen), parent_request["format"], parent_request["candidates"])
+
+        return await self._start(request, seed, info, None, prepare)
+
+    async def _start(self, request: dict, seed: int, info: dict, data: bytes | None, prepare=None) -> tuple[int, dict]:
+        """Answer from storage or start the instrument of the normalised `request` and `seed`; `data`: its
+        reference recording, `prepare(url)`: stores what it starts from (a regenerate's copied notes)."""
         instrument = instrument_id(request, seed, info["model_id"])
         answer = {"id": instrument, "status_url": f"/v1/instruments/{instrument}", "seed": seed}
         if instrument in self.runner.tasks:
@@ -149,6 +205,8 @@ class Instruments:
         try:
             if data is not None:
                 await asyncio.to_thread(storage.write_bytes, storage.join(url, REFERENCE_FILE), data)
+            if prepare is not None:
+                await asyncio.to_thread(prepare, url)
             await self.runner.write(job)
             await asyncio.to_thread(self.store.mark_active, instrument)
         except BaseException:

@@ -111,6 +111,7 @@ def results(instrument: str, manifest: dict) -> dict:
         "model_id": manifest["model_id"],
         "notes_done": len(manifest["notes"]),
         "notes_total": len(manifest["notes"]),
+        **{key: manifest[key] for key in ("parent", "regenerated") if key in manifest},
         **{
             key: manifest[key]
             for key in ("tc", "tc_without_selection", "mad_pitch", "unvoiced", "candidates", "workers", "format")

@@ -11,6 +11,8 @@ import json
 import os
 import random
 import threading
+import zipfile
+from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
@@ -337,3 +339,62 @@ def test_overload_gets_503_with_retry_after(tmp_path, blocking, make_api, uvicor
             if answer.status_code == 503:
                 assert int(answer.headers["Retry-After"]) > 0 and "max_instruments_in_flight" in answer.json()["error"]
         assert requests.get(f"{base}/healthz", timeout=10).json()["in_flight"] == 2
+
+
+def regenerate(base, parent, body):
+    return requests.post(f"{base}/v1/instruments/{parent}/regenerate", json=body, headers=KEY, timeout=60)
+
+
+def test_regenerate_renders_the_chosen_notes_and_copies_the_rest(api):
+    base, _, root = api
+    parent = done(base, {"prompt": "regenerate me", "seed": 11, "candidates": 2, **SMALL})
+    accepted = regenerate(base, parent["id"], {"keys": [61], "seed": 4})
+    assert accepted.status_code == 202, accepted.text
+    child = wait_done(base, accepted.json()["id"], headers=KEY, poll_s=0.1)
+    assert child["status"] == "done" and child["id"] != parent["id"] and child["seed"] == 4
+    assert child["parent"] == parent["id"] and child["regenerated"] == [[61, 50], [61, 100]]
+    manifest = storage.read_json(storage.join(root, child["id"], "manifest.json"))
+    assert manifest["parent"] == parent["id"] and manifest["regenerated"] == [[61, 50], [61, 100]]
+    assert manifest["request"]["prompt"] == "regenerate me" and len(manifest["notes"]) == 4
+    for name in ("060_v050.wav", "060_v100.wav", "061_v050.wav", "061_v100.wav"):
+        old = (Path(root) / parent["id"] / "notes" / name).read_bytes()
+        new = (Path(root) / child["id"] / "notes" / name).read_bytes()
+        assert (old == new) == name.startswith("060"), name  # copied byte for byte / rendered again
+    codes = [np.load(Path(root) / i / "codes.npy") for i in (parent["id"], child["id"])]
+    assert (codes[0][:2] == codes[1][:2]).all() and not (codes[0][2:] == codes[1][2:]).all()
+    with zipfile.ZipFile(Path(root) / child["id"] / "instrument.zip") as bundle:
+        assert {"notes/060_v050.wav", "instrument.sfz", "instrument.sf2", "manifest.json"} <= set(bundle.namelist())
+    assert not (Path(root) / child["id"] / "candidates").exists()
+    parent_manifest = (Path(root) / parent["id"] / "manifest.json").read_bytes()
+    again = regenerate(base, parent["id"], {"seed": 4, "keys": [61.0]})  # the same body: the same child
+    assert again.status_code == 200 and again.json()["id"] == child["id"]
+    assert (Path(root) / parent["id"] / "manifest.json").read_bytes() == parent_manifest  # ids are immutable
+    layer = regenerate(base, parent["id"], {"velocities": [100], "seed": 4})
+    assert layer.status_code == 202 and layer.json()["id"] != child["id"]
+    assert wait_done(base, layer.json()["id"], headers=KEY, poll_s=0.1)["regenerated"] == [[60, 100], [61, 100]]
+
+
+def test_bad_regenerate_requests_name_the_field(api):
+    base, _, root = api
+    parent = done(base, {"prompt": "regenerate errors", "seed": 12, **SMALL})["id"]
+    cases = [
+        ("0" * 32, {"keys": [60]}, 404, "id", "no instrument"),
+        (parent, {}, 422, "body", "keys and/or velocities"),
+        (parent, {"keys": []}, 422, "keys", "at least 1"),
+        (parent, {"keys": [62]}, 422, "keys", "allowed: [60, 61]"),
+        (parent, {"keys": [20]}, 422, "keys", "allowed: 21..108"),
+        (parent, {"keys": [60, 60]}, 422, "keys", "distinct"),
+        (parent, {"velocities": [75]}, 422, "velocities", "allowed: [50, 100]"),
+        (parent, {"velocities": [51]}, 422, "velocities", "not velocity layers"),
+        (parent, {"keys": [60], "seed": -1}, 422, "seed", "greater than or equal"),
+        (parent, {"keys": [60], "extra": 1}, 422, "extra", "xtra"),
+    ]
+    for instrument, body, code, field, words in cases:
+        answer = regenerate(base, instrument, body)
+        assert answer.status_code == code and answer.json()["field"] == field, (body, answer.text)
+        assert words in answer.json()["error"], (body, answer.text)
+    running = "1" * 32  # accepted, not done: a status and no manifest
+    storage.write_json(storage.join(root, running, "status.json"), {"id": running, "status": "running"})
+    answer = regenerate(base, running, {"keys": [60]})
+    assert answer.status_code == 409 and answer.json()["field"] == "id", answer.text
+    assert "is running; allowed: a done instrument" in answer.json()["error"]
