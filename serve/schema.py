@@ -248,7 +248,9 @@ async def user_error(request: Request, exc: UserError) -> JSONResponse:
 
 
 def _regenerate_schema(schema: dict) -> None:
-    _not_null(schema)
+    _not_null(schema)  # replaces the optional lists' schema by the array variant: their item limits again
+    schema["properties"]["keys"]["items"] = {"type": "integer", "minimum": PITCH_MIN, "maximum": PITCH_MAX}
+    schema["properties"]["velocities"]["items"] = {"type": "integer", "enum": list(VELOCITIES)}
     schema["anyOf"] = [{"required": ["keys"]}, {"required": ["velocities"]}]
     schema["examples"] = [{"keys": [60, 61], "seed": 3}]
 
