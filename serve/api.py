@@ -5,6 +5,8 @@ POST /v1/instruments                    202 {id, status_url, seed, status}; 200 
 POST /v1/instruments/{id}/regenerate    a new instrument: the chosen notes rendered again, the rest copied
 GET  /v1/instruments/{id}               queued | running | stale | done | failed, progress, results
 GET  /v1/instruments/{id}/files/{path}  the instrument's notes, presets, zip (ranges, ETag)
+GET  /v1/library                        the batch library's index: ?text= &sort= &order= &limit= &offset=
+GET  /v1/library/{id}[/files/{path}]    a library instrument, answered and served like a served one
 GET  /v1/info                           limits and vocabulary for clients and the page
 GET  /healthz, /                        liveness; the audition page (serve/static)
 
@@ -14,8 +16,9 @@ Every error is `schema.ErrorBody` {error, field, detail} and is declared in the 
 import asyncio  # no `from __future__ import annotations`: FastAPI must see the request model's class
 import hmac
 from pathlib import Path
+from typing import Literal
 
-from fastapi import FastAPI, Request, Security
+from fastapi import FastAPI, Query, Request, Security
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -23,8 +26,10 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from instrumentgen import storage
 from instrumentgen.config import Config
 from instrumentgen.errors import UserError
+from instrumentgen.instruments import library_view
 from instrumentgen.vocab import FAMILIES, PITCH_MAX, PITCH_MIN, SOURCES, VELOCITIES
 from serve.files import MEDIA_TYPES, file_response
 from serve.instruments import Busy, Instruments, NotFound, NotReady
@@ -37,11 +42,13 @@ from serve.schema import (
     user_error,
     validation_error,
 )
-from serve.store import ID_PATTERN
+from serve.store import ID_PATTERN, StatusStore, results
+
+LIBRARY_ID_PATTERN = r"^[0-9a-f]{8,64}$"
 
 STATIC_DIR = Path(__file__).with_name("static")
 FILE_PATHS = (
-    "notes/<pitch>_v<velocity>.<ext>, instrument.sfz, instrument.dspreset, "
+    "notes/<pitch>_v<velocity>.<ext>, instrument.sfz, instrument.dspreset, instrument.sf2, "
     "instrument.zip, codes.npy, manifest.json, status.json"
 )
 
@@ -184,22 +191,27 @@ def add_instrument_routes(api: FastAPI, instruments: Instruments, cfg: Config, a
         return JSONResponse(found)
 
 
-def add_file_routes(api: FastAPI, instruments: Instruments, auth: list) -> None:
-    """An instrument's files, and nothing else of storage."""
+def file_responses() -> dict:
+    """The OpenAPI answers of a files route."""
     content = {
         media.split(";")[0]: {"schema": {"type": "string", "format": "binary"}} for media in MEDIA_TYPES.values()
     }
+    return {
+        200: {"description": "the whole file", "content": content},
+        206: {"description": "the requested byte range", "content": content},
+        304: {"description": "not modified (If-None-Match)"},
+        **errors(401, 404, 416, 422),
+    }
+
+
+def add_file_routes(api: FastAPI, instruments: Instruments, auth: list) -> None:
+    """An instrument's files, and nothing else of storage."""
 
     @api.get(
         "/v1/instruments/{instrument}/files/{path:path}",
         dependencies=auth,
         response_class=JSONResponse,
-        responses={
-            200: {"description": "the whole file", "content": content},
-            206: {"description": "the requested byte range", "content": content},
-            304: {"description": "not modified (If-None-Match)"},
-            **errors(401, 404, 416, 422),
-        },
+        responses=file_responses(),
     )
     async def files(request: Request, instrument: str, path: str):
         store = instruments.store
@@ -210,6 +222,61 @@ def add_file_routes(api: FastAPI, instruments: Instruments, auth: list) -> None:
                 404, "path", f"{path!r} is not a file of instrument {instrument!r}; allowed: {FILE_PATHS}"
             )
         return await file_response(request, url, await asyncio.to_thread(store.is_done, instrument))
+
+
+def add_library_routes(api: FastAPI, cfg: Config, auth: list) -> None:
+    """The batch library at `serve.library`: its index (filtered, sorted, paged) and its instruments."""
+    store = StatusStore(cfg.serve.library, cfg.serve.stale_after_s, LIBRARY_ID_PATTERN) if cfg.serve.library else None
+    unset = "no library is configured here; allowed: set serve.library to the out folder of jobs.render"
+
+    @api.get("/v1/library", dependencies=auth, responses=errors(401, 404, 422))
+    async def library(
+        text: str = Query("", max_length=200, description="case-insensitive substring of the prompt or name"),
+        sort: Literal[library_view.SORT_KEYS] | None = Query(None, description="the score to sort by; none: by id"),
+        order: Literal[library_view.ORDERS] = Query("desc"),
+        limit: int = Query(50, ge=1, le=500),
+        offset: int = Query(0, ge=0),
+    ) -> JSONResponse:
+        """The library's instruments from its index.parquet; each entry links its status and files."""
+        if store is None:
+            return json_error(404, "library", unset)
+        rows = await asyncio.to_thread(library_view.read_rows, store.root)
+        answer = library_view.query(rows, text, sort, order, limit, offset)
+        for entry in answer["entries"]:
+            entry["status_url"] = f"/v1/library/{entry['id']}"
+            entry["files"] = f"/v1/library/{entry['id']}/files"
+        return JSONResponse(answer)
+
+    @api.get("/v1/library/{instrument}", dependencies=auth, responses=errors(401, 404, 422))
+    async def instrument(instrument: str = PathParam(pattern=LIBRARY_ID_PATTERN)) -> JSONResponse:
+        if store is None:
+            return json_error(404, "library", unset)
+        if not await asyncio.to_thread(store.is_done, instrument):
+            return json_error(
+                404, "id", f"no instrument {instrument} in the library; allowed: an id of GET /v1/library"
+            )
+        manifest = await asyncio.to_thread(storage.read_json, storage.join(store.url(instrument), storage.MANIFEST))
+        found = results(instrument, manifest, f"/v1/library/{instrument}/files")
+        extra = {k: manifest.get(k) for k in ("name", "prompt", "family", "source", "clap_score", "quality")}
+        return JSONResponse({**found, **extra, "status": "done"})
+
+    @api.get(
+        "/v1/library/{instrument}/files/{path:path}",
+        dependencies=auth,
+        response_class=JSONResponse,
+        responses=file_responses(),
+    )
+    async def files(request: Request, instrument: str, path: str):
+        exact = request.scope["path"] == f"/v1/library/{instrument}/files/{path}"
+        url = await asyncio.to_thread(store.file_url, instrument, path) if exact and store is not None else None
+        if url is None:
+            field, message = (
+                ("library", unset)
+                if store is None
+                else ("path", f"{path!r} is not a file of library instrument {instrument!r}; allowed: {FILE_PATHS}")
+            )
+            return json_error(404, field, message)
+        return await file_response(request, url, True)
 
 
 def add_info_routes(api: FastAPI, instruments: Instruments, cfg: Config, keys: list[str]) -> None:
@@ -252,5 +319,6 @@ def build_api(instruments: Instruments, cfg: Config, keys: list[str]) -> FastAPI
     auth = auth_dependency(keys)
     add_instrument_routes(api, instruments, cfg, auth)
     add_file_routes(api, instruments, auth)
+    add_library_routes(api, cfg, auth)
     add_info_routes(api, instruments, cfg, keys)
     return api

@@ -10,18 +10,22 @@ import io
 import json
 import os
 import random
+import shutil
 import threading
 import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import requests
 import soundfile as sf
 
 from instrumentgen import storage
 from instrumentgen.config import load_config
+from instrumentgen.instruments.library import INDEX_COLUMNS
 from serve.local import wait_done
 
 API_KEY = "test-key-123"
@@ -38,6 +42,7 @@ def api(tmp_path_factory, deployments, make_api, uvicorn_serving):
         "serve.shard_retries=0",
         "serve.max_reference_seconds=2",
         "serve.max_reference_bytes=1000000",
+        f"serve.library={tmp_path_factory.mktemp('library')}",
     ]
     cfg = load_config("tiny", overrides)
     with uvicorn_serving(make_api(cfg, deployments(cfg), [API_KEY])) as base:
@@ -398,3 +403,54 @@ def test_bad_regenerate_requests_name_the_field(api):
     answer = regenerate(base, running, {"keys": [60]})
     assert answer.status_code == 409 and answer.json()["field"] == "id", answer.text
     assert "is running; allowed: a done instrument" in answer.json()["error"]
+
+
+def test_the_library_is_listed_and_its_instruments_open_like_served_ones(api):
+    base, cfg, root = api
+    served = done(base, {"prompt": "library bell", "seed": 21, **SMALL})
+    library = Path(cfg.serve.library)
+    shutil.copytree(Path(root) / served["id"], library / "0123456789abcdef")  # as jobs.render leaves one
+    rows = [
+        {"id": "0123456789abcdef", "name": "Bell", "prompt": "library bell", "tc": 0.2, "clap_score": 0.4},
+        {"id": "fedcba9876543210", "name": "Brass", "prompt": "warm BRASS", "tc": 0.1, "clap_score": 0.9},
+        {"id": "00000000000000aa", "name": "Bell two", "prompt": "a bell", "tc": None, "clap_score": 0.5},
+    ]
+    columns = {name: kind for name, kind in INDEX_COLUMNS.items()}
+    table = pa.Table.from_pylist([{k: r.get(k) for k in columns} for r in rows], schema=pa.schema(columns))
+    pq.write_table(table, library / "index.parquet")
+
+    listed = requests.get(f"{base}/v1/library", params={"text": "Bell", "sort": "tc", "order": "asc"}, headers=KEY)
+    assert listed.status_code == 200, listed.text
+    page = listed.json()
+    assert page["total"] == 2 and [e["id"] for e in page["entries"]] == ["0123456789abcdef", "00000000000000aa"]
+    assert page["entries"][0]["status_url"] == "/v1/library/0123456789abcdef"
+    paged = requests.get(f"{base}/v1/library", params={"sort": "clap_score", "limit": 1, "offset": 1}, headers=KEY)
+    assert paged.json()["total"] == 3 and [e["id"] for e in paged.json()["entries"]] == ["00000000000000aa"]
+
+    status = requests.get(f"{base}{page['entries'][0]['status_url']}", headers=KEY, timeout=30).json()
+    assert status["status"] == "done" and status["prompt"] == "library bell" and len(status["notes"]) == 4
+    note = requests.get(f"{base}{status['notes'][0]['url']}", headers=KEY, timeout=30)
+    assert (
+        note.status_code == 200
+        and note.content == (library / "0123456789abcdef" / "notes" / "060_v050.wav").read_bytes()
+    )
+    sf2 = requests.get(f"{base}{status['sf2']}", headers={**KEY, "Range": "bytes=0-3"}, timeout=30)
+    assert sf2.status_code == 206 and sf2.content == b"RIFF"
+
+    for path, params, code, field in [
+        ("/v1/library", {"sort": "name"}, 422, "sort"),
+        ("/v1/library", {"limit": 0}, 422, "limit"),
+        ("/v1/library/fedcba9876543210", {}, 404, "id"),  # listed, but its folder is not there
+        ("/v1/library/0123456789abcdef/files/../secret", {}, 404, "path"),
+        ("/v1/library/0123456789abcdef/files/shards/x.pt", {}, 404, "path"),
+    ]:
+        answer = requests.get(f"{base}{path}", params=params, headers=KEY, timeout=30)
+        assert answer.status_code == code and answer.json()["field"].endswith(field), (path, answer.text)
+
+
+def test_no_library_configured_is_a_404_naming_the_setting(tmp_path, refusing, make_api, uvicorn_serving):
+    cfg = load_config("tiny", [f"serve.storage={tmp_path}"])
+    with uvicorn_serving(make_api(cfg, refusing)) as base:
+        answer = requests.get(f"{base}/v1/library", timeout=30)
+    assert answer.status_code == 404 and answer.json()["field"] == "library"
+    assert "allowed: set serve.library" in answer.json()["error"]

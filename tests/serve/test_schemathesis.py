@@ -33,6 +33,7 @@ def test_schemathesis_default_checks_find_nothing(tmp_path, refusing, make_api, 
         f"serve.storage={tmp_path / 'store'}",
         "serve.shard_retries=0",
         "serve.max_instruments_in_flight=100000",
+        f"serve.library={tmp_path / 'library'}",  # configured, no index yet: the listing's parameters are fuzzed
     ]
     cfg = load_config("tiny", overrides)
     cli = Path(sys.executable).with_name("schemathesis")
