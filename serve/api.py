@@ -15,6 +15,7 @@ Every error is `schema.ErrorBody` {error, field, detail} and is declared in the 
 
 import asyncio  # no `from __future__ import annotations`: FastAPI must see the request model's class
 import hmac
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -24,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from instrumentgen import storage
@@ -32,10 +34,11 @@ from instrumentgen.errors import UserError
 from instrumentgen.instruments import library_view
 from instrumentgen.vocab import FAMILIES, PITCH_MAX, PITCH_MIN, SOURCES, VELOCITIES
 from serve.files import MEDIA_TYPES, file_response
-from serve.instruments import Busy, Instruments, NotFound, NotReady
+from serve.instruments import REFERENCE_RATES_HZ, UPLOAD_FIELD, Busy, Instruments, NotFound, NotReady
 from serve.schema import (
     ErrorBody,
     RegenerateRequest,
+    RequestError,
     error_body,
     http_error,
     request_model,
@@ -44,6 +47,8 @@ from serve.schema import (
 )
 from serve.store import ID_PATTERN, StatusStore, results
 
+CUES = ("prompt", "reference_audio_url", "family", "source")
+UPLOAD_PLACEHOLDER = "https://upload.invalid/reference"  # validates an upload's other fields; never fetched
 LIBRARY_ID_PATTERN = r"^[0-9a-f]{8,64}$"
 
 STATIC_DIR = Path(__file__).with_name("static")
@@ -77,16 +82,20 @@ class BodyLimit:
     """ASGI middleware: 413 for a body over `limit` bytes, by Content-Length or while reading a chunked
     body (never read whole first); the body read is replayed to the app."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, upload_limit: int = 0):
+        self.app, self.limit, self.upload_limit = app, limit, upload_limit
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
+        headers = dict(scope["headers"])
+        kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        upload = scope["path"] == "/v1/instruments" and kind == b"multipart/form-data"
+        limit = self.limit + self.upload_limit if upload else self.limit
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
             shown = length.decode("latin-1")[:20]
-            return await self._refuse(f"the body has {shown} bytes", scope, receive, send)
+            return await self._refuse(f"the body has {shown} bytes", limit, scope, receive, send)
         if length is not None or scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
         chunks, size = [], 0
@@ -96,8 +105,8 @@ class BodyLimit:
                 return
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
-            if size > self.limit:
-                return await self._refuse(f"the body is larger than {self.limit} bytes", scope, receive, send)
+            if size > limit:
+                return await self._refuse(f"the body is larger than {limit} bytes", limit, scope, receive, send)
             if not message.get("more_body"):
                 break
         replayed = False
@@ -111,9 +120,75 @@ class BodyLimit:
 
         return await self.app(scope, replay, send)
 
-    async def _refuse(self, what: str, scope, receive, send):
-        message = f"{what}; allowed: at most {self.limit} bytes (serve.max_body_bytes)"
+    async def _refuse(self, what: str, limit: int, scope, receive, send):
+        setting = "serve.max_body_bytes" if limit == self.limit else "serve.max_upload_bytes + serve.max_body_bytes"
+        message = f"{what}; allowed: at most {limit} bytes ({setting})"
         await json_error(413, "body", message)(scope, receive, send)
+
+
+def validated(model, raw: bytes | str):
+    """`model` from JSON text, or the `RequestValidationError` FastAPI would raise for it."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as e:
+        raise RequestValidationError(e.errors(include_url=False, include_input=False)) from None
+
+
+async def read_upload(request: Request, model, cfg: Config):
+    """(the request's other fields as `model`, the uploaded bytes) of a multipart POST; the body's size was
+    bounded while it was read (`BodyLimit`), the file's again here, so the file is never read past it."""
+    limit = cfg.serve.max_upload_bytes
+    try:
+        form = await request.form(max_files=1, max_fields=1, max_part_size=cfg.serve.max_body_bytes)
+        unknown = sorted(set(form) - {UPLOAD_FIELD, "request"})
+    except StarletteHTTPException:
+        raise
+    except Exception as e:  # not multipart at all: no boundary, a broken part
+        raise RequestError("body", f"the multipart body cannot be read ({e}); allowed: multipart/form-data") from None
+    if unknown:
+        raise RequestError(unknown[0], f"not a field of an upload; allowed: {UPLOAD_FIELD}, request")
+    file = form.get(UPLOAD_FIELD)
+    if file is None or isinstance(file, str):
+        raise RequestError(UPLOAD_FIELD, f"no file in field {UPLOAD_FIELD!r}; allowed: one WAV, FLAC or OGG file")
+    data = await file.read(limit + 1)
+    if len(data) > limit:
+        raise RequestError(
+            UPLOAD_FIELD,
+            f"the file is larger than {limit} bytes; allowed: at most {limit} bytes (serve.max_upload_bytes)",
+        )
+    settings = form.get("request") or "{}"
+    try:
+        fields = json.loads(settings)
+    except (TypeError, ValueError):
+        raise RequestError("request", "not a JSON object; allowed: the JSON fields of /openapi.json, no cue") from None
+    if not isinstance(fields, dict):
+        raise RequestError("request", "not a JSON object; allowed: the JSON fields of /openapi.json, no cue")
+    cues = sorted(set(fields) & set(CUES))
+    if cues:
+        raise RequestError(
+            "request", f"{', '.join(cues)} given with an uploaded file; allowed: the file as the only cue"
+        )
+    return validated(model, json.dumps({**fields, "reference_audio_url": UPLOAD_PLACEHOLDER})), data
+
+
+def publish_model(api: FastAPI, model) -> None:
+    """Put `model` (and the models it uses) in the OpenAPI components, for a route that reads its own body."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    nested = schema.pop("$defs", {})
+    build = api.openapi
+
+    settings = {k: v for k, v in schema.items() if k not in ("oneOf", "examples")}
+    settings["properties"] = {k: v for k, v in schema["properties"].items() if k not in CUES}
+    settings["description"] = "the fields of a JSON request but the cue: the uploaded file is the cue"
+
+    def openapi() -> dict:
+        if api.openapi_schema is None:
+            document = build()
+            components = document.setdefault("components", {}).setdefault("schemas", {})
+            components.update({model.__name__: schema, "UploadSettings": settings, **nested})
+        return api.openapi_schema
+
+    api.openapi = openapi
 
 
 def add_errors(api: FastAPI) -> None:
@@ -158,15 +233,52 @@ def add_instrument_routes(api: FastAPI, instruments: Instruments, cfg: Config, a
     """POST an instrument, GET its status."""
     Body = request_model(cfg)
 
+    multipart = {
+        "schema": {
+            "type": "object",
+            "required": [UPLOAD_FIELD],
+            "properties": {
+                UPLOAD_FIELD: {
+                    "type": "string",
+                    "format": "binary",
+                    "description": f"the cue: a WAV, FLAC or OGG recording, at most {cfg.serve.max_upload_bytes} "
+                    f"bytes and {cfg.serve.max_upload_seconds} s, {REFERENCE_RATES_HZ[0]} .. "
+                    f"{REFERENCE_RATES_HZ[1]} Hz",
+                },
+                "request": {"$ref": "#/components/schemas/UploadSettings"},
+            },
+            "additionalProperties": False,
+        },
+        "encoding": {"request": {"contentType": "application/json"}},
+    }
+    body_schema = {"$ref": f"#/components/schemas/{Body.__name__}"}
+
     @api.post(
         "/v1/instruments",
         status_code=202,
         dependencies=auth,
         responses={200: {"description": "the same request was already done"}, **errors(400, 401, 413, 422, 503)},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": body_schema}, "multipart/form-data": multipart},
+            }
+        },
     )
-    async def create(body: Body) -> JSONResponse:  # type: ignore[valid-type]  (FastAPI must see the class)
-        code, answer = await instruments.submit(body)
+    async def create(request: Request) -> JSONResponse:
+        """A JSON body, or multipart/form-data with an uploaded recording as the cue."""
+        kind = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if kind == "multipart/form-data":
+            body, upload = await read_upload(request, Body, cfg)
+        elif kind == "application/json" or kind.endswith("+json"):
+            body, upload = validated(Body, await request.body()), None
+        else:
+            message = f"content type {kind!r} is not accepted; allowed: application/json, multipart/form-data"
+            return json_error(422, "content-type", message)
+        code, answer = await instruments.submit(body, upload)
         return JSONResponse(answer, status_code=code)
+
+    publish_model(api, Body)
 
     @api.post(
         "/v1/instruments/{instrument}/regenerate",
@@ -314,7 +426,7 @@ def build_api(instruments: Instruments, cfg: Config, keys: list[str]) -> FastAPI
         description="Text-to-instrument generation: POST a cue, "
         "GET the status, then the notes, SFZ / DecentSampler presets and a zip bundle.",
     )
-    api.add_middleware(BodyLimit, limit=cfg.serve.max_body_bytes)
+    api.add_middleware(BodyLimit, limit=cfg.serve.max_body_bytes, upload_limit=cfg.serve.max_upload_bytes)
     add_errors(api)
     auth = auth_dependency(keys)
     add_instrument_routes(api, instruments, cfg, auth)

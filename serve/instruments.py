@@ -29,6 +29,8 @@ from serve.shards import copy_notes, request_slots
 from serve.store import RUNNING, StatusStore, lease_live
 
 REFERENCE_TIMEOUT_S = 20
+REFERENCE_RATES_HZ = (8000, 192000)  # CLAP resamples to 48 kHz; below 8 kHz no timbre is left
+UPLOAD_FIELD = "reference_audio"  # the multipart file field of POST /v1/instruments
 
 
 class NotFound(RequestError):
@@ -75,17 +77,23 @@ def _http_timeout():
     return aiohttp.ClientTimeout(total=REFERENCE_TIMEOUT_S)
 
 
-def check_reference(data: bytes, max_seconds: float) -> None:
-    """`RequestError` unless `data` is decodable audio no longer than `max_seconds`."""
+def check_reference(
+    data: bytes, max_seconds: float, field: str = "reference_audio_url", setting: str = "serve.max_reference_seconds"
+) -> None:
+    """`RequestError` naming `field` unless `data` is decodable audio (WAV/FLAC/OGG, by soundfile) at a
+    rate in `REFERENCE_RATES_HZ`, no longer than `max_seconds` (the config `setting`)."""
+    if not data:
+        raise RequestError(field, "the recording is empty (0 bytes); allowed: a WAV, FLAC or OGG file")
     try:
-        audio, rate = decode_audio(data, "reference_audio_url")
+        audio, rate = decode_audio(data, field)
     except UserError as e:
-        raise RequestError("reference_audio_url", str(e)) from None
+        raise RequestError(field, str(e)) from None
+    low, high = REFERENCE_RATES_HZ
+    if not low <= rate <= high:
+        raise RequestError(field, f"the recording's sample rate is {rate} Hz; allowed: {low} .. {high} Hz")
     if len(audio) > max_seconds * rate:
         raise RequestError(
-            "reference_audio_url",
-            f"the recording lasts {len(audio) / rate:.1f} s; "
-            f"allowed: at most {max_seconds} s (serve.max_reference_seconds)",
+            field, f"the recording lasts {len(audio) / rate:.1f} s; allowed: at most {max_seconds} s ({setting})"
         )
 
 
@@ -116,22 +124,32 @@ class Instruments:
         runner: Runner,
         identity: Callable[[], Awaitable[dict]],
         read: ReadReference | None = None,
+        uploaded: Callable[[bytes], bytes] | None = None,
     ):
         self.cfg, self.limits, self.store, self.runner = cfg, cfg.serve, store, runner
         self.identity, self.read = identity, read or read_reference
+        self.uploaded = uploaded or (lambda data: data)  # tests of the schema alone: a stub recording
 
-    async def submit(self, body: BaseModel) -> tuple[int, dict]:
+    async def submit(self, body: BaseModel, upload: bytes | None = None) -> tuple[int, dict]:
         """A validated request -> (HTTP status, {id, status_url, seed, status}); starts the work if new,
-        and again for a failed or stale instrument (only what storage lacks is rendered)."""
+        and again for a failed or stale instrument (only what storage lacks is rendered). `upload`: the
+        bytes of an uploaded reference recording, the cue (`body` has none); the same recording uploaded
+        or at a URL is the same instrument (its sha256 is in the request)."""
         info = await self.identity()
         request = body.model_dump(exclude={"seed"})
-        if info["conditioning"] != "clap" and (body.prompt or body.reference_audio_url):
-            field = "prompt" if body.prompt else "reference_audio_url"
+        if info["conditioning"] != "clap" and (body.prompt or body.reference_audio_url or upload is not None):
+            field = "prompt" if body.prompt else "reference_audio_url" if upload is None else UPLOAD_FIELD
             raise RequestError(
                 field, "this deployment's model is conditioned on metadata only; allowed cue: family and/or source"
             )
         data = None
-        if body.reference_audio_url is not None:
+        if upload is not None:
+            data = await asyncio.to_thread(self.uploaded, upload)
+            await asyncio.to_thread(
+                check_reference, data, self.limits.max_upload_seconds, UPLOAD_FIELD, "serve.max_upload_seconds"
+            )
+            request["reference_audio_url"] = "sha256:" + hashlib.sha256(data).hexdigest()
+        elif body.reference_audio_url is not None:
             data = await asyncio.to_thread(self.read, body.reference_audio_url, self.limits.max_reference_bytes)
             await asyncio.to_thread(check_reference, data, self.limits.max_reference_seconds)
             request["reference_audio_url"] = "sha256:" + hashlib.sha256(data).hexdigest()

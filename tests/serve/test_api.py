@@ -4,6 +4,7 @@ real library code on tiny models; errors, API keys, request fuzzing, reference a
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import http.client
 import http.server
 import io
@@ -43,6 +44,8 @@ def api(tmp_path_factory, deployments, make_api, uvicorn_serving):
         "serve.max_reference_seconds=2",
         "serve.max_reference_bytes=1000000",
         f"serve.library={tmp_path_factory.mktemp('library')}",
+        "serve.max_upload_seconds=2",
+        "serve.max_upload_bytes=200000",
     ]
     cfg = load_config("tiny", overrides)
     with uvicorn_serving(make_api(cfg, deployments(cfg), [API_KEY])) as base:
@@ -454,3 +457,55 @@ def test_no_library_configured_is_a_404_naming_the_setting(tmp_path, refusing, m
         answer = requests.get(f"{base}/v1/library", timeout=30)
     assert answer.status_code == 404 and answer.json()["field"] == "library"
     assert "allowed: set serve.library" in answer.json()["error"]
+
+
+def wav(seconds: float, rate: int = 16000, fmt: str = "WAV") -> bytes:
+    buffer = io.BytesIO()
+    t = np.arange(round(seconds * rate)) / rate
+    sf.write(buffer, 0.3 * np.sin(2 * np.pi * 220 * t), rate, format=fmt)
+    return buffer.getvalue()
+
+
+def upload(base, data, settings=None, name="cue.wav"):
+    files = {"request": (None, json.dumps(settings))} if settings is not None else {}
+    if data is not None:
+        files["reference_audio"] = (name, data, "application/octet-stream")
+    return requests.post(f"{base}/v1/instruments", files=files, headers=KEY, timeout=60)  # multipart/form-data
+
+
+def test_an_uploaded_recording_is_the_cue_and_is_stored(api):
+    base, _, root = api
+    data = wav(0.5, fmt="FLAC")
+    accepted = upload(base, data, {"seed": 31, **SMALL}, "cue.flac")
+    assert accepted.status_code == 202, accepted.text
+    status = wait_done(base, accepted.json()["id"], headers=KEY, poll_s=0.1)
+    assert status["status"] == "done" and status["seed"] == 31 and len(status["notes"]) == 4
+    stored = Path(root) / status["id"] / "reference.audio"
+    assert stored.read_bytes() == data
+    manifest = storage.read_json(storage.join(root, status["id"], "manifest.json"))
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    assert manifest["reference_audio"] == digest and manifest["request"]["reference_audio_url"] == digest
+    again = upload(base, data, {"seed": 31, **SMALL}, "renamed.flac")  # the same recording: the same instrument
+    assert again.status_code == 200 and again.json()["id"] == status["id"]
+
+
+def test_bad_uploads_name_the_problem(api):
+    base, _, _ = api
+    cases = [
+        (b"RIFF not audio at all", {}, 422, "reference_audio", "not readable audio"),
+        (b"", {}, 422, "reference_audio", "empty"),
+        (wav(3.0), {}, 422, "reference_audio", "allowed: at most 2.0 s (serve.max_upload_seconds)"),
+        (wav(0.5, rate=4000), {}, 422, "reference_audio", "sample rate is 4000 Hz; allowed: 8000 .. 192000 Hz"),
+        (b"\0" * 200001, {}, 422, "reference_audio", "at most 200000 bytes (serve.max_upload_bytes)"),
+        (b"\0" * 300000, {}, 413, "body", "serve.max_upload_bytes + serve.max_body_bytes"),
+        (None, {"seed": 1}, 422, "reference_audio", "no file in field 'reference_audio'"),
+        (wav(0.5), {"prompt": "and a prompt"}, 422, "request", "prompt given with an uploaded file"),
+        (wav(0.5), {"seed": -3}, 422, "seed", "greater than or equal to 0"),
+        (wav(0.5), {"velocities": [51]}, 422, "velocities", "not velocity layers"),
+    ]
+    for data, settings, code, field, words in cases:
+        answer = upload(base, data, settings)
+        assert answer.status_code == code and answer.json()["field"] == field, (field, words, answer.text)
+        assert words in answer.json()["error"], answer.text
+    broken = requests.post(f"{base}/v1/instruments", data="x", headers={**KEY, "Content-Type": "text/plain"})
+    assert broken.status_code == 422 and broken.json()["field"] == "content-type"
