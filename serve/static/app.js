@@ -4,7 +4,7 @@
 
 const VELOCITIES = [25, 50, 75, 100, 127];
 const COMPUTER_KEYS = "awsedftgyhujk"; // C..C of one octave, white and black keys interleaved
-const state = { info: null, instrument: null, request: null, notes: new Map(), buffers: new Map(), octave: 60, context: null };
+const state = { marked: new Set(), parent: null, child: null, info: null, instrument: null, request: null, notes: new Map(), buffers: new Map(), octave: 60, context: null };
 window.lastPlayed = null; // {url, status, pitch, velocity}: read by the browser test
 window.playCount = 0;
 window.activeSources = 0;
@@ -42,6 +42,9 @@ async function init() {
   $("velocity").addEventListener("input", () => { $("velocity-value").textContent = velocity(); });
   $("download").addEventListener("click", () => download().catch((error) => setError(error.message)));
   $("retry").addEventListener("click", retry);
+  $("regenerate").addEventListener("click", () => regenerate().catch((error) => setError(error.message)));
+  $("show-parent").addEventListener("click", () => openInstrument(state.parent).catch((error) => setError(error.message)));
+  $("show-child").addEventListener("click", () => openInstrument(state.child).catch((error) => setError(error.message)));
   drawKeyboard();
   drawPitchPlot();
   document.addEventListener("keydown", onComputerKey);
@@ -133,6 +136,38 @@ function show(status) {
   window.instrumentReady = true;
 }
 
+function toggleMark(pitch) {
+  if (state.marked.has(pitch)) state.marked.delete(pitch); else state.marked.add(pitch);
+  const keys = [...state.marked].sort((a, b) => a - b);
+  $("marked").textContent = keys.length ? `marked: ${keys.join(", ")}` : "none marked";
+  $("regenerate").disabled = keys.length === 0;
+  drawKeyboard();
+}
+
+async function regenerate() {
+  // A new instrument: the marked keys rendered again, every other note the parent's; then switch between the two.
+  const parent = state.instrument.id;
+  const body = { keys: [...state.marked].sort((a, b) => a - b) };
+  if ($("seed").value !== "") body.seed = Number($("seed").value) + 1;
+  setProgress(0, "Regenerating…");
+  const accepted = await api(`/v1/instruments/${parent}/regenerate`, {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+  state.parent = `/v1/instruments/${parent}`;
+  state.child = accepted.status_url;
+  state.marked.clear();
+  $("marked").textContent = "none marked";
+  $("regenerate").disabled = true;
+  await openInstrument(state.child);
+  $("show-parent").classList.remove("hidden");
+  $("show-child").classList.remove("hidden");
+}
+
+async function openInstrument(statusUrl) {
+  window.instrumentReady = false;
+  await poll(statusUrl);
+  window.shownUrl = statusUrl;
+}
+
 function isBlack(pitch) { return [1, 3, 6, 8, 10].includes(pitch % 12); }
 
 function drawKeyboard() {
@@ -151,7 +186,8 @@ function drawKeyboard() {
     key.style.left = `${left}%`;
     key.style.width = `${black ? width * 0.64 : width}%`;
     if (!black && p % 12 === 0) key.innerHTML = `<span class="name">C${p / 12 - 1}</span>`;
-    key.addEventListener("mousedown", () => play(p));
+    if (state.marked.has(p)) key.classList.add("marked");
+    key.addEventListener("mousedown", () => ($("mark").checked ? toggleMark(p) : play(p)));
     board.appendChild(key);
   }
 }

@@ -113,3 +113,35 @@ def test_the_page_generates_and_plays_an_instrument(page_app, browser):
     wait_for(browser, "window.lastError.startsWith('keys')")
     error = browser.execute_script("return window.lastError")
     assert "allowed: 21 <= low <= high <= 108" in error and "Value error" not in error
+
+
+def test_marked_keys_are_regenerated_and_both_versions_open(page_app, browser):
+    from selenium.webdriver.common.by import By
+
+    base, root = page_app
+    browser.get(base + "/")
+    wait_for(browser, "document.getElementById('family').options.length > 0")
+    for field, value in (("seed", "3"), ("low", "60"), ("high", "62")):
+        element = browser.find_element(By.ID, field)
+        element.clear()
+        element.send_keys(value)
+    browser.find_element(By.ID, "generate").click()
+    wait_for(browser, "window.instrumentReady === true")
+    parent = browser.execute_script("return state.instrument.id")
+    browser.find_element(By.ID, "mark").click()
+    for pitch in (60, 62):  # mark two keys
+        browser.find_element(By.CSS_SELECTOR, f'.key[data-pitch="{pitch}"]').click()
+    assert browser.find_element(By.ID, "marked").text == "marked: 60, 62"
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".key.marked")) == 2
+    browser.find_element(By.ID, "regenerate").click()
+    wait_for(browser, "window.instrumentReady === true && state.instrument.parent !== undefined")
+    child = browser.execute_script("return state.instrument")
+    assert child["parent"] == parent and child["id"] != parent
+    assert sorted({p for p, _ in child["regenerated"]}) == [60, 62]
+    notes = lambda i, name: (root / i / "notes" / name).read_bytes()  # noqa: E731
+    assert notes(child["id"], "061_v100.wav") == notes(parent, "061_v100.wav")
+    assert notes(child["id"], "060_v100.wav") != notes(parent, "060_v100.wav")
+    browser.find_element(By.ID, "show-parent").click()
+    wait_for(browser, f"window.instrumentReady === true && state.instrument.id === '{parent}'")
+    browser.find_element(By.ID, "show-child").click()
+    wait_for(browser, f"window.instrumentReady === true && state.instrument.id === '{child['id']}'")
