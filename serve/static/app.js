@@ -33,15 +33,23 @@ async function init() {
   $("key-label").classList.toggle("hidden", !state.info.api_key_required);
   for (const radio of document.querySelectorAll("input[name=cue]")) {
     radio.addEventListener("change", () => {
-      const prompt = document.querySelector("input[name=cue]:checked").value === "prompt";
-      $("prompt-row").classList.toggle("hidden", !prompt);
-      $("metadata-row").classList.toggle("hidden", prompt);
+      const cue = document.querySelector("input[name=cue]:checked").value;
+      $("prompt-row").classList.toggle("hidden", cue !== "prompt");
+      $("metadata-row").classList.toggle("hidden", cue !== "metadata");
+      $("file-row").classList.toggle("hidden", cue !== "file");
     });
   }
   $("request").addEventListener("submit", (event) => { event.preventDefault(); generate(); });
   $("velocity").addEventListener("input", () => { $("velocity-value").textContent = velocity(); });
   $("download").addEventListener("click", () => download().catch((error) => setError(error.message)));
   $("retry").addEventListener("click", retry);
+  $("file").addEventListener("change", () => { $("file-name").textContent = $("file").files[0] ? $("file").files[0].name : ""; });
+  $("drop").addEventListener("dragover", (event) => event.preventDefault());
+  $("drop").addEventListener("drop", (event) => {
+    event.preventDefault();
+    if (event.dataTransfer.files.length) { $("file").files = event.dataTransfer.files; $("file-name").textContent = $("file").files[0].name; }
+  });
+  $("library-list").addEventListener("click", () => listLibrary().catch((error) => setError(error.message)));
   $("regenerate").addEventListener("click", () => regenerate().catch((error) => setError(error.message)));
   $("show-parent").addEventListener("click", () => openInstrument(state.parent).catch((error) => setError(error.message)));
   $("show-child").addEventListener("click", () => openInstrument(state.child).catch((error) => setError(error.message)));
@@ -67,8 +75,20 @@ async function generate(body = requestBody()) {
   $("retry").classList.add("hidden");
   setProgress(0, "Submitting…");
   try {
-    const accepted = await api("/v1/instruments", { method: "POST", headers: { "Content-Type": "application/json" },
-                                                    body: JSON.stringify(body) });
+    let accepted;
+    if (document.querySelector("input[name=cue]:checked").value === "file") {
+      // multipart: the recording is the cue, the other fields go as the JSON part "request"
+      const file = $("file").files[0];
+      if (!file) throw new Error("reference_audio: no file chosen; allowed: a WAV, FLAC or OGG file");
+      const form = new FormData();
+      form.append("reference_audio", file, file.name);
+      const { prompt, family, source, ...settings } = body;
+      form.append("request", JSON.stringify(settings));  // a field, not a second file
+      accepted = await api("/v1/instruments", { method: "POST", body: form });
+    } else {
+      accepted = await api("/v1/instruments", { method: "POST", headers: { "Content-Type": "application/json" },
+                                                body: JSON.stringify(body) });
+    }
     $("seed-out").textContent = accepted.seed;
     state.request = { ...body, seed: accepted.seed };  // a retry asks for the very same instrument
     await poll(accepted.status_url);
@@ -134,6 +154,25 @@ function show(status) {
   drawKeyboard();
   drawPitchPlot();
   window.instrumentReady = true;
+}
+
+async function listLibrary() {
+  const query = new URLSearchParams({ text: $("library-text").value, limit: "50" });
+  if ($("library-sort").value) query.set("sort", $("library-sort").value);
+  const page = await api(`/v1/library?${query}`);
+  $("library-total").textContent = `${page.total} instruments`;
+  const list = $("library-entries");
+  list.innerHTML = "";
+  for (const entry of page.entries) {
+    const item = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.dataset.id = entry.id;
+    button.textContent = `${entry.name || entry.id} — ${entry.prompt || entry.family || ""} (TC ${fmt(entry.tc)}, CLAP ${fmt(entry.clap_score)})`;
+    button.addEventListener("click", () => { state.request = null; openInstrument(entry.status_url).catch((error) => setError(error.message)); });
+    item.appendChild(button);
+    list.appendChild(item);
+  }
 }
 
 function toggleMark(pitch) {
