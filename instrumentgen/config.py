@@ -223,6 +223,9 @@ class ServeConfig:
     api_keys: list[str] = field(default_factory=list)  # empty: no key needed; also INSTRUMENTGEN_API_KEYS
     host: str = "127.0.0.1"
     port: int = bounded(8000, 1, 65535)
+    library: str = ""  # a batch library (jobs.render's out) listed at GET /v1/library; empty: none (404)
+    max_upload_bytes: int = bounded(20_000_000, 1)  # an uploaded reference recording (multipart POST)
+    max_upload_seconds: float = bounded(30.0, 0.1)
 
 
 @dataclass

@@ -25,6 +25,7 @@ MEDIA_TYPES = {
     ".json": "application/json",
     ".sfz": "text/plain; charset=utf-8",
     ".dspreset": "application/xml",
+    ".sf2": "audio/x-soundfont",
     ".npy": "application/octet-stream",
 }
 CHUNK_BYTES = 1 << 20

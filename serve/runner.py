@@ -209,6 +209,7 @@ class Runner:
                 "seed": job.seed,
                 "model_id": job.model_id,
                 "request": request,
+                **({"parent": request["parent"], "regenerated": request["regenerated"]} if "parent" in request else {}),
                 "duration_s": self.cfg.data.note_duration_s,
             }
             await self._call(

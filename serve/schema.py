@@ -245,3 +245,75 @@ async def user_error(request: Request, exc: UserError) -> JSONResponse:
     field = exc.field if isinstance(exc, RequestError) else "body"
     message = exc.message if isinstance(exc, RequestError) else str(exc)
     return JSONResponse(error_body(field, message), status_code=422)
+
+
+def _regenerate_schema(schema: dict) -> None:
+    _not_null(schema)  # replaces the optional lists' schema by the array variant: their item limits again
+    schema["properties"]["keys"]["items"] = {"type": "integer", "minimum": PITCH_MIN, "maximum": PITCH_MAX}
+    schema["properties"]["velocities"]["items"] = {"type": "integer", "enum": list(VELOCITIES)}
+    schema["anyOf"] = [{"required": ["keys"]}, {"required": ["velocities"]}]
+    schema["examples"] = [{"keys": [60, 61], "seed": 3}]
+
+
+class RegenerateRequest(BaseModel):
+    """The notes of a done instrument to render again: `keys` (all its layers of those keys), `velocities`
+    (those layers of all its keys) or both (those layers of those keys); every other note is copied."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_regenerate_schema)
+    keys: list[int] | None = Field(
+        None,
+        min_length=1,
+        max_length=PITCH_MAX - PITCH_MIN + 1,
+        description=f"MIDI keys of the parent, each at most once, {PITCH_MIN}..{PITCH_MAX}",
+        json_schema_extra={
+            "items": {"type": "integer", "minimum": PITCH_MIN, "maximum": PITCH_MAX},
+            "uniqueItems": True,
+        },
+    )
+    velocities: list[int] | None = Field(
+        None,
+        min_length=1,
+        max_length=len(VELOCITIES),
+        description=f"velocity layers of the parent, each at most once, of {list(VELOCITIES)}",
+        json_schema_extra={"items": {"type": "integer", "enum": list(VELOCITIES)}, "uniqueItems": True},
+    )
+    seed: int | None = Field(
+        None, ge=0, le=SEED_MAX, description="drawn and reported when omitted; same body, same child"
+    )
+
+    @field_validator("keys", "velocities", "seed", mode="before")
+    @classmethod
+    def _omitted_not_null(cls, value):
+        if value is None:
+            raise ValueError("null is not a value here; allowed: leave the field out")
+        return _whole(value)
+
+    @field_validator("keys")
+    @classmethod
+    def _keys(cls, keys: list[int] | None) -> list[int] | None:
+        if keys is None:
+            return keys
+        outside = [k for k in keys if not PITCH_MIN <= k <= PITCH_MAX]
+        if outside:
+            raise ValueError(f"keys {outside} are not piano keys; allowed: {PITCH_MIN}..{PITCH_MAX}")
+        if len(set(keys)) != len(keys):
+            raise ValueError("keys repeat a key; allowed: distinct keys")
+        return sorted(keys)
+
+    @field_validator("velocities")
+    @classmethod
+    def _layers(cls, velocities: list[int] | None) -> list[int] | None:
+        if velocities is None:
+            return velocities
+        unknown = [v for v in velocities if v not in VELOCITIES]
+        if unknown:
+            raise ValueError(f"velocities {unknown} are not velocity layers; allowed: {list(VELOCITIES)}")
+        if len(set(velocities)) != len(velocities):
+            raise ValueError(f"velocities repeat a layer; allowed: distinct values of {list(VELOCITIES)}")
+        return sorted(velocities)
+
+    @model_validator(mode="after")
+    def _some_notes(self) -> "RegenerateRequest":
+        if self.keys is None and self.velocities is None:
+            raise ValueError("the request names no notes; allowed: keys and/or velocities")
+        return self

@@ -27,6 +27,7 @@ from instrumentgen.instruments.generate import GenerateError, InstrumentCue
 from instrumentgen.instruments.instrument import note_file
 from instrumentgen.instruments.slices import (
     ShardResult,
+    candidate_url,
     embedded_cue,
     kept_note_urls,
     render_shard,
@@ -250,3 +251,44 @@ def finish(url: str, order: list[tuple[int, int]], metadata: dict, audio_format:
         "clap_model_id": generator["clap_model_id"],
     }
     return write_instrument(url, scored, metadata, audio_format, rate, round(duration_s * rate))
+
+
+def copy_notes(
+    parent: str, child: str, order: list[tuple[int, int]], chosen: set, audio_format: str, candidates: int
+) -> None:
+    """Store in the instrument at `child` what the done instrument at `parent` (slot order `order`) has for
+    every slot not in `chosen`: its kept note's bytes (where `render_shard` would have staged each of the
+    `candidates`, so whichever is kept is the parent's note) and a shard result per run of such slots
+    holding the parent's kept codes, TC features, f0 and gain (repeated per candidate). Idempotent."""
+    manifest = storage.read_json(storage.join(parent, storage.MANIFEST))
+    kept = {(n["pitch"], n["velocity"]): n["candidate"] for n in manifest["notes"]}
+    rows, generator = {}, None
+    for record in progress(parent, order).results:
+        result, generator = read_result(record)
+        for i, slot in enumerate(result.slots):
+            c = kept[slot]
+            rows[slot] = (result.codes[c, i], result.features[c, i], result.f0_hz[c, i], result.gains[c, i])
+            sizes = result.feature_sizes
+    missing = [slot for slot in order if slot not in chosen and slot not in rows]
+    if missing:
+        raise GenerateError(f"the parent has no shard result for {len(missing)} slots; allowed: a served instrument")
+    for run in missing_runs(order, set(chosen), len(order)):
+        for pitch, velocity in run:
+            data = storage.read_bytes(storage.join(parent, note_file(pitch, velocity, audio_format)))
+            for candidate in range(candidates):
+                staged = candidate_url(child, candidate, candidates)
+                storage.write_bytes(storage.join(staged, note_file(pitch, velocity, audio_format)), data)
+
+        def stack(j: int, run=run) -> torch.Tensor:
+            return torch.stack([rows[slot][j] for slot in run]).unsqueeze(0).repeat_interleave(candidates, 0)
+
+        result = ShardResult(
+            slots=run,
+            codes=stack(0),
+            features=stack(1),
+            f0_hz=stack(2),
+            gains=stack(3),
+            feature_sizes=sizes,
+            worker="parent",
+        )
+        write_result(child, result, generator)

@@ -13,14 +13,14 @@ import re
 import time
 
 from instrumentgen import storage
-from instrumentgen.instruments.instrument import DSPRESET_FILE, SFZ_FILE
+from instrumentgen.instruments.export import DSPRESET_FILE, SF2_FILE, SFZ_FILE
 from instrumentgen.instruments.slices import BUNDLE_FILE, CODES_FILE
 
 STATUS, ACTIVE = "status.json", "_active"
 ID_PATTERN = r"^[0-9a-f]{32}$"
 # The only paths served from an instrument's folder: its notes, presets, bundle, codes and records.
 FILE_PATTERN = re.compile(
-    r"(notes/\d{3}_v\d{3}\.(wav|flac)|instrument\.(sfz|dspreset|zip)|codes\.npy|manifest\.json|status\.json)"
+    r"(notes/\d{3}_v\d{3}\.(wav|flac)|instrument\.(sfz|dspreset|sf2|zip)|codes\.npy|manifest\.json|status\.json)"
 )
 RUNNING = ("queued", "running")
 
@@ -28,8 +28,8 @@ RUNNING = ("queued", "running")
 class StatusStore:
     """Reads and writes instruments' status under `root`; `lease_s` is how long an owner's lease lasts."""
 
-    def __init__(self, root: str, lease_s: float):
-        self.root, self.lease_s = root, lease_s
+    def __init__(self, root: str, lease_s: float, id_pattern: str = ID_PATTERN):
+        self.root, self.lease_s, self.id_pattern = root, lease_s, id_pattern
 
     def url(self, instrument: str) -> str:
         """The storage folder of an instrument."""
@@ -73,7 +73,7 @@ class StatusStore:
     def file_url(self, instrument: str, path: str) -> str | None:
         """The storage URL of an instrument's file, or None for any path outside the instrument's own
         files (`..`, absolute paths, encoded variants, a trailing newline, staging objects) or a link."""
-        if not re.fullmatch(ID_PATTERN[1:-1], instrument) or not FILE_PATTERN.fullmatch(path):
+        if not re.fullmatch(self.id_pattern[1:-1], instrument) or not FILE_PATTERN.fullmatch(path):
             return None
         url = storage.join(self.url(instrument), path)
         fs, local = storage.filesystem(url)
@@ -102,21 +102,24 @@ def lease_live(status: dict) -> bool:
     return status.get("lease_until", 0) > time.time()
 
 
-def results(instrument: str, manifest: dict) -> dict:
-    """The part of a GET answer a finished instrument's manifest gives: scores and file links."""
-    files = f"/v1/instruments/{instrument}/files"
+def results(instrument: str, manifest: dict, files: str | None = None) -> dict:
+    """The part of a GET answer a finished instrument's manifest gives: scores and file links (under
+    `files`, by default the served instrument's files route)."""
+    files = files or f"/v1/instruments/{instrument}/files"
     return {
         "id": instrument,
         "seed": manifest["seed"],
         "model_id": manifest["model_id"],
         "notes_done": len(manifest["notes"]),
         "notes_total": len(manifest["notes"]),
+        **{key: manifest[key] for key in ("parent", "regenerated") if key in manifest},
         **{
-            key: manifest[key]
+            key: manifest.get(key)
             for key in ("tc", "tc_without_selection", "mad_pitch", "unvoiced", "candidates", "workers", "format")
         },
         "sfz": f"{files}/{SFZ_FILE}",
         "dspreset": f"{files}/{DSPRESET_FILE}",
+        "sf2": f"{files}/{SF2_FILE}",
         "bundle": f"{files}/{BUNDLE_FILE}",
         "codes": f"{files}/{CODES_FILE}",
         "manifest": f"{files}/{storage.MANIFEST}",

@@ -4,7 +4,7 @@
 
 const VELOCITIES = [25, 50, 75, 100, 127];
 const COMPUTER_KEYS = "awsedftgyhujk"; // C..C of one octave, white and black keys interleaved
-const state = { info: null, instrument: null, request: null, notes: new Map(), buffers: new Map(), octave: 60, context: null };
+const state = { marked: new Set(), parent: null, child: null, info: null, instrument: null, request: null, notes: new Map(), buffers: new Map(), octave: 60, context: null };
 window.lastPlayed = null; // {url, status, pitch, velocity}: read by the browser test
 window.playCount = 0;
 window.activeSources = 0;
@@ -33,15 +33,26 @@ async function init() {
   $("key-label").classList.toggle("hidden", !state.info.api_key_required);
   for (const radio of document.querySelectorAll("input[name=cue]")) {
     radio.addEventListener("change", () => {
-      const prompt = document.querySelector("input[name=cue]:checked").value === "prompt";
-      $("prompt-row").classList.toggle("hidden", !prompt);
-      $("metadata-row").classList.toggle("hidden", prompt);
+      const cue = document.querySelector("input[name=cue]:checked").value;
+      $("prompt-row").classList.toggle("hidden", cue !== "prompt");
+      $("metadata-row").classList.toggle("hidden", cue !== "metadata");
+      $("file-row").classList.toggle("hidden", cue !== "file");
     });
   }
   $("request").addEventListener("submit", (event) => { event.preventDefault(); generate(); });
   $("velocity").addEventListener("input", () => { $("velocity-value").textContent = velocity(); });
   $("download").addEventListener("click", () => download().catch((error) => setError(error.message)));
   $("retry").addEventListener("click", retry);
+  $("file").addEventListener("change", () => { $("file-name").textContent = $("file").files[0] ? $("file").files[0].name : ""; });
+  $("drop").addEventListener("dragover", (event) => event.preventDefault());
+  $("drop").addEventListener("drop", (event) => {
+    event.preventDefault();
+    if (event.dataTransfer.files.length) { $("file").files = event.dataTransfer.files; $("file-name").textContent = $("file").files[0].name; }
+  });
+  $("library-list").addEventListener("click", () => listLibrary().catch((error) => setError(error.message)));
+  $("regenerate").addEventListener("click", () => regenerate().catch((error) => setError(error.message)));
+  $("show-parent").addEventListener("click", () => openInstrument(state.parent).catch((error) => setError(error.message)));
+  $("show-child").addEventListener("click", () => openInstrument(state.child).catch((error) => setError(error.message)));
   drawKeyboard();
   drawPitchPlot();
   document.addEventListener("keydown", onComputerKey);
@@ -64,8 +75,20 @@ async function generate(body = requestBody()) {
   $("retry").classList.add("hidden");
   setProgress(0, "Submitting…");
   try {
-    const accepted = await api("/v1/instruments", { method: "POST", headers: { "Content-Type": "application/json" },
-                                                    body: JSON.stringify(body) });
+    let accepted;
+    if (document.querySelector("input[name=cue]:checked").value === "file") {
+      // multipart: the recording is the cue, the other fields go as the JSON part "request"
+      const file = $("file").files[0];
+      if (!file) throw new Error("reference_audio: no file chosen; allowed: a WAV, FLAC or OGG file");
+      const form = new FormData();
+      form.append("reference_audio", file, file.name);
+      const { prompt, family, source, ...settings } = body;
+      form.append("request", JSON.stringify(settings));  // a field, not a second file
+      accepted = await api("/v1/instruments", { method: "POST", body: form });
+    } else {
+      accepted = await api("/v1/instruments", { method: "POST", headers: { "Content-Type": "application/json" },
+                                                body: JSON.stringify(body) });
+    }
     $("seed-out").textContent = accepted.seed;
     state.request = { ...body, seed: accepted.seed };  // a retry asks for the very same instrument
     await poll(accepted.status_url);
@@ -133,6 +156,57 @@ function show(status) {
   window.instrumentReady = true;
 }
 
+async function listLibrary() {
+  const query = new URLSearchParams({ text: $("library-text").value, limit: "50" });
+  if ($("library-sort").value) query.set("sort", $("library-sort").value);
+  const page = await api(`/v1/library?${query}`);
+  $("library-total").textContent = `${page.total} instruments`;
+  const list = $("library-entries");
+  list.innerHTML = "";
+  for (const entry of page.entries) {
+    const item = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.dataset.id = entry.id;
+    button.textContent = `${entry.name || entry.id} — ${entry.prompt || entry.family || ""} (TC ${fmt(entry.tc)}, CLAP ${fmt(entry.clap_score)})`;
+    button.addEventListener("click", () => { state.request = null; openInstrument(entry.status_url).catch((error) => setError(error.message)); });
+    item.appendChild(button);
+    list.appendChild(item);
+  }
+}
+
+function toggleMark(pitch) {
+  if (state.marked.has(pitch)) state.marked.delete(pitch); else state.marked.add(pitch);
+  const keys = [...state.marked].sort((a, b) => a - b);
+  $("marked").textContent = keys.length ? `marked: ${keys.join(", ")}` : "none marked";
+  $("regenerate").disabled = keys.length === 0;
+  drawKeyboard();
+}
+
+async function regenerate() {
+  // A new instrument: the marked keys rendered again, every other note the parent's; then switch between the two.
+  const parent = state.instrument.id;
+  const body = { keys: [...state.marked].sort((a, b) => a - b) };
+  if ($("seed").value !== "") body.seed = Number($("seed").value) + 1;
+  setProgress(0, "Regenerating…");
+  const accepted = await api(`/v1/instruments/${parent}/regenerate`, {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+  state.parent = `/v1/instruments/${parent}`;
+  state.child = accepted.status_url;
+  state.marked.clear();
+  $("marked").textContent = "none marked";
+  $("regenerate").disabled = true;
+  await openInstrument(state.child);
+  $("show-parent").classList.remove("hidden");
+  $("show-child").classList.remove("hidden");
+}
+
+async function openInstrument(statusUrl) {
+  window.instrumentReady = false;
+  await poll(statusUrl);
+  window.shownUrl = statusUrl;
+}
+
 function isBlack(pitch) { return [1, 3, 6, 8, 10].includes(pitch % 12); }
 
 function drawKeyboard() {
@@ -151,7 +225,8 @@ function drawKeyboard() {
     key.style.left = `${left}%`;
     key.style.width = `${black ? width * 0.64 : width}%`;
     if (!black && p % 12 === 0) key.innerHTML = `<span class="name">C${p / 12 - 1}</span>`;
-    key.addEventListener("mousedown", () => play(p));
+    if (state.marked.has(p)) key.classList.add("marked");
+    key.addEventListener("mousedown", () => ($("mark").checked ? toggleMark(p) : play(p)));
     board.appendChild(key);
   }
 }

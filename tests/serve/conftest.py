@@ -118,12 +118,13 @@ class Refusing:
 
 @pytest.fixture(scope="session")
 def make_api():
-    """`make_api(cfg, fakes, keys=[], read=None)` -> the FastAPI app of one ingress replica over fake handles."""
+    """`make_api(cfg, fakes, keys=[], read=None, uploaded=None)` -> the FastAPI app of one ingress replica
+    over fake handles."""
 
-    def make(cfg, fakes, keys=(), read=None):
+    def make(cfg, fakes, keys=(), read=None, uploaded=None):
         store = StatusStore(cfg.serve.storage, cfg.serve.stale_after_s)
         runner = Runner(cfg, store, fakes.generator, fakes.scorer, "fake-ingress")
-        return build_api(Instruments(cfg, store, runner, fakes.identity, read), cfg, list(keys))
+        return build_api(Instruments(cfg, store, runner, fakes.identity, read, uploaded), cfg, list(keys))
 
     return make
 

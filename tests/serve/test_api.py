@@ -4,22 +4,29 @@ real library code on tiny models; errors, API keys, request fuzzing, reference a
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import http.client
 import http.server
 import io
 import json
 import os
 import random
+import shutil
 import threading
+import zipfile
+from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import requests
 import soundfile as sf
 
 from instrumentgen import storage
 from instrumentgen.config import load_config
+from instrumentgen.instruments.library import INDEX_COLUMNS
 from serve.local import wait_done
 
 API_KEY = "test-key-123"
@@ -36,6 +43,9 @@ def api(tmp_path_factory, deployments, make_api, uvicorn_serving):
         "serve.shard_retries=0",
         "serve.max_reference_seconds=2",
         "serve.max_reference_bytes=1000000",
+        f"serve.library={tmp_path_factory.mktemp('library')}",
+        "serve.max_upload_seconds=2",
+        "serve.max_upload_bytes=200000",
     ]
     cfg = load_config("tiny", overrides)
     with uvicorn_serving(make_api(cfg, deployments(cfg), [API_KEY])) as base:
@@ -337,3 +347,165 @@ def test_overload_gets_503_with_retry_after(tmp_path, blocking, make_api, uvicor
             if answer.status_code == 503:
                 assert int(answer.headers["Retry-After"]) > 0 and "max_instruments_in_flight" in answer.json()["error"]
         assert requests.get(f"{base}/healthz", timeout=10).json()["in_flight"] == 2
+
+
+def regenerate(base, parent, body):
+    return requests.post(f"{base}/v1/instruments/{parent}/regenerate", json=body, headers=KEY, timeout=60)
+
+
+def test_regenerate_renders_the_chosen_notes_and_copies_the_rest(api):
+    base, _, root = api
+    parent = done(base, {"prompt": "regenerate me", "seed": 11, "candidates": 2, **SMALL})
+    accepted = regenerate(base, parent["id"], {"keys": [61], "seed": 4})
+    assert accepted.status_code == 202, accepted.text
+    child = wait_done(base, accepted.json()["id"], headers=KEY, poll_s=0.1)
+    assert child["status"] == "done" and child["id"] != parent["id"] and child["seed"] == 4
+    assert child["parent"] == parent["id"] and child["regenerated"] == [[61, 50], [61, 100]]
+    manifest = storage.read_json(storage.join(root, child["id"], "manifest.json"))
+    assert manifest["parent"] == parent["id"] and manifest["regenerated"] == [[61, 50], [61, 100]]
+    assert manifest["request"]["prompt"] == "regenerate me" and len(manifest["notes"]) == 4
+    for name in ("060_v050.wav", "060_v100.wav", "061_v050.wav", "061_v100.wav"):
+        old = (Path(root) / parent["id"] / "notes" / name).read_bytes()
+        new = (Path(root) / child["id"] / "notes" / name).read_bytes()
+        assert (old == new) == name.startswith("060"), name  # copied byte for byte / rendered again
+    codes = [np.load(Path(root) / i / "codes.npy") for i in (parent["id"], child["id"])]
+    assert (codes[0][:2] == codes[1][:2]).all() and not (codes[0][2:] == codes[1][2:]).all()
+    with zipfile.ZipFile(Path(root) / child["id"] / "instrument.zip") as bundle:
+        assert {"notes/060_v050.wav", "instrument.sfz", "instrument.sf2", "manifest.json"} <= set(bundle.namelist())
+    assert not (Path(root) / child["id"] / "candidates").exists()
+    parent_manifest = (Path(root) / parent["id"] / "manifest.json").read_bytes()
+    again = regenerate(base, parent["id"], {"seed": 4, "keys": [61.0]})  # the same body: the same child
+    assert again.status_code == 200 and again.json()["id"] == child["id"]
+    assert (Path(root) / parent["id"] / "manifest.json").read_bytes() == parent_manifest  # ids are immutable
+    layer = regenerate(base, parent["id"], {"velocities": [100], "seed": 4})
+    assert layer.status_code == 202 and layer.json()["id"] != child["id"]
+    assert wait_done(base, layer.json()["id"], headers=KEY, poll_s=0.1)["regenerated"] == [[60, 100], [61, 100]]
+
+
+def test_bad_regenerate_requests_name_the_field(api):
+    base, _, root = api
+    parent = done(base, {"prompt": "regenerate errors", "seed": 12, **SMALL})["id"]
+    cases = [
+        ("0" * 32, {"keys": [60]}, 404, "id", "no instrument"),
+        (parent, {}, 422, "body", "keys and/or velocities"),
+        (parent, {"keys": []}, 422, "keys", "at least 1"),
+        (parent, {"keys": [62]}, 422, "keys", "allowed: [60, 61]"),
+        (parent, {"keys": [20]}, 422, "keys", "allowed: 21..108"),
+        (parent, {"keys": [60, 60]}, 422, "keys", "distinct"),
+        (parent, {"velocities": [75]}, 422, "velocities", "allowed: [50, 100]"),
+        (parent, {"velocities": [51]}, 422, "velocities", "not velocity layers"),
+        (parent, {"keys": [60], "seed": -1}, 422, "seed", "greater than or equal"),
+        (parent, {"keys": [60], "extra": 1}, 422, "extra", "xtra"),
+    ]
+    for instrument, body, code, field, words in cases:
+        answer = regenerate(base, instrument, body)
+        assert answer.status_code == code and answer.json()["field"] == field, (body, answer.text)
+        assert words in answer.json()["error"], (body, answer.text)
+    running = "1" * 32  # accepted, not done: a status and no manifest
+    storage.write_json(storage.join(root, running, "status.json"), {"id": running, "status": "running"})
+    answer = regenerate(base, running, {"keys": [60]})
+    assert answer.status_code == 409 and answer.json()["field"] == "id", answer.text
+    assert "is running; allowed: a done instrument" in answer.json()["error"]
+
+
+def test_the_library_is_listed_and_its_instruments_open_like_served_ones(api):
+    base, cfg, root = api
+    served = done(base, {"prompt": "library bell", "seed": 21, **SMALL})
+    library = Path(cfg.serve.library)
+    shutil.copytree(Path(root) / served["id"], library / "0123456789abcdef")  # as jobs.render leaves one
+    rows = [
+        {"id": "0123456789abcdef", "name": "Bell", "prompt": "library bell", "tc": 0.2, "clap_score": 0.4},
+        {"id": "fedcba9876543210", "name": "Brass", "prompt": "warm BRASS", "tc": 0.1, "clap_score": 0.9},
+        {"id": "00000000000000aa", "name": "Bell two", "prompt": "a bell", "tc": None, "clap_score": 0.5},
+    ]
+    columns = {name: kind for name, kind in INDEX_COLUMNS.items()}
+    table = pa.Table.from_pylist([{k: r.get(k) for k in columns} for r in rows], schema=pa.schema(columns))
+    pq.write_table(table, library / "index.parquet")
+
+    listed = requests.get(f"{base}/v1/library", params={"text": "Bell", "sort": "tc", "order": "asc"}, headers=KEY)
+    assert listed.status_code == 200, listed.text
+    page = listed.json()
+    assert page["total"] == 2 and [e["id"] for e in page["entries"]] == ["0123456789abcdef", "00000000000000aa"]
+    assert page["entries"][0]["status_url"] == "/v1/library/0123456789abcdef"
+    paged = requests.get(f"{base}/v1/library", params={"sort": "clap_score", "limit": 1, "offset": 1}, headers=KEY)
+    assert paged.json()["total"] == 3 and [e["id"] for e in paged.json()["entries"]] == ["00000000000000aa"]
+
+    status = requests.get(f"{base}{page['entries'][0]['status_url']}", headers=KEY, timeout=30).json()
+    assert status["status"] == "done" and status["prompt"] == "library bell" and len(status["notes"]) == 4
+    note = requests.get(f"{base}{status['notes'][0]['url']}", headers=KEY, timeout=30)
+    assert (
+        note.status_code == 200
+        and note.content == (library / "0123456789abcdef" / "notes" / "060_v050.wav").read_bytes()
+    )
+    sf2 = requests.get(f"{base}{status['sf2']}", headers={**KEY, "Range": "bytes=0-3"}, timeout=30)
+    assert sf2.status_code == 206 and sf2.content == b"RIFF"
+
+    for path, params, code, field in [
+        ("/v1/library", {"sort": "name"}, 422, "sort"),
+        ("/v1/library", {"limit": 0}, 422, "limit"),
+        ("/v1/library/fedcba9876543210", {}, 404, "id"),  # listed, but its folder is not there
+        ("/v1/library/0123456789abcdef/files/../secret", {}, 404, "path"),
+        ("/v1/library/0123456789abcdef/files/shards/x.pt", {}, 404, "path"),
+    ]:
+        answer = requests.get(f"{base}{path}", params=params, headers=KEY, timeout=30)
+        assert answer.status_code == code and answer.json()["field"].endswith(field), (path, answer.text)
+
+
+def test_no_library_configured_is_a_404_naming_the_setting(tmp_path, refusing, make_api, uvicorn_serving):
+    cfg = load_config("tiny", [f"serve.storage={tmp_path}"])
+    with uvicorn_serving(make_api(cfg, refusing)) as base:
+        answer = requests.get(f"{base}/v1/library", timeout=30)
+    assert answer.status_code == 404 and answer.json()["field"] == "library"
+    assert "allowed: set serve.library" in answer.json()["error"]
+
+
+def wav(seconds: float, rate: int = 16000, fmt: str = "WAV") -> bytes:
+    buffer = io.BytesIO()
+    t = np.arange(round(seconds * rate)) / rate
+    sf.write(buffer, 0.3 * np.sin(2 * np.pi * 220 * t), rate, format=fmt)
+    return buffer.getvalue()
+
+
+def upload(base, data, settings=None, name="cue.wav"):
+    files = {"request": (None, json.dumps(settings))} if settings is not None else {}
+    if data is not None:
+        files["reference_audio"] = (name, data, "application/octet-stream")
+    return requests.post(f"{base}/v1/instruments", files=files, headers=KEY, timeout=60)  # multipart/form-data
+
+
+def test_an_uploaded_recording_is_the_cue_and_is_stored(api):
+    base, _, root = api
+    data = wav(0.5, fmt="FLAC")
+    accepted = upload(base, data, {"seed": 31, **SMALL}, "cue.flac")
+    assert accepted.status_code == 202, accepted.text
+    status = wait_done(base, accepted.json()["id"], headers=KEY, poll_s=0.1)
+    assert status["status"] == "done" and status["seed"] == 31 and len(status["notes"]) == 4
+    stored = Path(root) / status["id"] / "reference.audio"
+    assert stored.read_bytes() == data
+    manifest = storage.read_json(storage.join(root, status["id"], "manifest.json"))
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    assert manifest["reference_audio"] == digest and manifest["request"]["reference_audio_url"] == digest
+    again = upload(base, data, {"seed": 31, **SMALL}, "renamed.flac")  # the same recording: the same instrument
+    assert again.status_code == 200 and again.json()["id"] == status["id"]
+
+
+def test_bad_uploads_name_the_problem(api):
+    base, _, _ = api
+    cases = [
+        (b"RIFF not audio at all", {}, 422, "reference_audio", "not readable audio"),
+        (b"", {}, 422, "reference_audio", "empty"),
+        (wav(3.0), {}, 422, "reference_audio", "allowed: at most 2.0 s (serve.max_upload_seconds)"),
+        (wav(0.5, rate=4000), {}, 422, "reference_audio", "sample rate is 4000 Hz; allowed: 8000 .. 192000 Hz"),
+        (b"\0" * 200001, {}, 422, "reference_audio", "at most 200000 bytes (serve.max_upload_bytes)"),
+        (b"\0" * 300000, {}, 413, "body", "serve.max_upload_bytes + serve.max_body_bytes"),
+        (None, {"seed": 1}, 422, "reference_audio", "no file in field 'reference_audio'"),
+        (wav(0.5), {"prompt": "and a prompt"}, 422, "request", "prompt given with an uploaded file"),
+        (wav(0.5), {"seed": -3}, 422, "seed", "greater than or equal to 0"),
+        (wav(0.5), {"velocities": [51]}, 422, "velocities", "not velocity layers"),
+    ]
+    for data, settings, code, field, words in cases:
+        answer = upload(base, data, settings)
+        assert answer.status_code == code and answer.json()["field"] == field, (field, words, answer.text)
+        assert words in answer.json()["error"], answer.text
+    broken = requests.post(f"{base}/v1/instruments", data="x", headers={**KEY, "Content-Type": "text/plain"})
+    assert broken.status_code == 422 and broken.json()["field"] == "content-type"

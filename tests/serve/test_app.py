@@ -4,6 +4,7 @@ One undisturbed 440-note instrument (equal to direct generation), then the same 
 with its folder removed and the app disturbed (marked slow): SIGKILL of the Ingress replica's
 process, SIGKILL of the Scorer while it finishes, a redeploy. Each must end
 with the same codes and the same note files, byte for byte (the same shards run: same shapes).
+One short run of the issue-26 routes: an uploaded recording, a regenerated key, the library.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def app(ray_local, checkpoint, tmp_path_factory):
         "serve.shard_size=55",
         "serve.shard_retries=3",
         "serve.stale_after_s=3",  # the lease: a dead ingress's instruments are adopted within ~5 s
+        f"serve.library={root / 'library'}",
     ]
     cfg = load_config("tiny", overrides)
     with serving(cfg) as base:
@@ -167,3 +169,43 @@ def test_a_redeploy_mid_instrument_hands_over_and_completes(app, undisturbed):
         serve.run(build_app(changed), name="instrumentgen", route_prefix="/")
 
     again(app, undisturbed, redeploy)
+
+
+def test_upload_regenerate_and_library_through_serve(app):
+    import io
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import soundfile as sf
+
+    from instrumentgen.instruments.library import INDEX_COLUMNS
+
+    base, _, root = app
+    buffer = io.BytesIO()
+    sf.write(buffer, 0.3 * np.sin(2 * np.pi * 220 * np.arange(8000) / 16000), 16000, format="WAV")
+    settings = {"seed": 2, "keys": {"low": 60, "high": 61}, "velocities": [50, 100]}
+    files = {"reference_audio": ("cue.wav", buffer.getvalue()), "request": (None, json.dumps(settings))}
+    accepted = requests.post(f"{base}/v1/instruments", files=files, timeout=60)
+    assert accepted.status_code == 202, accepted.text
+    parent = wait(base, accepted.json()["id"], finished)
+    assert parent["status"] == "done" and len(parent["notes"]) == 4
+
+    child_id = requests.post(
+        f"{base}/v1/instruments/{parent['id']}/regenerate", json={"keys": [61], "seed": 9}, timeout=60
+    ).json()["id"]
+    child = wait(base, child_id, finished)
+    assert child["status"] == "done" and child["parent"] == parent["id"]
+    note = lambda i, name: open(os.path.join(root, i, "notes", name), "rb").read()  # noqa: E731
+    assert note(child_id, "060_v050.wav") == note(parent["id"], "060_v050.wav")
+
+    library = os.path.join(root, "library")
+    shutil.copytree(os.path.join(root, child_id), os.path.join(library, "abcdefabcdefabcd"))
+    row = {"id": "abcdefabcdefabcd", "name": "child", "prompt": "regenerated", "tc": 0.1}
+    table = pa.Table.from_pylist([{k: row.get(k) for k in INDEX_COLUMNS}], schema=pa.schema(INDEX_COLUMNS))
+    pq.write_table(table, os.path.join(library, "index.parquet"))
+    listed = requests.get(f"{base}/v1/library", params={"text": "REGEN", "sort": "tc"}, timeout=30).json()
+    assert listed["total"] == 1 and listed["entries"][0]["id"] == "abcdefabcdefabcd"
+    opened = requests.get(f"{base}{listed['entries'][0]['status_url']}", timeout=30).json()
+    got = requests.get(f"{base}{opened['notes'][0]['url']}", timeout=30)
+    assert got.status_code == 200 and got.content == note(child_id, "060_v050.wav")

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(
 def page_app(tmp_path_factory, deployments, make_api, uvicorn_serving):
     """The API with fake handles rendering in this process (the page needs no Ray)."""
     root = tmp_path_factory.mktemp("inst")
-    cfg = load_config("tiny", [f"serve.storage={root}"])
+    cfg = load_config("tiny", [f"serve.storage={root}", f"serve.library={root / 'library'}"])
     with uvicorn_serving(make_api(cfg, deployments(cfg))) as base:
         yield base, root
 
@@ -113,3 +113,78 @@ def test_the_page_generates_and_plays_an_instrument(page_app, browser):
     wait_for(browser, "window.lastError.startsWith('keys')")
     error = browser.execute_script("return window.lastError")
     assert "allowed: 21 <= low <= high <= 108" in error and "Value error" not in error
+
+
+def test_marked_keys_are_regenerated_and_both_versions_open(page_app, browser):
+    from selenium.webdriver.common.by import By
+
+    base, root = page_app
+    browser.get(base + "/")
+    wait_for(browser, "document.getElementById('family').options.length > 0")
+    for field, value in (("seed", "3"), ("low", "60"), ("high", "62")):
+        element = browser.find_element(By.ID, field)
+        element.clear()
+        element.send_keys(value)
+    browser.find_element(By.ID, "generate").click()
+    wait_for(browser, "window.instrumentReady === true")
+    parent = browser.execute_script("return state.instrument.id")
+    browser.find_element(By.ID, "mark").click()
+    for pitch in (60, 62):  # mark two keys
+        browser.find_element(By.CSS_SELECTOR, f'.key[data-pitch="{pitch}"]').click()
+    assert browser.find_element(By.ID, "marked").text == "marked: 60, 62"
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".key.marked")) == 2
+    browser.find_element(By.ID, "regenerate").click()
+    wait_for(browser, "window.instrumentReady === true && state.instrument.parent !== undefined")
+    child = browser.execute_script("return state.instrument")
+    assert child["parent"] == parent and child["id"] != parent
+    assert sorted({p for p, _ in child["regenerated"]}) == [60, 62]
+    notes = lambda i, name: (root / i / "notes" / name).read_bytes()  # noqa: E731
+    assert notes(child["id"], "061_v100.wav") == notes(parent, "061_v100.wav")
+    assert notes(child["id"], "060_v100.wav") != notes(parent, "060_v100.wav")
+    browser.find_element(By.ID, "show-parent").click()
+    wait_for(browser, f"window.instrumentReady === true && state.instrument.id === '{parent}'")
+    browser.find_element(By.ID, "show-child").click()
+    wait_for(browser, f"window.instrumentReady === true && state.instrument.id === '{child['id']}'")
+
+
+def test_an_uploaded_file_and_a_library_instrument_open_on_the_page(page_app, browser, tmp_path):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import soundfile as sf
+    from selenium.webdriver.common.by import By
+
+    from instrumentgen.instruments.library import INDEX_COLUMNS
+
+    base, root = page_app
+    recording = tmp_path / "cue.wav"
+    sf.write(recording, 0.3 * np.sin(2 * np.pi * 220 * np.arange(8000) / 16000), 16000)
+    browser.get(base + "/")
+    wait_for(browser, "document.getElementById('family').options.length > 0")
+    browser.find_element(By.CSS_SELECTOR, "input[name=cue][value=file]").click()
+    browser.find_element(By.ID, "file").send_keys(str(recording))  # the file chooser
+    for field, value in (("seed", "5"), ("low", "60"), ("high", "61")):
+        element = browser.find_element(By.ID, field)
+        element.clear()
+        element.send_keys(value)
+    browser.find_element(By.ID, "generate").click()
+    wait_for(browser, "window.instrumentReady === true")
+    uploaded = browser.execute_script("return state.instrument")
+    assert uploaded["request"]["reference_audio_url"].startswith("sha256:") and len(uploaded["notes"]) == 10
+    assert (root / uploaded["id"] / "reference.audio").read_bytes() == recording.read_bytes()
+
+    library = root / "library"
+    shutil.copytree(root / uploaded["id"], library / "00112233445566ff")  # as jobs.render leaves one
+    row = {"id": "00112233445566ff", "name": "Uploaded", "prompt": "from a recording", "tc": 0.2, "clap_score": 0.3}
+    table = pa.Table.from_pylist([{k: row.get(k) for k in INDEX_COLUMNS}], schema=pa.schema(INDEX_COLUMNS))
+    pq.write_table(table, library / "index.parquet")
+    browser.find_element(By.ID, "library-text").send_keys("RECORDING")
+    browser.find_element(By.ID, "library-list").click()
+    wait_for(browser, "document.querySelectorAll('#library-entries button').length === 1")
+    assert browser.find_element(By.ID, "library-total").text == "1 instruments"
+    browser.execute_script("window.instrumentReady = false")
+    browser.find_element(By.CSS_SELECTOR, '#library-entries button[data-id="00112233445566ff"]').click()
+    wait_for(browser, "window.instrumentReady === true && state.instrument.id === '00112233445566ff'")
+    browser.find_element(By.CSS_SELECTOR, '.key[data-pitch="60"]').click()
+    wait_for(browser, "window.lastPlayed && window.lastPlayed.url.startsWith('/v1/library/00112233445566ff/')")
+    assert browser.execute_script("return window.lastPlayed.status") == 200

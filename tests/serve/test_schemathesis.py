@@ -3,7 +3,8 @@
 No check is excluded. The Generator of this app dies on every shard (`refusing`), so accepted
 instruments fail at once and the run stays short; reference recordings are read by a stub that
 returns a valid 0.1 s WAV, since a generated URL names no real server (the real reader is tested
-in test_api.py). The files route gets no existing instrument here: test_api.py covers it.
+in test_api.py); likewise an uploaded file is replaced by that WAV after the size limits (the real
+decoding of uploads is tested in test_api.py). The files route gets no existing instrument here: test_api.py covers it.
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ def test_schemathesis_default_checks_find_nothing(tmp_path, refusing, make_api, 
         f"serve.storage={tmp_path / 'store'}",
         "serve.shard_retries=0",
         "serve.max_instruments_in_flight=100000",
+        f"serve.library={tmp_path / 'library'}",  # configured, no index yet: the listing's parameters are fuzzed
     ]
     cfg = load_config("tiny", overrides)
     cli = Path(sys.executable).with_name("schemathesis")
-    with uvicorn_serving(make_api(cfg, refusing, [API_KEY], silent_wav)) as base:
+    uploaded = lambda data: silent_wav("upload", len(data))  # noqa: E731  (a generated file is no recording)
+    with uvicorn_serving(make_api(cfg, refusing, [API_KEY], silent_wav, uploaded)) as base:
         run = subprocess.run(
             [str(cli), "run", f"{base}/openapi.json", "-H", f"X-API-Key: {API_KEY}"]
             + ["--max-examples", "20", "--seed", "1", "--workers", "1", "--request-timeout", "30"],
