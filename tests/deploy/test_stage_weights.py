@@ -66,7 +66,10 @@ def test_stage_writes_files_sums_and_manifest_that_the_loaders_read(s3_bucket, s
     cfg = load_config("tiny", [f"{key}={url}" for key, url in urls.items() if key != "clap.tokenizer"])
     _, codec, clap = load_models(cfg, None)
     assert codec.model_id.startswith("dac-") and clap.embed_text(["brass"]).shape == (1, 512)
-    assert load_vggish(urls["metrics.vggish_weights"]).embeddings[-2].out_features == 128
+    # the last layer is the 128-d pre-activation embedding (no ReLU after it, as the reference)
+    assert (
+        load_vggish(urls["metrics.vggish_weights"]).embeddings[-1].out_features == 128
+    )  # the pre-activation embedding layer
     folder = local_folder(urls["clap.tokenizer"], "tokenizer", "clap.tokenizer")  # what Clap.load reads
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "merges.txt", "vocab.json"]
     assert (folder / "merges.txt").read_text() == "#version: 0.2\n"

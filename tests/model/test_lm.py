@@ -4,6 +4,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from instrumentgen.config import load_config
 from instrumentgen.model.cues import make_cues
@@ -86,7 +87,8 @@ def test_memorises_cue_to_codes_pairs():
     so the conditioning reaches the output (the pairs differ only in their cue)."""
     lm = tiny_lm("model.cfg_dropout=0.0", "model.family_dropout=0.0", "model.source_dropout=0.0", seed=1)
     torch.manual_seed(2)
-    cues = make_cues([40, 52, 64, 76], [25, 127, 75, 100], family="keyboard", clap_embedding=torch.randn(512))
+    clap_embedding = F.normalize(torch.randn(512), dim=0)  # unit-norm, as CLAP's embeddings are
+    cues = make_cues([40, 52, 64, 76], [25, 127, 75, 100], family="keyboard", clap_embedding=clap_embedding)
     codes = torch.randint(0, 1024, (4, 4, 8))
     optimizer = torch.optim.AdamW(lm.parameters(), lr=3e-3, weight_decay=0.0)
     lm.train()
