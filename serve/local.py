@@ -62,7 +62,13 @@ def wait_done(
     status = None
     with tqdm(desc="notes", unit="note", disable=not progress) as bar:
         while time.time() < deadline:
-            status = requests.get(f"{base}/v1/instruments/{instrument}", headers=headers, timeout=30).json()
+            answer = requests.get(f"{base}/v1/instruments/{instrument}", headers=headers, timeout=30)
+            if answer.status_code == 503:  # every ingress busy (Retry-After): ask again
+                time.sleep(poll_s)
+                continue
+            if answer.status_code != 200:
+                raise RuntimeError(f"GET of instrument {instrument}: {answer.status_code} {answer.text[:300]}")
+            status = answer.json()
             bar.total = status.get("notes_total") or bar.total
             bar.update(status.get("notes_done", 0) - bar.n)
             if status["status"] in ("done", "failed"):
