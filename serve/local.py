@@ -13,6 +13,8 @@ from tqdm.auto import tqdm
 
 from instrumentgen.config import Config
 
+NOT_YET_S = 30  # how long after the POST a 404 means "not visible yet" to `wait_done`
+
 
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 now."""
@@ -58,12 +60,15 @@ def wait_done(
 ) -> dict:
     """Poll GET /v1/instruments/{id} until done or failed (a bar of notes with `progress`);
     `TimeoutError` after `timeout_s`."""
-    deadline = time.time() + timeout_s
+    started = time.time()
+    deadline = started + timeout_s
     status = None
     with tqdm(desc="notes", unit="note", disable=not progress) as bar:
         while time.time() < deadline:
             answer = requests.get(f"{base}/v1/instruments/{instrument}", headers=headers, timeout=30)
-            if answer.status_code == 503:  # every ingress busy (Retry-After): ask again
+            # Every ingress busy (503, Retry-After), or a status not yet visible to the replica that answered
+            # just after the POST (404 in the first seconds): ask again.
+            if answer.status_code == 503 or (answer.status_code == 404 and time.time() < started + NOT_YET_S):
                 time.sleep(poll_s)
                 continue
             if answer.status_code != 200:
