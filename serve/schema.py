@@ -26,6 +26,16 @@ CUE_FIELDS = "prompt, reference_audio_url, or family/source"
 ALLOWED_CONTEXT = ("ge", "le", "gt", "lt", "min_length", "max_length", "expected", "pattern")  # pydantic's limits
 
 
+def velocity_layers(velocities: list[int]) -> list[int]:
+    """Requested velocities -> the sorted layers; ValueError naming unknown or repeated ones."""
+    unknown = [v for v in velocities if v not in VELOCITIES]
+    if unknown:
+        raise ValueError(f"velocities {unknown} are not velocity layers; allowed: {list(VELOCITIES)}")
+    if len(set(velocities)) != len(velocities):
+        raise ValueError(f"velocities repeat a layer; allowed: distinct values of {list(VELOCITIES)}")
+    return sorted(velocities)
+
+
 class RequestError(UserError):
     """A request the API refuses with 422; `field` names the offending field."""
 
@@ -158,12 +168,7 @@ def request_model(cfg: Config) -> type[BaseModel]:
         @field_validator("velocities")
         @classmethod
         def _layers(cls, velocities: list[int]) -> list[int]:
-            unknown = [v for v in velocities if v not in VELOCITIES]
-            if unknown:
-                raise ValueError(f"velocities {unknown} are not velocity layers; allowed: {list(VELOCITIES)}")
-            if len(set(velocities)) != len(velocities):
-                raise ValueError(f"velocities repeat a layer; allowed: distinct values of {list(VELOCITIES)}")
-            return sorted(velocities)
+            return velocity_layers(velocities)
 
         @model_validator(mode="after")
         def _one_cue(self) -> "InstrumentRequest":
@@ -305,12 +310,7 @@ class RegenerateRequest(BaseModel):
     def _layers(cls, velocities: list[int] | None) -> list[int] | None:
         if velocities is None:
             return velocities
-        unknown = [v for v in velocities if v not in VELOCITIES]
-        if unknown:
-            raise ValueError(f"velocities {unknown} are not velocity layers; allowed: {list(VELOCITIES)}")
-        if len(set(velocities)) != len(velocities):
-            raise ValueError(f"velocities repeat a layer; allowed: distinct values of {list(VELOCITIES)}")
-        return sorted(velocities)
+        return velocity_layers(velocities)
 
     @model_validator(mode="after")
     def _some_notes(self) -> "RegenerateRequest":
