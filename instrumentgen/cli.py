@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from instrumentgen import storage
 from instrumentgen.config import load_config
 from instrumentgen.data.synthetic import write_fixture_nsynth
-from instrumentgen.errors import UserError
+from instrumentgen.errors import exit_code
 from instrumentgen.vocab import PITCHES, VELOCITIES
 
 
@@ -48,7 +48,8 @@ def _generate(args: argparse.Namespace) -> None:
     gen_cfg = cfg.generate if args.seed is None else dataclasses.replace(cfg.generate, seed=args.seed)
     instrument = generate_instrument(lm, codec, clap, cue, gen_cfg, cfg.data.note_duration_s, progress=True)
     manifest = instrument.write(args.out)
-    print(f"wrote {len(manifest['notes'])} notes, {manifest['sfz']} and {manifest['dspreset']} to {args.out}")
+    presets = manifest.presets
+    print(f"wrote {len(manifest.notes)} notes, {presets['sfz']} and {presets['dspreset']} to {args.out}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,12 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"this command takes no key=value overrides: {' '.join(extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
-    try:
-        args.run(args)
-    except UserError as e:  # every error of ours names the bad value and the allowed ones
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(lambda: args.run(args))  # every error of ours names the bad value and the allowed ones
 
 
 if __name__ == "__main__":

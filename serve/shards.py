@@ -25,6 +25,7 @@ from instrumentgen.audio import decode_audio
 from instrumentgen.config import Config, GenerateConfig
 from instrumentgen.instruments.generate import GenerateError, InstrumentCue
 from instrumentgen.instruments.instrument import note_file
+from instrumentgen.instruments.manifest import InstrumentManifest
 from instrumentgen.instruments.slices import (
     ShardResult,
     candidate_url,
@@ -260,8 +261,7 @@ def copy_notes(
     every slot not in `chosen`: its kept note's bytes (where `render_shard` would have staged each of the
     `candidates`, so whichever is kept is the parent's note) and a shard result per run of such slots
     holding the parent's kept codes, TC features, f0 and gain (repeated per candidate). Idempotent."""
-    manifest = storage.read_json(storage.join(parent, storage.MANIFEST))
-    kept = {(n["pitch"], n["velocity"]): n["candidate"] for n in manifest["notes"]}
+    kept = {(n.pitch, n.velocity): n.candidate for n in InstrumentManifest.read(parent).notes}
     rows, generator = {}, None
     for record in progress(parent, order).results:
         result, generator = read_result(record)

@@ -14,6 +14,7 @@ import time
 
 from instrumentgen import storage
 from instrumentgen.instruments.export import DSPRESET_FILE, SF2_FILE, SFZ_FILE
+from instrumentgen.instruments.manifest import InstrumentManifest
 from instrumentgen.instruments.slices import BUNDLE_FILE, CODES_FILE
 
 STATUS, ACTIVE = "status.json", "_active"
@@ -51,7 +52,7 @@ class StatusStore:
         once done; None for an unknown instrument."""
         status = self.raw(instrument)
         if self.is_done(instrument):
-            manifest = storage.read_json(storage.join(self.url(instrument), storage.MANIFEST))
+            manifest = InstrumentManifest.read(self.url(instrument))
             return {**(status or {}), **results(instrument, manifest), "status": "done"}
         if status is not None and status["status"] in RUNNING and not lease_live(status):
             status = {**status, "status": "stale"}
@@ -102,21 +103,22 @@ def lease_live(status: dict) -> bool:
     return status.get("lease_until", 0) > time.time()
 
 
-def results(instrument: str, manifest: dict, files: str | None = None) -> dict:
+def results(instrument: str, manifest: InstrumentManifest, files: str | None = None) -> dict:
     """The part of a GET answer a finished instrument's manifest gives: scores and file links (under
     `files`, by default the served instrument's files route)."""
     files = files or f"/v1/instruments/{instrument}/files"
     return {
         "id": instrument,
-        "seed": manifest["seed"],
-        "model_id": manifest["model_id"],
-        "notes_done": len(manifest["notes"]),
-        "notes_total": len(manifest["notes"]),
-        **{key: manifest[key] for key in ("parent", "regenerated") if key in manifest},
+        "seed": manifest.about["seed"],
+        "model_id": manifest.about["model_id"],
+        "notes_done": len(manifest.notes),
+        "notes_total": len(manifest.notes),
+        **{key: manifest.about[key] for key in ("parent", "regenerated") if key in manifest.about},
         **{
-            key: manifest.get(key)
-            for key in ("tc", "tc_without_selection", "mad_pitch", "unvoiced", "candidates", "workers", "format")
+            key: manifest.about.get(key)
+            for key in ("tc", "tc_without_selection", "mad_pitch", "unvoiced", "candidates", "workers")
         },
+        "format": manifest.presets.get("format"),
         "sfz": f"{files}/{SFZ_FILE}",
         "dspreset": f"{files}/{DSPRESET_FILE}",
         "sf2": f"{files}/{SF2_FILE}",
@@ -125,13 +127,13 @@ def results(instrument: str, manifest: dict, files: str | None = None) -> dict:
         "manifest": f"{files}/{storage.MANIFEST}",
         "notes": [
             {
-                "pitch": n["pitch"],
-                "velocity": n["velocity"],
-                "url": f"{files}/{n['file']}",
-                "gain": n["gain"],
-                "f0_hz": n["f0_hz"],
-                "pitch_error_semitones": n["pitch_error_semitones"],
+                "pitch": n.pitch,
+                "velocity": n.velocity,
+                "url": f"{files}/{n.file}",
+                "gain": n.gain,
+                "f0_hz": n.f0_hz,
+                "pitch_error_semitones": n.pitch_error_semitones,
             }
-            for n in manifest["notes"]
+            for n in manifest.notes
         ],
     }

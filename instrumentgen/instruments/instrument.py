@@ -21,16 +21,12 @@ import torch
 
 from instrumentgen import storage
 from instrumentgen.audio import decode_audio, encode_audio, note_gains
-from instrumentgen.errors import UserError
 from instrumentgen.instruments.export import DSPRESET_FILE as DSPRESET_FILE  # re-exported for serve/
 from instrumentgen.instruments.export import SFZ_FILE as SFZ_FILE  # re-exported for serve/
 from instrumentgen.instruments.export import note_file, write_presets
+from instrumentgen.instruments.manifest import InstrumentError, InstrumentManifest, NoteEntry
 
 WRITE_THREADS = 8  # object stores are latency-bound: write several notes at once
-
-
-class InstrumentError(UserError):
-    """An instrument whose notes cannot be written or read; the message names what is wrong."""
 
 
 @dataclass
@@ -63,7 +59,7 @@ class Instrument:
     def __len__(self) -> int:
         return len(self.pitches)
 
-    def write(self, url: str, title: str | None = None, audio_format: str = "wav24") -> dict:
+    def write(self, url: str, title: str | None = None, audio_format: str = "wav24") -> InstrumentManifest:
         """Write notes (`audio_format`: wav24, wav16 or flac), SFZ, DecentSampler preset, SF2 and, last,
         the manifest under `url`; returns the manifest."""
         audio = self.audio.detach().float().cpu().numpy()
@@ -81,36 +77,29 @@ class Instrument:
             list(pool.map(lambda job: storage.write_bytes(*job), jobs))
         title = title or self.metadata.get("prompt")
         presets = write_presets(url, self.pitches, self.velocities, audio_format, title, [data for _, data in jobs])
-        manifest = {
-            **self.metadata,
-            "sample_rate_hz": self.sample_rate_hz,
-            "num_samples": audio.shape[1],
-            "gain": "per_note",
-            **presets,
-            "notes": [
-                {"pitch": p, "velocity": v, "file": note_file(p, v, audio_format), "gain": gain}
+        manifest = InstrumentManifest(
+            [
+                NoteEntry(p, v, note_file(p, v, audio_format), gain)
                 for p, v, gain in zip(self.pitches, self.velocities, gains)
             ],
-        }
-        storage.write_json(storage.join(url, storage.MANIFEST), manifest)
+            self.sample_rate_hz,
+            audio.shape[1],
+            presets,
+            dict(self.metadata),
+        )
+        manifest.write(url)
         return manifest
 
     @classmethod
     def read(cls, url: str) -> "Instrument":
         """The instrument written by `write` at `url` (audio as written, after each note's `gain`)."""
-        manifest_url = storage.join(url, storage.MANIFEST)
-        if not storage.exists(manifest_url):
-            raise InstrumentError(
-                f"no {storage.MANIFEST} under {url!r}: not an instrument, or its write did not finish"
-            )
-        manifest = storage.read_json(manifest_url)
-        notes = manifest["notes"]
-        audio = [decode_audio(storage.read_bytes(storage.join(url, n["file"])), n["file"])[0] for n in notes]
-        known = ("sample_rate_hz", "num_samples", "gain", "sfz", "dspreset", "sf2", "format", "notes")
+        manifest = InstrumentManifest.read(url)
+        notes = manifest.notes
+        audio = [decode_audio(storage.read_bytes(storage.join(url, n.file)), n.file)[0] for n in notes]
         return cls(
             torch.from_numpy(np.stack(audio)),
-            [n["pitch"] for n in notes],
-            [n["velocity"] for n in notes],
-            manifest["sample_rate_hz"],
-            {k: v for k, v in manifest.items() if k not in known},
+            [n.pitch for n in notes],
+            [n.velocity for n in notes],
+            manifest.sample_rate_hz,
+            manifest.about,
         )

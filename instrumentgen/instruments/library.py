@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from instrumentgen import storage
 from instrumentgen.errors import MissingObjectError
+from instrumentgen.instruments.manifest import InstrumentManifest
 from instrumentgen.metrics.aggregate import finite_mean, score_cell
 
 INDEX = "index.parquet"
@@ -94,25 +95,25 @@ def complete_ids(out: str, ids: list[str]) -> set[str]:
     return {i for i, done in zip(ids, found) if done}
 
 
-def read_manifests(out: str, ids: list[str] | None = None) -> dict[str, dict]:
+def read_manifests(out: str, ids: list[str] | None = None) -> dict[str, InstrumentManifest]:
     """{id: manifest} of the complete instruments under `out` (all of them, or those of `ids`)."""
     _refresh(out)
     if ids is None:
         ids = sorted(folder_ids(out))
 
-    def read(instrument_id: str) -> dict | None:
-        url = storage.join(out, instrument_id, storage.MANIFEST)
-        return storage.read_json(url) if storage.exists(url) else None
+    def read(instrument_id: str) -> InstrumentManifest | None:
+        url = storage.join(out, instrument_id)
+        return InstrumentManifest.read(url) if storage.exists(storage.join(url, storage.MANIFEST)) else None
 
     with concurrent.futures.ThreadPoolExecutor(IO_THREADS) as pool:
         manifests = dict(zip(ids, pool.map(read, ids)))
     return {i: m for i, m in manifests.items() if m is not None}
 
 
-def index_row(manifest: dict) -> dict:
+def index_row(manifest: InstrumentManifest) -> dict:
     """One manifest -> its index row (the columns of `INDEX_COLUMNS`)."""
-    row = {key: manifest.get(key) for key in INDEX_COLUMNS}
-    row["notes"] = len(manifest.get("notes", []))
+    row = {key: manifest.about.get(key) for key in INDEX_COLUMNS}
+    row["notes"] = len(manifest.notes)
     return row
 
 
@@ -167,7 +168,7 @@ def _text_cell(text: str) -> str:
 
 
 def table2(manifests: list[dict], model: str) -> tuple[dict, str]:
-    """Index rows (or manifests) of a curated prompt list -> (results JSON, Markdown in the layout of
+    """Index rows (`index_row`) of a curated prompt list -> (results JSON, Markdown in the layout of
     the paper's Table 2).
 
     Per prompt and on average: CLAP score (prompt text embedding vs the instrument's notes), MAD_pitch,

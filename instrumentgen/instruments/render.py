@@ -45,6 +45,7 @@ from instrumentgen.errors import UserError
 from instrumentgen.faults import Fault, fault_point
 from instrumentgen.instruments.generate import InstrumentCue
 from instrumentgen.instruments.library import index_row
+from instrumentgen.instruments.manifest import InstrumentManifest
 from instrumentgen.instruments.prompts import RenderRequest
 from instrumentgen.instruments.slices import (
     ScoredInstrument,
@@ -321,7 +322,7 @@ def failure_row(request: RenderRequest, instrument_id: str, error: BaseException
     }
 
 
-def prepare_folder(url: str) -> dict | None:
+def prepare_folder(url: str) -> InstrumentManifest | None:
     """The manifest of the complete instrument at `url` (nothing to render), else None after removing
     whatever an interrupted render left there (temporary files included): one listing."""
     with storage.storage_errors(url, "list"):
@@ -329,7 +330,7 @@ def prepare_folder(url: str) -> dict | None:
         fs.invalidate_cache(path)
         found = fs.find(path)
     if f"{path.rstrip('/')}/{storage.MANIFEST}" in found:
-        return storage.read_json(storage.join(url, storage.MANIFEST))
+        return InstrumentManifest.read(url)
     if found:
         storage.remove(url)
     return None
@@ -361,7 +362,7 @@ def render_isolated(
                 "status": "rendered",
                 "reason": None,
                 "message": None,
-                "quality": manifest.get("quality"),
+                "quality": manifest.about.get("quality"),
                 "index": index_row(manifest),
             }
         return renderer.render(request, instrument_id, url, fault, count)

@@ -35,7 +35,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import io
-import json
 import math
 import tempfile
 import zipfile
@@ -58,6 +57,7 @@ from instrumentgen.instruments.generate import (
     instrument_cues,
 )
 from instrumentgen.instruments.instrument import WRITE_THREADS
+from instrumentgen.instruments.manifest import InstrumentManifest, NoteEntry
 from instrumentgen.instruments.selection import candidate_seeds, select_candidates
 from instrumentgen.metrics.pitch import pitch_report
 from instrumentgen.metrics.tc import liftered_log_mel, scales_from_config, tc_of_features
@@ -329,7 +329,7 @@ def write_instrument(
     num_samples: int,
     title: str | None = None,
     before_manifest: Callable[[], None] | None = None,
-) -> dict:
+) -> InstrumentManifest:
     """Write the instrument at `url`: the kept notes to notes/ (copied from where `render_shard` staged
     them), codes.npy, SFZ, DecentSampler preset, SF2, the zip bundle, remove the staged candidates and, last,
     the manifest (`metadata` + layout + `scored.scores()` + one entry per note); returns the manifest.
@@ -355,44 +355,27 @@ def write_instrument(
     presets = write_presets(
         url, pitches, velocities, audio_format, title or metadata.get("prompt"), note_bytes=scored.notes
     )
-    manifest = {
-        **metadata,
-        **scored.scores(),
-        "sample_rate_hz": sample_rate_hz,
-        "num_samples": num_samples,
-        "gain": "per_note",
-        **presets,
-        "codes": CODES_FILE,
-        "bundle": BUNDLE_FILE,
-        "workers": scored.workers,
-        "notes": [
-            {
-                "pitch": p,
-                "velocity": v,
-                "file": file,
-                "gain": float(g),
-                "candidate": int(c),
-                "f0_hz": _finite(float(hz)),
-                "pitch_error_semitones": _finite(float(e)),
-            }
-            for p, v, file, g, c, hz, e in zip(
-                pitches,
-                velocities,
-                files,
-                scored.gains.tolist(),
-                scored.chosen.tolist(),
-                scored.f0_hz.tolist(),
-                scored.pitch_error.tolist(),
-            )
-        ],
-    }
-    manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    about = {**metadata, **scored.scores(), "codes": CODES_FILE, "bundle": BUNDLE_FILE, "workers": scored.workers}
+    notes = [
+        NoteEntry(p, v, file, float(g), int(c), _finite(float(hz)), _finite(float(e)))
+        for p, v, file, g, c, hz, e in zip(
+            pitches,
+            velocities,
+            files,
+            scored.gains.tolist(),
+            scored.chosen.tolist(),
+            scored.f0_hz.tolist(),
+            scored.pitch_error.tolist(),
+        )
+    ]
+    manifest = InstrumentManifest(notes, sample_rate_hz, num_samples, presets, about)
+    manifest_bytes = manifest.to_bytes()
     in_memory = dict(zip(files, scored.notes)) if scored.notes is not None else {}
     _bundle(url, [*files, SFZ_FILE, DSPRESET_FILE, SF2_FILE], manifest_bytes, in_memory)
     remove_staging(url)
     if before_manifest is not None:
         before_manifest()
-    storage.write_bytes(storage.join(url, storage.MANIFEST), manifest_bytes)  # last: the instrument is complete
+    manifest.write(url)  # last: the instrument is complete
     return manifest
 
 
@@ -404,6 +387,6 @@ def finish_instrument(
     sample_rate_hz: int,
     num_samples: int,
     title: str | None = None,
-) -> dict:
+) -> InstrumentManifest:
     """`score_shards` then `write_instrument`: the shards of one instrument -> its manifest (written last)."""
     return write_instrument(url, score_shards(shards), metadata, audio_format, sample_rate_hz, num_samples, title)

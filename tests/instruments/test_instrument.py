@@ -37,18 +37,21 @@ def written(tmp_path_factory):
 
 def test_wavs_are_44k1_and_read_back_as_written(written):
     root, instrument, manifest = written
-    info = sf.info(storage.join(root, manifest["notes"][0]["file"]))
+    info = sf.info(storage.join(root, manifest.notes[0].file))
     assert (info.samplerate, info.channels, info.frames, info.subtype) == (44100, 1, NUM_SAMPLES, "PCM_24")
     back = Instrument.read(root)
     assert (back.pitches, back.velocities) == (instrument.pitches, instrument.velocities)
     np.testing.assert_allclose(back.audio.numpy(), instrument.audio.numpy(), atol=1e-6)
     assert back.metadata == {"prompt": "warm analog brass", "seed": 3}
     # The manifest comes last: it names every note file, which exist by the time it does.
-    assert (
-        len(manifest["notes"]) == 440
-        and manifest["gain"] == "per_note"
-        and {n["gain"] for n in manifest["notes"]} == {1.0}
-    )
+    assert len(manifest.notes) == 440 and {n.gain for n in manifest.notes} == {1.0}
+    stored = storage.read_json(storage.join(root, "manifest.json"))
+    assert stored["gain"] == "per_note" and stored["notes"][0] == {
+        "pitch": 21,
+        "velocity": 25,
+        "file": "notes/021_v025.wav",
+        "gain": 1.0,
+    }
 
 
 def test_writes_to_s3(s3_bucket):
@@ -68,8 +71,7 @@ def test_a_note_that_would_clip_is_scaled_alone(tmp_path):
     back = Instrument.read(str(tmp_path)).audio
     np.testing.assert_allclose(back[0].numpy(), (audio[0] * 0.99 / 2.0).numpy(), atol=1e-6)
     np.testing.assert_allclose(back[1].numpy(), audio[1].numpy(), atol=1e-6)  # the quiet note keeps its level
-    assert manifest["gain"] == "per_note"
-    assert [n["gain"] for n in manifest["notes"]] == [pytest.approx(0.495), 1.0]
+    assert [n.gain for n in manifest.notes] == [pytest.approx(0.495), 1.0]
 
 
 def test_bad_instruments_are_refused(tmp_path):

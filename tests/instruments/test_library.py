@@ -2,10 +2,11 @@
 
 from instrumentgen import storage
 from instrumentgen.instruments import library
+from instrumentgen.instruments.manifest import InstrumentManifest, NoteEntry
 
 
-def manifest(instrument: str, tc: float, prompt: str = "warm analog brass") -> dict:
-    return {
+def manifest(instrument: str, tc: float, prompt: str = "warm analog brass") -> InstrumentManifest:
+    about = {
         "id": instrument,
         "name": prompt,
         "prompt": prompt,
@@ -16,8 +17,8 @@ def manifest(instrument: str, tc: float, prompt: str = "warm analog brass") -> d
         "mad_pitch": 0.5,
         "clap_score": 0.25,
         "quality": "passed",
-        "notes": [{"pitch": 60, "velocity": 100, "file": "notes/060_v100.wav"}],
     }
+    return InstrumentManifest([NoteEntry(60, 100, "notes/060_v100.wav", 1.0)], 44100, 44100, {}, about)
 
 
 def ids(n: int) -> list[str]:
@@ -28,7 +29,7 @@ def test_planning_reads_the_index_and_only_the_manifests_it_lacks(tmp_path, monk
     out = str(tmp_path / "lib")
     a, b, c, d, e = ids(5)
     for i in (a, b, c):
-        storage.write_json(storage.join(out, i, storage.MANIFEST), manifest(i, 1.0))
+        manifest(i, 1.0).write(storage.join(out, i))
     storage.write_bytes(storage.join(out, d, "notes", "060_v100.wav"), b"half")  # a killed render: no manifest
     storage.write_json(storage.join(out, "summary.json"), {})  # not an instrument
     library.update_index(out, [library.index_row(manifest(i, 1.0)) for i in (a, b)])

@@ -74,11 +74,11 @@ def test_shards_equal_one_direct_generation(models, tmp_path):
     codes = np.load(tmp_path / "a" / "codes.npy")
     np.testing.assert_array_equal(codes, direct_codes.numpy())
     written = Instrument.read(str(tmp_path / "a"))
-    gains = torch.tensor([note["gain"] for note in manifest["notes"]])
+    gains = torch.tensor([note.gain for note in manifest.notes])
     torch.testing.assert_close(written.audio, direct.audio * gains[:, None], atol=1e-5, rtol=0)
-    assert manifest["workers"] == ["w0", "w1"] and len(manifest["notes"]) == len(SLOTS)
-    assert manifest["tc"] == manifest["tc_without_selection"]
-    assert manifest["tc"] == pytest.approx(float(tc(direct.audio, 44100).normalised), rel=1e-4)
+    assert manifest.about["workers"] == ["w0", "w1"] and len(manifest.notes) == len(SLOTS)
+    assert manifest.about["tc"] == manifest.about["tc_without_selection"]
+    assert manifest.about["tc"] == pytest.approx(float(tc(direct.audio, 44100).normalised), rel=1e-4)
     assert (tmp_path / "a" / "instrument.zip").exists() and (tmp_path / "a" / "instrument.sfz").exists()
 
 

@@ -79,8 +79,8 @@ def assert_consistent_library(out, ids):
     """Every manifest sits over all its notes; the index lists exactly the complete folders."""
     manifests = library.read_manifests(out)
     for instrument, manifest in manifests.items():
-        for note in manifest["notes"]:
-            assert storage.exists(storage.join(out, instrument, note["file"])), (instrument, note)
+        for note in manifest.notes:
+            assert storage.exists(storage.join(out, instrument, note.file)), (instrument, note)
     assert sorted(library.read_index(out).column("id").to_pylist()) == sorted(manifests) == sorted(ids)
 
 
@@ -272,17 +272,19 @@ def test_twenty_lines_three_bad_then_a_rerun_renders_nothing(checkpoint, s3_buck
     assert len(planned) == 18
     assert_consistent_library(out, [i for i, _ in planned])
     manifests = library.read_manifests(out)
-    twins = sorted((m["seed"], m["variation"]) for m in manifests.values() if m["prompt"] == "two of these")
+    twins = sorted(
+        (m.about["seed"], m.about["variation"]) for m in manifests.values() if m.about["prompt"] == "two of these"
+    )
     assert twins == [(7, 0), (8, 1)]
     assert not np.array_equal(
         *[
             Instrument.read(storage.join(out, i)).audio.numpy()
             for i, m in manifests.items()
-            if m["prompt"] == "two of these"
+            if m.about["prompt"] == "two of these"
         ]
     )
     index = library.read_index(out).to_pylist()
-    assert {r["id"]: r["tc"] for r in index} == {i: m["tc"] for i, m in manifests.items()}
+    assert {r["id"]: r["tc"] for r in index} == {i: m.about["tc"] for i, m in manifests.items()}
     capsys.readouterr()
     assert job.main(args(checkpoint, prompts, out)) == 0
     assert "nothing to render: every instrument of the list is already complete" in capsys.readouterr().out
@@ -406,7 +408,7 @@ def test_a_killed_driver_resumes_to_the_clean_library(checkpoint, clean_library,
     complete = library.read_manifests(out)
     assert 1 <= len(complete) < len(KILL_LINES), f"killed with {len(complete)} instruments complete; needs mid-run"
     for instrument, manifest in complete.items():  # no complete manifest over missing notes
-        assert all(storage.exists(storage.join(out, instrument, n["file"])) for n in manifest["notes"])
+        assert all(storage.exists(storage.join(out, instrument, n.file)) for n in manifest.notes)
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"{len(complete)} already complete" in done.stdout
