@@ -22,16 +22,16 @@ from typing import Literal
 from fastapi import FastAPI, Query, Request, Security
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from instrumentgen import storage
 from instrumentgen.config import Config
 from instrumentgen.errors import UserError
 from instrumentgen.instruments import library_view
+from instrumentgen.instruments.manifest import InstrumentManifest
 from instrumentgen.vocab import FAMILIES, PITCH_MAX, PITCH_MIN, SOURCES, VELOCITIES
 from serve.files import MEDIA_TYPES, file_response
 from serve.instruments import REFERENCE_RATES_HZ, UPLOAD_FIELD, Busy, Instruments, NotFound, NotReady
@@ -316,24 +316,36 @@ def file_responses() -> dict:
     }
 
 
-def add_file_routes(api: FastAPI, instruments: Instruments, auth: list) -> None:
-    """An instrument's files, and nothing else of storage."""
-
-    @api.get(
-        "/v1/instruments/{instrument}/files/{path:path}",
+def file_route(api: FastAPI, route: str, auth: list):
+    """The GET decorator of `<route>/{instrument}/files/{path}` (its documented answers included)."""
+    return api.get(
+        f"{route}/{{instrument}}/files/{{path:path}}",
         dependencies=auth,
         response_class=JSONResponse,
         responses=file_responses(),
     )
+
+
+async def stored_file(
+    request: Request, store: StatusStore | None, instrument: str, path: str, not_found: tuple[str, str]
+) -> Response:
+    """The file `path` of `instrument` in `store` for `request`, or a 404 naming `not_found` (field,
+    message) when there is no store or no such file. The route's `$` lets a path end in a newline:
+    only the exact path is served."""
+    exact = request.scope["path"].endswith(f"/{instrument}/files/{path}")
+    url = await asyncio.to_thread(store.file_url, instrument, path) if exact and store is not None else None
+    if url is None:
+        return json_error(404, *not_found)
+    return await file_response(request, url, await asyncio.to_thread(store.is_done, instrument))
+
+
+def add_file_routes(api: FastAPI, instruments: Instruments, auth: list) -> None:
+    """An instrument's files, and nothing else of storage."""
+
+    @file_route(api, "/v1/instruments", auth)
     async def files(request: Request, instrument: str, path: str):
-        store = instruments.store
-        exact = request.scope["path"] == f"/v1/instruments/{instrument}/files/{path}"  # routes' `$` allows a "\n"
-        url = await asyncio.to_thread(store.file_url, instrument, path) if exact else None
-        if url is None:
-            return json_error(
-                404, "path", f"{path!r} is not a file of instrument {instrument!r}; allowed: {FILE_PATHS}"
-            )
-        return await file_response(request, url, await asyncio.to_thread(store.is_done, instrument))
+        missing = f"{path!r} is not a file of instrument {instrument!r}; allowed: {FILE_PATHS}"
+        return await stored_file(request, instruments.store, instrument, path, ("path", missing))
 
 
 def add_library_routes(api: FastAPI, cfg: Config, auth: list) -> None:
@@ -367,28 +379,16 @@ def add_library_routes(api: FastAPI, cfg: Config, auth: list) -> None:
             return json_error(
                 404, "id", f"no instrument {instrument} in the library; allowed: an id of GET /v1/library"
             )
-        manifest = await asyncio.to_thread(storage.read_json, storage.join(store.url(instrument), storage.MANIFEST))
+        manifest = await asyncio.to_thread(InstrumentManifest.read, store.url(instrument))
         found = results(instrument, manifest, f"/v1/library/{instrument}/files")
-        extra = {k: manifest.get(k) for k in ("name", "prompt", "family", "source", "clap_score", "quality")}
+        extra = {k: manifest.about.get(k) for k in ("name", "prompt", "family", "source", "clap_score", "quality")}
         return JSONResponse({**found, **extra, "status": "done"})
 
-    @api.get(
-        "/v1/library/{instrument}/files/{path:path}",
-        dependencies=auth,
-        response_class=JSONResponse,
-        responses=file_responses(),
-    )
+    @file_route(api, "/v1/library", auth)
     async def files(request: Request, instrument: str, path: str):
-        exact = request.scope["path"] == f"/v1/library/{instrument}/files/{path}"
-        url = await asyncio.to_thread(store.file_url, instrument, path) if exact and store is not None else None
-        if url is None:
-            field, message = (
-                ("library", unset)
-                if store is None
-                else ("path", f"{path!r} is not a file of library instrument {instrument!r}; allowed: {FILE_PATHS}")
-            )
-            return json_error(404, field, message)
-        return await file_response(request, url, True)
+        missing = f"{path!r} is not a file of library instrument {instrument!r}; allowed: {FILE_PATHS}"
+        not_found = ("library", unset) if store is None else ("path", missing)
+        return await stored_file(request, store, instrument, path, not_found)
 
 
 def add_info_routes(api: FastAPI, instruments: Instruments, cfg: Config, keys: list[str]) -> None:
