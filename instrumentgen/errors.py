@@ -8,6 +8,9 @@ traceback. `UserError` is a `ValueError`, so callers that catch `ValueError` kee
 
 from __future__ import annotations
 
+import sys
+from typing import Callable
+
 
 class UserError(ValueError):
     """Bad input; the message names the field (or URL) and what is allowed."""
@@ -19,3 +22,14 @@ class StorageError(UserError):
 
 class MissingObjectError(StorageError, FileNotFoundError):
     """No object at a storage URL (also a FileNotFoundError, for callers that treat absence as normal)."""
+
+
+def exit_code(run: Callable[[], object]) -> int:
+    """0 once `run()` returns; 2 when it raises a `UserError`, printed as one line `error: ...` on
+    stderr (the exit of every command and job; any other exception keeps its traceback)."""
+    try:
+        run()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

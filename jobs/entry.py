@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Sequence
 import ray
 
 from instrumentgen.config import Config, ConfigError, load_config, split_overrides
-from instrumentgen.errors import UserError
+from instrumentgen.errors import exit_code
 
 
 def config_from_argv(argv: Sequence[str], check: Callable[[Config], object] = lambda cfg: None) -> tuple[Config]:
@@ -96,12 +96,11 @@ def local_ray(num_cpus: int | None = None, quiet: bool = True) -> Iterator[None]
 
 def job_main(argv: Sequence[str] | None, parse: Callable[[Sequence[str]], tuple], run: Callable[..., object]) -> int:
     """Parse `argv` (default: the command line), start Ray, run; a `UserError` anywhere is one line and exit 2."""
-    try:
+
+    def parse_then_run() -> None:
         args = parse(sys.argv[1:] if argv is None else argv)
         if not ray.is_initialized():
             start_ray()
         run(*args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_code(parse_then_run)

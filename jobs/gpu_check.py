@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from instrumentgen.config import load_config
-from instrumentgen.errors import UserError
+from instrumentgen.errors import UserError, exit_code
 from instrumentgen.vocab import PITCHES, VELOCITIES
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -135,7 +135,8 @@ def write_block(template: Path, name: str, block: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Measure on the GPU and write the rows; exit 2 with one line where there is no GPU."""
-    try:
+
+    def measure_and_write() -> None:
         if not torch.cuda.is_available():
             raise NoGPUError(
                 f"jobs.gpu_check needs a CUDA GPU and torch sees none (torch {torch.__version__}, "
@@ -147,10 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = measure("cuda")
         write_block(TEMPLATE, "gpu_check", table(rows, describe_machine(this_machine())))
         benchmark_main(["--render"])
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_code(measure_and_write)
 
 
 if __name__ == "__main__":

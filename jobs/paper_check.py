@@ -48,7 +48,7 @@ from deploy import render
 from instrumentgen import storage
 from instrumentgen.config import ClapConfig, ConfigError, load_config
 from instrumentgen.data.synthetic import FixtureInstrument, default_instruments, write_fixture_nsynth
-from instrumentgen.errors import UserError
+from instrumentgen.errors import exit_code
 from instrumentgen.vocab import VELOCITIES
 from jobs import stage_weights
 from jobs.entry import local_ray
@@ -325,7 +325,8 @@ def run(size: str, out: Path) -> Stages:
 def main(argv: list[str] | None = None) -> int:
     """`size=paper|tiny out=<folder> write=1|0`: run the chain, print the per-stage table (and record it)."""
     argv = sys.argv[1:] if argv is None else argv
-    try:
+
+    def check() -> None:
         args = dict(arg.split("=", 1) for arg in argv if "=" in arg)
         unknown = [arg for arg in argv if "=" not in arg or arg.split("=", 1)[0] not in ("size", "out", "write")]
         if unknown:
@@ -337,13 +338,11 @@ def main(argv: list[str] | None = None) -> int:
         if write not in ("0", "1"):
             raise ConfigError(f"write={write!r} is not allowed; allowed: 1 (record the table in docs/), 0")
         stages = run(size, Path(args.get("out", ".cache/paper-check")))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"\npaper check ({size}) passed\n\n{stages.table()}", flush=True)
-    if size == "paper" and write == "1":
-        record(stages)
-    return 0
+        print(f"\npaper check ({size}) passed\n\n{stages.table()}", flush=True)
+        if size == "paper" and write == "1":
+            record(stages)
+
+    return exit_code(check)
 
 
 def record(stages: Stages) -> None:

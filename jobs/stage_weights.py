@@ -23,7 +23,7 @@ from typing import Sequence
 
 from instrumentgen import storage
 from instrumentgen.config import ConfigError
-from instrumentgen.errors import UserError
+from instrumentgen.errors import exit_code
 from instrumentgen.pretrained.staged import STAGED, staged_overrides, weights_url
 from instrumentgen.pretrained.weights import SHA256_SUFFIX, WeightsError
 
@@ -146,7 +146,8 @@ def parse(argv: Sequence[str]) -> dict[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Stage or verify; a `UserError` is one line on stderr and exit 2."""
-    try:
+
+    def stage_or_verify() -> None:
         args = parse(sys.argv[1:] if argv is None else argv)
         if "verify" in args:
             manifest = verify(args["verify"])
@@ -156,10 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             manifest = stage(bucket, args)
             print(f"staged {len(manifest['files'])} files under {weights_url(bucket)}; configs read them with:")
         print(" ".join(f"{key}={url}" for key, url in manifest["overrides"].items()))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_code(stage_or_verify)
 
 
 if __name__ == "__main__":
