@@ -104,17 +104,22 @@ class ModelConfig:
     # quantizer.py). Here both are per `bins` rows of the global batch, so they mean the same at any batch.
     rvq_codebooks: int = bounded(12, 1)
     rvq_bins: int = bounded(1024, 2)
-    # EMA decay per `rvq_bins` rows (a step of B rows decays by rvq_decay ** (B / rvq_bins)): at 0.999 an
-    # entry's statistics average ~1000 of its rows, whatever the batch (32k steps at 32 rows for 1024
-    # entries): the codebooks stay near the k-means of the sample and refine slowly
-    rvq_decay: float = bounded(0.999, 0.0, 1.0)
+    # EMA decay of the codebooks per `rvq_bins` rows (a step of B rows decays by rvq_decay ** (B / rvq_bins)):
+    # at 0.99999 an entry's statistics average ~100k of its rows, whatever the batch. CLAP is frozen and the
+    # training set fixed, so the k-means of the sample is already the estimate; the EMA only refines it,
+    # slowly enough that the deep codebooks' codes stay put (at 0.999 a twelfth codebook's codes of
+    # fixed probes changed by 25% per 1000 steps: docs/training.md)
+    rvq_decay: float = bounded(0.99999, 0.0, 1.0)
+    # EMA decay per `rvq_bins` rows of each entry's usage, the window over which an entry counts as unused
+    # (rvq_dead_code_threshold): at 0.999 about 1000 windows of `rvq_bins` rows (32k steps at 32 rows)
+    rvq_usage_decay: float = bounded(0.999, 0.0, 1.0)
     rvq_kmeans_iters: int = bounded(50, 0)  # Lloyd iterations of each codebook's k-means initialisation
     # CLAP embeddings of the training set that the codebooks' k-means starts from, drawn from the train
     # shards before the first step (training/clap_sample.py), the same on every worker
     rvq_init_samples: int = bounded(32768, 1)
     # An entry whose EMA usage falls below this share of an even share (1 = it takes 1/rvq_bins of the
-    # rows) is re-seeded from the current batch; 0 never re-seeds. 0.05 at decay 0.999: fewer than ~50
-    # rows of the ~1000 that an even share gets over the EMA's window
+    # rows) is re-seeded from the current batch; 0 never re-seeds. 0.05 at usage decay 0.999: fewer than
+    # ~50 rows of the ~1000 that an even share gets over the window
     rvq_dead_code_threshold: float = bounded(0.05, 0.0)
     family_dropout: float = bounded(0.7, 0.0, 1.0)
     source_dropout: float = bounded(0.7, 0.0, 1.0)

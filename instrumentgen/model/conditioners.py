@@ -53,6 +53,7 @@ class ClapConditioner(nn.Module):
             cfg.rvq_decay,
             cfg.rvq_kmeans_iters,
             cfg.rvq_dead_code_threshold,
+            cfg.rvq_usage_decay,
         )
         self.proj = nn.Linear(cfg.clap_dim, cfg.dim)
         self.null = nn.Parameter(torch.zeros(cfg.dim))

@@ -4,15 +4,19 @@ A pure-torch simulation of what training does to `ResidualVectorQuantizer` (12 c
 entries, 512-d, a global batch of 32 rows a step) on synthetic embeddings that look like CLAP's
 view of NSynth: more instruments than entries (2048), each a unit direction with a shared
 component (cosine ~0.5 between instruments), its notes spread around it (cosine ~0.8 to each
-other), every row unit-norm, a fresh stream of notes each step. Two quantizers see the same
+other), every row unit-norm, a fresh stream of notes each step. Three quantizers see the same
 stream:
 
-- before: audiocraft's settings as they were (k-means on the first 32-row batch, EMA decay 0.99
-  and dead-code threshold 2 assignments per step), expressed in the quantizer's units (decay per
+- before: the quantizer as it was (`quantizer_baseline.py`: plain Lloyd, dead entries re-seeded
+  from rows drawn with replacement) with audiocraft's settings (k-means on the first 32-row batch,
+  EMA decay 0.99 and dead-code threshold 2 assignments per step), expressed in the quantizer's units (decay per
   `bins` rows 0.99 ** 32, threshold 2 x 1024 / 32 = 64 even shares);
 - after: the config's defaults (k-means over a sample of the training set, `model.rvq_init_samples`
-  rows, 10 Lloyd iterations here for time (50 in training); decay 0.999 per `bins` rows; re-seeded
-  below 1/20 of an even share).
+  rows, small clusters split off large ones, 10 Lloyd iterations here for time (50 in training);
+  codebook decay 0.99999 per `bins` rows; re-seeded below 1/20 of an even share of usage counted
+  with decay 0.999 per `bins` rows);
+- the same initialisation with the codebooks' decay at 0.999 (the previous default), whose probe-code
+  churn is in the note of the churn row: why the codebooks move slowly.
 
 Reported, after a warm-up: entries re-seeded per step, distinct entries per codebook (level 0
 and the minimum), the codes of 1024 fixed probe embeddings that change per 1000 steps, the
@@ -24,6 +28,7 @@ at the measurement's resolution.
 
 from __future__ import annotations
 
+import copy
 import time
 
 import torch
@@ -31,8 +36,10 @@ import torch
 from instrumentgen.config import ModelConfig
 from instrumentgen.model.quantizer import ResidualVectorQuantizer
 from jobs.benchmarks import row
+from jobs.benchmarks.quantizer_baseline import AudiocraftQuantizer
 
 DIM = 512
+FASTER_DECAY = 0.999  # the codebooks' decay before they were made slow: shown beside, in the churn row's note
 
 
 class InstrumentLikeEmbeddings:
@@ -99,7 +106,7 @@ def _row(name: str, before: float, after: float, floor: float, goal: float | Non
     return row(
         name,
         "before: first-batch k-means, decay 0.99 / step, threshold 2 / step",
-        "after: k-means over the sample, decay 0.999 / 1024 rows, threshold 0.05 share",
+        "after: split k-means over the sample, decay 0.99999 / 1024 rows, dead below 0.05 share of usage",
         before,
         shown,
         None if goal is None else f"≤ {goal:g} {'✔' if after <= goal else '✘'}",
@@ -108,9 +115,17 @@ def _row(name: str, before: float, after: float, floor: float, goal: float | Non
 
 
 def rows(
-    before: dict, after: dict, reference: float, shape: str, bins: int, probes: int, measured_steps: int
+    before: dict,
+    after: dict,
+    faster: dict,
+    reference: float,
+    shape: str,
+    bins: int,
+    probes: int,
+    measured_steps: int,
 ) -> list[dict]:
-    """The table from the two runs' figures (`simulate`) and the k-means reference error."""
+    """The table from the runs' figures (`simulate`: before, after, after with decay 0.999) and the
+    k-means reference error."""
     per_codebook = lambda figures: "/".join(f"{v:.3g}" for v in figures)  # noqa: E731
     return [
         _row(
@@ -137,7 +152,8 @@ def rows(
             1 / probes,
             0.02,
             f"{probes} probes; per codebook before {per_codebook(before['churn'])}; "
-            f"after {per_codebook(after['churn'])}",
+            f"after {per_codebook(after['churn'])}; after with codebook decay {FASTER_DECAY} "
+            f"{per_codebook(faster['churn'])} (held-out error {faster['error'] / reference:.3g}x k-means)",
         ),
         _row(
             "held-out relative quantization error / k-means on the sample",
@@ -179,11 +195,19 @@ def run(quick: bool) -> list[dict]:
         f"k-means of {sample_rows} rows: {time.perf_counter() - start:.0f} s, held-out error {reference:.4f}",
         flush=True,
     )
-    before = ResidualVectorQuantizer(DIM, codebooks, bins, 0.99 ** (bins / batch), iters, 2 * bins / batch)
+    before = AudiocraftQuantizer(DIM, codebooks, bins, 0.99 ** (bins / batch), iters, 2 * bins / batch)
+    faster = copy.deepcopy(after)
+    faster.decay = FASTER_DECAY
     results = {}
-    for name, rvq, count, settle in (("before", before, before_steps, before_warmup), ("after", after, steps, warmup)):
+    runs = (
+        ("before", before, before_steps, before_warmup),
+        ("after", after, steps, warmup),
+        ("faster", faster, steps, warmup),
+    )
+    for name, rvq, count, settle in runs:
         figures = simulate(rvq, data, count, settle, batch, probes, held_out)
         results[name] = {k: v if isinstance(v, float) else v.tolist() for k, v in figures.items()}
         print(name, results[name], flush=True)
     shape = f"{codebooks} x {bins}, batch {batch}, {before_steps} / {steps} steps, sample {sample_rows}"
-    return rows(results["before"], results["after"], reference, shape, bins, len(probes), steps - warmup)
+    figures = results["before"], results["after"], results["faster"]
+    return rows(*figures, reference, shape, bins, len(probes), steps - warmup)
