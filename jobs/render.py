@@ -7,7 +7,7 @@ Before Ray starts: the prompt file is read and checked (missing, empty, a CSV wi
 header: one line, exit 2), the checkpoint must exist and `out=` must take a probe object (its
 bucket must exist). Then the driver validates the lines (bad lines -> failures with line
 numbers), expands variations, computes each instrument's id and finds the finished ones from one
-listing of the library and its index (`library.plan_library`). The rest become a Ray Data
+listing of the library and its index (`library.plan_library`); it imports no torch. The rest become a Ray Data
 dataset in blocks of up to `BLOCK_ROWS` instruments, mapped by a pool of `render.actors`
 `RenderActor`s (each keeps the models loaded and calls `render_isolated` per instrument: a
 complete folder is skipped, an incomplete one cleared, transient storage errors retried, any
@@ -35,13 +35,13 @@ from instrumentgen import storage
 from instrumentgen.config import Config, ConfigError
 from instrumentgen.faults import Fault
 from instrumentgen.instruments import library
+from instrumentgen.instruments.naming import checkpoint_id, render_settings
 from instrumentgen.instruments.prompts import (
     RenderRequest,
     expand_variations,
     instrument_id,
     read_prompts,
 )
-from instrumentgen.instruments.render import Renderer, RetryPolicy, checkpoint_id, render_isolated, render_settings
 from instrumentgen.metrics.aggregate import finite_mean
 from jobs.entry import job_main, parse_job_args
 
@@ -58,7 +58,9 @@ class RenderActor:
     """One render worker of the Ray Data actor pool: models loaded once, one instrument per batch."""
 
     def __init__(self, cfg: Config, checkpoint: str, out: str, fault: Fault | None = None):
-        import torch
+        import torch  # here, not at the top: the driver plans without the model stack (~500 MiB)
+
+        from instrumentgen.instruments.render import Renderer, RetryPolicy
 
         if not cfg.render.num_gpus:  # CPU actors share the node's cores: no oversubscription
             torch.set_num_threads(max(1, int(cfg.render.num_cpus)))
@@ -66,6 +68,8 @@ class RenderActor:
         self.policy = RetryPolicy()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from instrumentgen.instruments.render import render_isolated
+
         rows = []
         for index, request_json, instrument in zip(batch["index"], batch["request"], batch["id"]):
             request = RenderRequest.from_json(str(request_json))

@@ -247,6 +247,29 @@ def test_a_retry_keeps_only_the_kept_attempts_notes(renderer, tmp_path):
     assert not storage.exists(storage.join(url, "candidates"))
 
 
+# ---- the driver
+
+
+def test_the_driver_plans_without_the_model_stack(checkpoint, tmp_path):
+    """Planning names every instrument by the checkpoint's model_id and checks the library, importing no
+    torch (about 500 MiB resident): the driver of a 100,000-instrument list stays small."""
+    prompts = write_lines(str(tmp_path / "p.jsonl"), [{"prompt": f"driver prompt {i}", **SMALL} for i in range(3)])
+    out = str(tmp_path / "library")
+    script = (
+        "import json, sys; from instrumentgen.config import load_config; "
+        "from instrumentgen.instruments import library; from jobs import render; "
+        "planned, _ = render.plan(load_config('tiny'), *sys.argv[1:3]); "
+        "known = library.plan_library(sys.argv[3], [i for i, _ in planned]); "
+        "print(json.dumps([[i for i, _ in planned], len(known.complete), 'torch' in sys.modules]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, checkpoint, prompts, out], capture_output=True, text=True, check=True
+    )
+    ids, complete, torch_imported = json.loads(done.stdout.strip().splitlines()[-1])
+    assert ids == [i for i, _ in job.plan(load_config("tiny"), checkpoint, prompts)[0]]  # same ids as with torch
+    assert (len(ids), complete, torch_imported) == (3, 0, False)
+
+
 # ---- the job on a local Ray and a real S3 server
 
 
