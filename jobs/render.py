@@ -6,15 +6,17 @@
 Before Ray starts: the prompt file is read and checked (missing, empty, a CSV without a known
 header: one line, exit 2), the checkpoint must exist and `out=` must take a probe object (its
 bucket must exist). Then the driver validates the lines (bad lines -> failures with line
-numbers), expands variations, computes each instrument's id and finds the finished ones from one
-listing of the library and its index (`library.plan_library`); it imports no torch. The rest become a Ray Data
-dataset in blocks of up to `BLOCK_ROWS` instruments, mapped by a pool of `render.actors`
-`RenderActor`s (each keeps the models loaded and calls `render_isolated` per instrument: a
-complete folder is skipped, an incomplete one cleared, transient storage errors retried, any
-other exception a failure row, so one instrument never ends the run). At the end:
-`failures.jsonl`, `summary.json`, the index updated with this run's rows only and, with
-`report=true`, the paper's Table 2 for the list from the index (`results.md`, `results.json`, a
-figure). Progress: a bar on a terminal, else one line every `PROGRESS_EVERY_S`. See docs/batch.md.
+numbers), expands variations, computes each instrument's id and finds the finished ones from the
+library's index and the journals of killed runs (`library.plan_library`; the driver imports no
+torch, and lists the instrument folders only after a big killed run). It records the ids it will render in a journal
+(`pending.record_run`). The rest become a Ray Data dataset in blocks of up to `BLOCK_ROWS`
+instruments, mapped by a pool of `render.actors` `RenderActor`s (each keeps the models loaded and
+calls `render_isolated` per instrument: a complete folder is skipped, an incomplete one cleared,
+transient storage errors retried, any other exception a failure row, so one instrument never ends
+the run). At the end: `failures.jsonl`, `summary.json`, the index updated with this run's rows
+only (then the journals are removed) and, with `report=true`, the paper's Table 2 for the list
+from the index (`results.md`, `results.json`, a figure). Progress: a bar on a terminal, else one
+line every `PROGRESS_EVERY_S`. See docs/batch.md.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from tqdm import tqdm
 from instrumentgen import storage
 from instrumentgen.config import Config, ConfigError
 from instrumentgen.faults import Fault
-from instrumentgen.instruments import library
+from instrumentgen.instruments import library, pending
 from instrumentgen.instruments.naming import checkpoint_id, render_settings
 from instrumentgen.instruments.prompts import (
     RenderRequest,
@@ -180,15 +182,16 @@ def run(cfg: Config, checkpoint: str, prompts: str, out: str, report: bool = Fal
     Returns the summary (also `<out>/summary.json`). `fault`: a test's armed failure (`instrumentgen.faults`)."""
     start = time.perf_counter()
     planned, failures = plan(cfg, checkpoint, prompts)
-    done, recovered = library.plan_library(out, [i for i, _ in planned])
-    todo = [(index, i, request) for index, (i, request) in enumerate(planned) if i not in done]
+    known = library.plan_library(out, [i for i, _ in planned])
+    todo = [(index, i, request) for index, (i, request) in enumerate(planned) if i not in known.complete]
     print(
-        f"{len(planned)} instruments from {prompts}: {len(done)} already complete, {len(todo)} to render; "
+        f"{len(planned)} instruments from {prompts}: {len(known.complete)} already complete, {len(todo)} to render; "
         f"{len(failures)} lines not usable",
         flush=True,
     )
-    rendered, flagged, rows = 0, 0, list(recovered)
+    rendered, flagged, rows, journals = 0, 0, list(known.recovered), list(known.journals)
     if todo:
+        journals.append(pending.record_run(out, [i for _, i, _ in todo]))  # before the first instrument
         terminal = sys.stderr.isatty()
         ray.data.DataContext.get_current().enable_progress_bars = terminal
         progress = Progress(len(todo), terminal=terminal)
@@ -204,11 +207,12 @@ def run(cfg: Config, checkpoint: str, prompts: str, out: str, report: bool = Fal
         progress.close()
     elapsed_s = time.perf_counter() - start
     index = library.update_index(out, rows)
+    pending.settle(journals)  # the index holds every complete instrument they list
     listed = index.filter(pc.is_in(index.column("id"), value_set=pa.array([i for i, _ in planned], pa.string())))
     stats = {
         "instruments": len(planned),
         "rendered": rendered,
-        "skipped": len(done),
+        "skipped": len(known.complete),
         "failed": len(failures),
         "flagged": flagged,
         "failed_by_reason": dict(Counter(f["reason"] for f in failures)),

@@ -14,7 +14,7 @@ import torch
 from instrumentgen import storage
 from instrumentgen.config import load_config
 from instrumentgen.faults import Fault
-from instrumentgen.instruments import library
+from instrumentgen.instruments import library, pending
 from instrumentgen.instruments.instrument import Instrument
 from instrumentgen.instruments.prompts import read_prompts
 from instrumentgen.instruments.render import Renderer, retry_seed
@@ -76,12 +76,14 @@ def folder_files(out, instrument):
 
 
 def assert_consistent_library(out, ids):
-    """Every manifest sits over all its notes; the index lists exactly the complete folders."""
+    """Every manifest sits over all its notes; the index lists exactly the complete folders; no journal is
+    left (the run that wrote it finished)."""
     manifests = library.read_manifests(out)
     for instrument, manifest in manifests.items():
         for note in manifest["notes"]:
             assert storage.exists(storage.join(out, instrument, note["file"])), (instrument, note)
     assert sorted(library.read_index(out).column("id").to_pylist()) == sorted(manifests) == sorted(ids)
+    assert pending.pending_runs(out) == []
 
 
 # ---- one instrument, no Ray: consistency selection and the quality gate
@@ -430,6 +432,8 @@ def test_a_killed_driver_resumes_to_the_clean_library(checkpoint, clean_library,
     assert 1 <= len(complete) < len(KILL_LINES), f"killed with {len(complete)} instruments complete; needs mid-run"
     for instrument, manifest in complete.items():  # no complete manifest over missing notes
         assert all(storage.exists(storage.join(out, instrument, n["file"])) for n in manifest["notes"])
+    assert set(complete) <= pending.pending_ids(pending.pending_runs(out))  # the killed run's journal
+    assert library.read_index(out).num_rows == 0
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"{len(complete)} already complete" in done.stdout
