@@ -176,16 +176,10 @@ def summary(stats: dict) -> str:
     return "\n".join(lines)
 
 
-def listed_rows(index: pa.Table, ids: list[str]) -> pa.Table:
-    """The rows of `index` whose id is among `ids` (the list's complete instruments), in index order."""
-    return index.filter(pc.is_in(index.column("id"), value_set=pa.array(ids, pa.string())))
-
-
-def write_table2(out: str, listed: pa.Table, ids: list[str], checkpoint: str) -> dict:
-    """The paper's Table 2 for the list's instruments (`listed` rows, in the order of `ids`) under `out`."""
-    by_id = {row["id"]: row for row in listed.to_pylist()}
+def write_table2(out: str, index: pa.Table, ids: list[str], checkpoint: str) -> dict:
+    """The paper's Table 2 for the list's complete instruments (`ids` with a row in `index`, in list order)."""
     model = checkpoint.rstrip("/").rsplit("/", 1)[-1]
-    return library.write_report(out, [by_id[i] for i in ids if i in by_id], model)
+    return library.write_report(out, library.report_rows(index, ids), model)
 
 
 def run(cfg: Config, checkpoint: str, prompts: str, out: str, report: bool = False, fault: Fault | None = None) -> dict:
@@ -221,7 +215,7 @@ def run(cfg: Config, checkpoint: str, prompts: str, out: str, report: bool = Fal
     index = library.update_index(out, rows)
     pending.settle(journals)  # the index holds every complete instrument they list
     ids = [i for i, _ in planned]
-    listed = listed_rows(index, ids)
+    listed = index.filter(pc.is_in(index.column("id"), value_set=pa.array(ids, pa.string())))
     stats = {
         "instruments": len(planned),
         "rendered": rendered,
@@ -239,7 +233,7 @@ def run(cfg: Config, checkpoint: str, prompts: str, out: str, report: bool = Fal
     library.write_failures(out, failures)
     storage.write_json(storage.join(out, "summary.json"), stats)
     if report:
-        write_table2(out, listed, ids, checkpoint)
+        write_table2(out, index, ids, checkpoint)
     print(summary(stats), flush=True)
     return stats
 

@@ -99,6 +99,10 @@ def test_table2_from_index_rows_keeps_each_prompt_in_its_cell(tmp_path):
     assert "| model.pt | 0.250 | 0.500 | 2.000 | – | – | – |" in markdown
     assert "| a \\| b | 3 | 0.250 | 0.500 | 1.000 | 2.000 |" in markdown
     assert "| two lines | 3 |" in markdown
+    a, b = ids(2)
+    index = library.update_index(str(tmp_path / "lib"), rows)
+    assert [r["id"] for r in library.report_rows(index, [b, "f" * 16, a])] == [b, a]  # list order, known ids only
+    assert library.report_rows(index, [b])[0] == {k: rows[1][k] for k in library.TABLE2_COLUMNS}
     out = str(tmp_path / "report")
     library.write_report(out, rows, "model.pt")
     assert storage.read_bytes(storage.join(out, "figures", "tc_per_prompt.png"))[:4] == b"\x89PNG"
