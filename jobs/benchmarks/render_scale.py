@@ -16,7 +16,7 @@ Rows compare the job's steps with what they were before issue 25 on a `COMPARED`
 library of the same kind (the old steps at 100,000 would take minutes and ~16 GiB): a HEAD per id
 to find the finished ones, the index rebuilt from every manifest, Table 2 from the manifests. The
 last row renders `RENDERS` one-note instruments through `jobs.render.run` (2 actors) against a
-serial loop of `render_isolated` in this process, into a bucket of their own on the same S3.
+serial loop of `render_isolated` in a process of its own, into a bucket of their own on the same S3.
 """
 
 from __future__ import annotations
@@ -80,7 +80,6 @@ def _step(name: str, work) -> dict:
 
 def driver(checkpoint: str, prompts: str, out: str, compared_prompts: str, compared_out: str, new_rows: str) -> list:
     """The child process: the render job's driver, each step timed on its own (and its old version)."""
-    from instrumentgen import storage
     from instrumentgen.config import load_config
     from instrumentgen.instruments import library
     from jobs import render as job
@@ -103,20 +102,10 @@ def driver(checkpoint: str, prompts: str, out: str, compared_prompts: str, compa
         ids = [i for i, _ in planned]
 
         def report():
-            listed = job.listed_rows(library.read_index(folder), ids)
-            return job.write_table2(folder, listed, ids, checkpoint)["instruments"]
+            return job.write_table2(folder, library.read_index(folder), ids, checkpoint)["instruments"]
 
         steps.append(_step(f"{label}table2", report))
-        if not label:
-            argv = ["config=tiny", f"checkpoint={checkpoint}", f"prompts={prompt_file}", f"out={folder}", "report=true"]
-
-            def rerun():
-                assert job.main(argv) == 0
-                return storage.read_json(storage.join(folder, "summary.json"))
-
-            steps.append(_step("rerun", rerun))
-            assert (steps[-1]["result"]["rendered"], steps[-1]["result"]["skipped"]) == (0, len(ids)), steps[-1]
-        else:
+        if label:
             steps.append(_step("old plan", lambda: len(library.complete_ids(folder, ids))))
             steps.append(_step("old index", lambda: library.rebuild_index(folder).num_rows))
 
@@ -128,43 +117,74 @@ def driver(checkpoint: str, prompts: str, out: str, compared_prompts: str, compa
     return steps
 
 
-def _renders(cfg, checkpoint: str, root: str, count: int) -> tuple[float, float]:
-    """`count` one-note instruments: a serial loop of render_isolated, then jobs.render.run -> (loop s, job s)."""
+def rerun(checkpoint: str, prompts: str, out: str) -> dict:
+    """The child process: `python -m jobs.render ... report=true` on a complete library, as a user runs it
+    (imports, joining Ray, planning, nothing to render, the index, Table 2) -> its time, peak and summary."""
+    start = time.perf_counter()
+    from instrumentgen import storage
+    from jobs import render as job
+
+    argv = ["config=tiny", f"checkpoint={checkpoint}", f"prompts={prompts}", f"out={out}", "report=true"]
+    assert job.main(argv) == 0
+    seconds = time.perf_counter() - start
+    return {"s": seconds, "peak_mib": peak_mib(), "summary": storage.read_json(storage.join(out, "summary.json"))}
+
+
+def _render_config():
+    from instrumentgen.config import load_config
+
+    return load_config("tiny", [f"render.actors={ACTORS}", "render.num_cpus=1"])
+
+
+def serial_loop(checkpoint: str, prompts: str) -> float:
+    """The child process: `render_isolated` over the prompts, one after another -> seconds (models loaded and
+    one instrument rendered first).
+
+    A process of its own, as each actor is: in the benchmark's process, which holds moto's 100,000
+    objects and answers every request, the loop took 3.5 s per instrument in a first run (1,041 s for
+    300, against 97 s for the job), several times its cost in a process of its own."""
     from instrumentgen import storage
     from instrumentgen.instruments.prompts import read_prompts
     from instrumentgen.instruments.render import Renderer, render_isolated
+
+    renderer = Renderer(_render_config(), checkpoint)
+    requests, _ = read_prompts(prompts)
+    warm_up = storage.join(f"s3://{RENDER_BUCKET}/warm-up", "0" * 16)  # first-call costs, as the sample paid before
+    assert render_isolated(renderer, requests[0], "0" * 16, warm_up)["status"] == "rendered"
+    start = time.perf_counter()
+    for number, request in enumerate(requests):
+        url = storage.join(f"s3://{RENDER_BUCKET}/serial", f"{number:016x}")
+        rendered = render_isolated(renderer, request, f"{number:016x}", url)
+        assert rendered["status"] == "rendered", rendered
+    return time.perf_counter() - start
+
+
+def _renders(checkpoint: str, root: str, count: int) -> tuple[float, float]:
+    """`count` one-note instruments: a serial loop of render_isolated, then jobs.render.run -> (loop s, job s)."""
     from jobs import render as job
 
     lines = [{"prompt": f"streamed prompt {i}", "keys": [60, 60], "velocities": [100]} for i in range(count)]
     prompts = _write_prompts(os.path.join(root, "stream.jsonl"), lines)
-    renderer = Renderer(cfg, checkpoint)
-    requests, _ = read_prompts(prompts)
+    loop_s = _child("serial_loop", checkpoint, prompts)
     start = time.perf_counter()
-    for number, request in enumerate(requests):
-        rendered = render_isolated(
-            renderer, request, f"{number:016x}", storage.join(f"s3://{RENDER_BUCKET}/serial", f"{number:016x}")
-        )
-        assert rendered["status"] == "rendered", rendered
-    loop_s = time.perf_counter() - start
-    start = time.perf_counter()
-    stats = job.run(cfg, checkpoint, prompts, f"s3://{RENDER_BUCKET}/streamed")
+    stats = job.run(_render_config(), checkpoint, prompts, f"s3://{RENDER_BUCKET}/streamed")
     job_s = time.perf_counter() - start
     assert stats["rendered"] == count, stats
     return loop_s, job_s
 
 
-def _run_driver(args: list[str]) -> dict[str, dict]:
-    """`driver(*args)` in a child process joined to this process's Ray -> its steps by name."""
+def _child(function: str, *args: str):
+    """`function(*args)` of this module in a child process joined to this process's Ray -> what it returned."""
     import ray
 
-    code = "import json, sys; from jobs.benchmarks.render_scale import driver; "
-    code += "print(json.dumps(driver(*sys.argv[1:])))"
+    code = f"import json, sys; from jobs.benchmarks.render_scale import {function}; "
+    code += f"print(json.dumps({function}(*sys.argv[1:])))"
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, check=False)
     if done.returncode:
         raise RuntimeError(done.stderr[-3000:])
     print(done.stderr[-2000:], file=sys.stderr, flush=True)
-    return {s["step"]: s for s in json.loads(done.stdout.strip().splitlines()[-1])}
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def run(quick: bool) -> list[dict]:
@@ -177,7 +197,6 @@ def run(quick: bool) -> list[dict]:
     from moto.server import ThreadedMotoServer
 
     from instrumentgen import storage
-    from instrumentgen.config import load_config
     from instrumentgen.instruments import library
     from instrumentgen.instruments.render import Renderer, render_isolated
     from instrumentgen.model.lm import InstrumentLM
@@ -197,7 +216,7 @@ def run(quick: bool) -> list[dict]:
             for bucket in (BUCKET, RENDER_BUCKET):
                 boto3.client("s3").create_bucket(Bucket=bucket)
             backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
-            cfg = load_config("tiny", [f"render.actors={ACTORS}", "render.num_cpus=1"])
+            cfg = _render_config()
             torch.manual_seed(0)
             checkpoint = InstrumentLM(cfg.model).save(os.path.join(root, "model.pt"))
             renderer = Renderer(cfg, checkpoint)
@@ -230,14 +249,17 @@ def run(quick: bool) -> list[dict]:
                 new_rows,
             ]
             with local_ray():
-                steps = _run_driver(args)
+                steps = {step["step"]: step for step in _child("driver", *args)}
+                print("render_scale: the whole job again", file=sys.stderr, flush=True)
+                again = _child("rerun", checkpoint, libraries["library"], f"s3://{BUCKET}/library")
+                assert (again["summary"]["rendered"], again["summary"]["skipped"]) == (0, sizes["LIBRARY"]), again
                 print("render_scale: renders", file=sys.stderr, flush=True)
-                loop_s, job_s = _renders(cfg, checkpoint, root, sizes["RENDERS"])
+                loop_s, job_s = _renders(checkpoint, root, sizes["RENDERS"])
     finally:
         server.stop()
     big, small = sizes["LIBRARY"], sizes["COMPARED"]
-    library_steps = ("imports and Ray", "plan", "index", "table2", "rerun")
-    peak = max(steps[name]["peak_mib"] for name in library_steps)
+    steps_peak = max(steps[name]["peak_mib"] for name in ("imports and Ray", "plan", "index", "table2"))
+    peak = max(steps_peak, again["peak_mib"])
     plan_s = steps["plan"]["s"]
 
     def at_scale(step: str) -> str:
@@ -256,11 +278,10 @@ def run(quick: bool) -> list[dict]:
             f"at {big:,}: plan < {GOAL_PLAN_S} s {mark(plan_s < GOAL_PLAN_S)}, "
             f"driver < 1 GiB {mark(peak < GOAL_DRIVER_MIB)}",
             f"{at_scale('plan')} (prompt file checked and read, ids computed, index read, pending/ listed: "
-            "no journal); "
-            f"driver peak resident memory {peak:.0f} MiB over its steps at {big:,} (VmHWM of the driver "
-            f"process: jobs.render's imports and joining Ray ({steps['imports and Ray']['peak_mib']:.0f} MiB) "
-            f"included, no torch); the whole job again on the complete library (jobs.render.main, "
-            f"report=true): {steps['rerun']['s']:.1f} s, nothing rendered",
+            f"no journal). Driver peak resident memory (VmHWM, no torch): {steps_peak:.0f} MiB over the steps "
+            f"of this table at {big:,} ({steps['imports and Ray']['peak_mib']:.0f} MiB after importing "
+            f"jobs.render and joining Ray); the whole job again on the complete library (python -m jobs.render "
+            f"report=true, a fresh process): {again['s']:.1f} s, peak {again['peak_mib']:.0f} MiB, nothing rendered",
         ),
         row(
             f"index: {sizes['NEW_ROWS']:,} new rows into a {small:,}-instrument library",
@@ -288,6 +309,8 @@ def run(quick: bool) -> list[dict]:
             job_s,
             None,
             f"{60 * sizes['RENDERS'] / job_s:.0f} vs {60 * sizes['RENDERS'] / loop_s:.0f} instruments/min; "
-            f"actor start-up and model loading included in ours; {os.cpu_count()} cores",
+            f"the loop in a process of its own, its models loaded and one instrument rendered before the "
+            f"timing; actor start-up and "
+            f"model loading included in ours; {os.cpu_count()} cores",
         ),
     ]
