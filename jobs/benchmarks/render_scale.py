@@ -7,16 +7,21 @@ folder per instrument holding the real manifest of a rendered one-note instrumen
 scores changed), and the index of all of them. The driver's steps run in a child process that does
 what `python -m jobs.render` does: it imports `jobs.render`, joins the Ray started here, then runs
 the job's own functions one step at a time (planning: the prompt file checked and read, the ids,
-the index and the pending journals; the index update; Table 2), then the whole job again
-(`jobs.render.main`, report=true) on the complete library, which renders nothing. Its peak memory
-is `VmHWM`, the high-water mark of its own resident set (not `ru_maxrss`: after fork and exec that
-starts at the parent's resident set, which here holds moto's 100,000 objects).
+the index and the pending journals; the index update; Table 2); then a fresh child runs the whole
+job again (`jobs.render.main`, report=true) on the complete library, which renders nothing. A
+child's peak memory is `VmHWM`, the high-water mark of its own resident set (not `ru_maxrss`: after
+fork and exec that starts at the parent's resident set, which here holds moto's 100,000 objects).
 
 Rows compare the job's steps with what they were before issue 25 on a `COMPARED`-instrument
 library of the same kind (the old steps at 100,000 would take minutes and ~16 GiB): a HEAD per id
 to find the finished ones, the index rebuilt from every manifest, Table 2 from the manifests. The
-last row renders `RENDERS` one-note instruments through `jobs.render.run` (2 actors) against a
-serial loop of `render_isolated` in a process of its own, into a bucket of their own on the same S3.
+last row renders `RENDERS` one-note instruments through `jobs.render.run` (2 actors of one torch
+thread) against a serial loop of `render_isolated` in a process of its own with one torch thread,
+into a bucket of their own on the same S3. One thread, not two: on this shared 2-core machine
+under a load average of 8, a one-note render took 5.4-11.2 s with two torch threads against
+0.27-0.29 s with one (presumably the two threads waiting on each other for contended cores), and a two-thread loop
+measured 1,733 s for 300 against the job's 68 s, a ratio of that, not of the job. The loop in
+the benchmark's own process (moto's server, 100,000 objects) was slow as well: 1,041 s.
 """
 
 from __future__ import annotations
@@ -140,13 +145,14 @@ def serial_loop(checkpoint: str, prompts: str) -> float:
     """The child process: `render_isolated` over the prompts, one after another -> seconds (models loaded and
     one instrument rendered first).
 
-    A process of its own, as each actor is: in the benchmark's process, which holds moto's 100,000
-    objects and answers every request, the loop took 3.5 s per instrument in a first run (1,041 s for
-    300, against 97 s for the job), several times its cost in a process of its own."""
+    A process of its own with one torch thread, as each actor is."""
+    import torch
+
     from instrumentgen import storage
     from instrumentgen.instruments.prompts import read_prompts
     from instrumentgen.instruments.render import Renderer, render_isolated
 
+    torch.set_num_threads(1)  # as an actor of render.num_cpus=1 (see the module docstring)
     renderer = Renderer(_render_config(), checkpoint)
     requests, _ = read_prompts(prompts)
     warm_up = storage.join(f"s3://{RENDER_BUCKET}/warm-up", "0" * 16)  # first-call costs, as the sample paid before
@@ -309,8 +315,8 @@ def run(quick: bool) -> list[dict]:
             job_s,
             None,
             f"{60 * sizes['RENDERS'] / job_s:.0f} vs {60 * sizes['RENDERS'] / loop_s:.0f} instruments/min; "
-            f"the loop in a process of its own, its models loaded and one instrument rendered before the "
-            f"timing; actor start-up and "
+            f"the loop in a process of its own with 1 torch thread like an actor, its models loaded and one "
+            f"instrument rendered before the timing; actor start-up and "
             f"model loading included in ours; {os.cpu_count()} cores",
         ),
     ]
