@@ -6,15 +6,17 @@
 Before Ray starts: the prompt file is read and checked (missing, empty, a CSV without a known
 header: one line, exit 2), the checkpoint must exist and `out=` must take a probe object (its
 bucket must exist). Then the driver validates the lines (bad lines -> failures with line
-numbers), expands variations, computes each instrument's id and finds the finished ones from one
-listing of the library and its index (`library.plan_library`). The rest become a Ray Data
-dataset in blocks of up to `BLOCK_ROWS` instruments, mapped by a pool of `render.actors`
-`RenderActor`s (each keeps the models loaded and calls `render_isolated` per instrument: a
-complete folder is skipped, an incomplete one cleared, transient storage errors retried, any
-other exception a failure row, so one instrument never ends the run). At the end:
-`failures.jsonl`, `summary.json`, the index updated with this run's rows only and, with
-`report=true`, the paper's Table 2 for the list from the index (`results.md`, `results.json`, a
-figure). Progress: a bar on a terminal, else one line every `PROGRESS_EVERY_S`. See docs/batch.md.
+numbers), expands variations, computes each instrument's id and finds the finished ones from the
+library's index and the journals of killed runs (`library.plan_library`; the driver imports no
+torch, and lists the instrument folders only after a big killed run). It records the ids it will render in a journal
+(`pending.record_run`). The rest become a Ray Data dataset in blocks of up to `BLOCK_ROWS`
+instruments, mapped by a pool of `render.actors` `RenderActor`s (each keeps the models loaded and
+calls `render_isolated` per instrument: a complete folder is skipped, an incomplete one cleared,
+transient storage errors retried, any other exception a failure row, so one instrument never ends
+the run). At the end: `failures.jsonl`, `summary.json`, the index updated with this run's rows
+only (then the journals are removed) and, with `report=true`, the paper's Table 2 for the list
+from the index (`results.md`, `results.json`, a figure). Progress: a bar on a terminal, else one
+line every `PROGRESS_EVERY_S`. See docs/batch.md.
 """
 
 from __future__ import annotations
@@ -34,14 +36,14 @@ from tqdm import tqdm
 from instrumentgen import storage
 from instrumentgen.config import Config, ConfigError
 from instrumentgen.faults import Fault
-from instrumentgen.instruments import library
+from instrumentgen.instruments import library, pending
+from instrumentgen.instruments.naming import checkpoint_id, render_settings
 from instrumentgen.instruments.prompts import (
     RenderRequest,
     expand_variations,
     instrument_id,
     read_prompts,
 )
-from instrumentgen.instruments.render import Renderer, RetryPolicy, checkpoint_id, render_isolated, render_settings
 from instrumentgen.metrics.aggregate import finite_mean
 from jobs.entry import job_main, parse_job_args
 
@@ -58,7 +60,9 @@ class RenderActor:
     """One render worker of the Ray Data actor pool: models loaded once, one instrument per batch."""
 
     def __init__(self, cfg: Config, checkpoint: str, out: str, fault: Fault | None = None):
-        import torch
+        import torch  # here, not at the top: the driver plans without the model stack (~500 MiB)
+
+        from instrumentgen.instruments.render import Renderer, RetryPolicy
 
         if not cfg.render.num_gpus:  # CPU actors share the node's cores: no oversubscription
             torch.set_num_threads(max(1, int(cfg.render.num_cpus)))
@@ -66,6 +70,8 @@ class RenderActor:
         self.policy = RetryPolicy()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from instrumentgen.instruments.render import render_isolated
+
         rows = []
         for index, request_json, instrument in zip(batch["index"], batch["request"], batch["id"]):
             request = RenderRequest.from_json(str(request_json))
@@ -170,21 +176,28 @@ def summary(stats: dict) -> str:
     return "\n".join(lines)
 
 
+def write_table2(out: str, index: pa.Table, ids: list[str], checkpoint: str) -> dict:
+    """The paper's Table 2 for the list's complete instruments (`ids` with a row in `index`, in list order)."""
+    model = checkpoint.rstrip("/").rsplit("/", 1)[-1]
+    return library.write_report(out, library.report_rows(index, ids), model)
+
+
 def run(cfg: Config, checkpoint: str, prompts: str, out: str, report: bool = False, fault: Fault | None = None) -> dict:
     """Render every instrument of `prompts` that `out` lacks; write failures, summary, index (and Table 2).
 
     Returns the summary (also `<out>/summary.json`). `fault`: a test's armed failure (`instrumentgen.faults`)."""
     start = time.perf_counter()
     planned, failures = plan(cfg, checkpoint, prompts)
-    done, recovered = library.plan_library(out, [i for i, _ in planned])
-    todo = [(index, i, request) for index, (i, request) in enumerate(planned) if i not in done]
+    known = library.plan_library(out, [i for i, _ in planned])
+    todo = [(index, i, request) for index, (i, request) in enumerate(planned) if i not in known.complete]
     print(
-        f"{len(planned)} instruments from {prompts}: {len(done)} already complete, {len(todo)} to render; "
+        f"{len(planned)} instruments from {prompts}: {len(known.complete)} already complete, {len(todo)} to render; "
         f"{len(failures)} lines not usable",
         flush=True,
     )
-    rendered, flagged, rows = 0, 0, list(recovered)
+    rendered, flagged, rows, journals = 0, 0, list(known.recovered), list(known.journals)
     if todo:
+        journals.append(pending.record_run(out, [i for _, i, _ in todo]))  # before the first instrument
         terminal = sys.stderr.isatty()
         ray.data.DataContext.get_current().enable_progress_bars = terminal
         progress = Progress(len(todo), terminal=terminal)
@@ -200,11 +213,13 @@ def run(cfg: Config, checkpoint: str, prompts: str, out: str, report: bool = Fal
         progress.close()
     elapsed_s = time.perf_counter() - start
     index = library.update_index(out, rows)
-    listed = index.filter(pc.is_in(index.column("id"), value_set=pa.array([i for i, _ in planned], pa.string())))
+    pending.settle(journals)  # the index holds every complete instrument they list
+    ids = [i for i, _ in planned]
+    listed = index.filter(pc.is_in(index.column("id"), value_set=pa.array(ids, pa.string())))
     stats = {
         "instruments": len(planned),
         "rendered": rendered,
-        "skipped": len(done),
+        "skipped": len(known.complete),
         "failed": len(failures),
         "flagged": flagged,
         "failed_by_reason": dict(Counter(f["reason"] for f in failures)),
@@ -218,9 +233,7 @@ def run(cfg: Config, checkpoint: str, prompts: str, out: str, report: bool = Fal
     library.write_failures(out, failures)
     storage.write_json(storage.join(out, "summary.json"), stats)
     if report:
-        by_id = {row["id"]: row for row in listed.to_pylist()}
-        model = checkpoint.rstrip("/").rsplit("/", 1)[-1]
-        library.write_report(out, [by_id[i] for i, _ in planned if i in by_id], model)
+        write_table2(out, index, ids, checkpoint)
     print(summary(stats), flush=True)
     return stats
 

@@ -5,12 +5,18 @@ Layout under the library URL `out`:
     <out>/<id>/...                 one instrument (`slices.write_instrument`); complete with manifest.json
     <out>/index.parquet            one row per complete instrument (`INDEX_COLUMNS`), sorted by id;
                                    each run adds its own rows (`update_index`), no manifest is read
+    <out>/pending/<run>.json       the ids of a run not yet in the index (`pending`)
     <out>/summary.json, failures.jsonl, results.md, results.json, figures/   of the last run
 
-Nothing here grows with the library but the index itself (a few hundred bytes per instrument):
-`plan_library` finds the finished ids from one paginated listing of the top-level folders and
-the index, and reads a manifest only for a folder the index lacks (an instrument finished by a
-run killed before it wrote its index rows). Table 2 is computed from index rows.
+Nothing here grows with the library but the index itself (a few hundred bytes per instrument).
+The index is the record of which instruments are complete: `plan_library` reads it and the
+journals of runs that have not updated it (killed ones), and asks for a manifest only for a
+journal's id the index lacks. It lists the library's folders only when a big killed run left
+more such ids than a listing costs (`listing_pays`): a listing is a request per 1,000 folders on
+an object store, and the loopback S3 (moto) scans every key of the bucket for each of them
+(50-75 s for 100,000 folders; planning used to start with it). An instrument made by a run that left no journal (a
+library written before journals) is found complete by the worker that would render it, which
+returns its row instead (`render.prepare_folder`). Table 2 is computed from index rows.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import concurrent.futures
 import io
 import json
 import re
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -26,6 +33,7 @@ import pyarrow.parquet as pq
 
 from instrumentgen import storage
 from instrumentgen.errors import MissingObjectError
+from instrumentgen.instruments import pending
 from instrumentgen.instruments.manifest import InstrumentManifest
 from instrumentgen.metrics.aggregate import finite_mean, score_cell
 
@@ -50,8 +58,10 @@ INDEX_COLUMNS = {
     "model_id": pa.string(),
     "checkpoint": pa.string(),
 }
+TABLE2_COLUMNS = ["id", "name", "prompt", "seed", "clap_score", "mad_pitch", "tc", "tc_without_selection"]
 IO_THREADS = 16  # object stores are latency-bound: one request per instrument, many at once
 ID_PATTERN = re.compile(r"[0-9a-f]{16}")  # `prompts.instrument_id`
+LIST_PAGE = 1000  # folders per listing request of an object store (S3's most)
 FIGURE_MAX_PROMPTS = 200  # one bar per prompt: past this the figure is unreadable (and huge)
 
 
@@ -73,18 +83,35 @@ def folder_ids(out: str) -> set[str]:
     return {n for n in (name.rstrip("/").rsplit("/", 1)[-1] for name in names) if ID_PATTERN.fullmatch(n)}
 
 
-def plan_library(out: str, ids: list[str]) -> tuple[set[str], list[dict]]:
-    """Which of `ids` are complete under `out` -> (complete ids, index rows the index lacks).
+class LibraryPlan(NamedTuple):
+    """What the index and the pending journals say about a run's planned ids."""
 
-    A planned id is complete when it has a folder and an index row; a folder without a row is asked
-    for its manifest (complete: its row is returned, to be added), so a killed run's instruments are
-    neither lost from the index nor rendered again. A folder with neither is rendered (and cleared
-    first) by the worker."""
-    folders = folder_ids(out) & set(ids)
-    indexed = set(read_index(out).column("id").to_pylist()) if folders else set()
-    unknown = sorted(folders - indexed)
+    complete: set[str]  # planned ids with an index row, or finished by a run that left a journal
+    recovered: list[dict]  # index rows of the journals' finished instruments that the index lacks
+    journals: list[str]  # the journals read: `pending.settle` them once the index holds `recovered`
+
+
+def listing_pays(unknown: int, folders: int) -> bool:
+    """Whether one listing of about `folders` folders (a request per `LIST_PAGE`, one after another)
+    costs less than a HEAD for each of `unknown` ids (`IO_THREADS` at once): only after a big killed run."""
+    return unknown / IO_THREADS > folders / LIST_PAGE + 1
+
+
+def plan_library(out: str, ids: list[str]) -> LibraryPlan:
+    """Which of `ids` are complete under `out`, from the index and the journals of runs not yet in it.
+
+    An id is complete when the index has its row. Each id of a journal that the index lacks (a run
+    killed before its index update) is asked for its manifest: complete, its row is recovered (any
+    id of the journal, planned now or not), so a killed run's instruments are neither lost from the
+    index nor rendered again; not, the worker that renders it clears its folder first."""
+    indexed = set(read_index(out).column("id").to_pylist())
+    journals = pending.pending_runs(out)
+    unknown = sorted(pending.pending_ids(journals) - indexed)
+    if listing_pays(len(unknown), len(indexed) + len(unknown)):
+        unknown = sorted(folder_ids(out) & set(unknown))
     recovered = [index_row(m) for m in read_manifests(out, unknown).values()]
-    return (folders & indexed) | {r["id"] for r in recovered}, recovered
+    complete = (indexed | {r["id"] for r in recovered}) & set(ids)
+    return LibraryPlan(complete, recovered, journals)
 
 
 def complete_ids(out: str, ids: list[str]) -> set[str]:
@@ -208,6 +235,13 @@ def table2(manifests: list[dict], model: str) -> tuple[dict, str]:
     return results, "\n".join(lines) + "\n"
 
 
+def report_rows(index: pa.Table, ids: list[str]) -> list[dict]:
+    """The index rows of `ids` that the index has, in the order of `ids`, with the columns `table2` reads
+    (100,000 rows of all the columns as dicts would cost the driver some 100 MiB more)."""
+    rows = pc.drop_null(pc.index_in(pa.array(ids, pa.string()), value_set=index.column("id")))
+    return index.select(TABLE2_COLUMNS).take(rows).to_pylist()
+
+
 def write_report(out: str, rows: list[dict], model: str) -> dict:
     """Write `results.md`, `results.json` and (up to `FIGURE_MAX_PROMPTS` prompts)
     `figures/tc_per_prompt.png` under `out` from index rows; returns the results."""
@@ -227,7 +261,8 @@ def write_report(out: str, rows: list[dict], model: str) -> dict:
     else:
         markdown += f"\nNo TC-per-prompt figure: {len(rows)} prompts, over the {FIGURE_MAX_PROMPTS} one figure shows.\n"
     storage.write_bytes(storage.join(out, "results.md"), markdown.encode())
-    storage.write_json(storage.join(out, "results.json"), results)
+    # Compact: an indented JSON of 100,000 prompts is encoded in pure Python, ~135 MiB of pieces at once.
+    storage.write_bytes(storage.join(out, "results.json"), json.dumps(results, sort_keys=True).encode())
     return results
 
 

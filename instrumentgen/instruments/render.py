@@ -63,31 +63,6 @@ RETRY_STREAM = 0x2E7A1D  # keeps retry seeds apart from candidate seeds and ever
 FAULT_POINT = "render.instrument"
 
 
-def checkpoint_id(url: str) -> str:
-    """The `model_id` an exported checkpoint was saved with (no model is built)."""
-    from instrumentgen.model.lm import LMError, read_checkpoint
-
-    checkpoint, _ = read_checkpoint(url)
-    if "model_id" not in checkpoint:
-        raise LMError(f"checkpoint={url!r} has no model_id; give a file written by InstrumentLM.save")
-    return checkpoint["model_id"]
-
-
-def render_settings(cfg: Config) -> dict:
-    """Every setting that changes an instrument's files for a given (cue, seed, checkpoint): part of its id."""
-    generate = {k: v for k, v in dataclasses.asdict(cfg.generate).items() if k not in ("seed", "batch_size")}
-    gate = {k: getattr(cfg.render, k) for k in ("max_tc", "max_mad_pitch", "retries", "on_fail", "audio_format")}
-    return {
-        "generate": generate,
-        "duration_s": cfg.data.note_duration_s,
-        "codec": cfg.codec.weights,
-        "n_codebooks": cfg.codec.n_codebooks,
-        "clap": cfg.clap.weights,
-        "metrics": dataclasses.asdict(cfg.metrics),
-        "render": gate,
-    }
-
-
 def retry_seed(seed: int, attempt: int) -> int:
     """The instrument seed of quality-gate attempt `attempt` (0: the requested seed itself)."""
     return seed if attempt == 0 else int(mix_seed(RETRY_STREAM, seed, attempt))

@@ -14,7 +14,7 @@ import torch
 from instrumentgen import storage
 from instrumentgen.config import load_config
 from instrumentgen.faults import Fault
-from instrumentgen.instruments import library
+from instrumentgen.instruments import library, pending
 from instrumentgen.instruments.instrument import Instrument
 from instrumentgen.instruments.prompts import read_prompts
 from instrumentgen.instruments.render import Renderer, retry_seed
@@ -76,12 +76,14 @@ def folder_files(out, instrument):
 
 
 def assert_consistent_library(out, ids):
-    """Every manifest sits over all its notes; the index lists exactly the complete folders."""
+    """Every manifest sits over all its notes; the index lists exactly the complete folders; no journal is
+    left (the run that wrote it finished)."""
     manifests = library.read_manifests(out)
     for instrument, manifest in manifests.items():
         for note in manifest.notes:
             assert storage.exists(storage.join(out, instrument, note.file)), (instrument, note)
     assert sorted(library.read_index(out).column("id").to_pylist()) == sorted(manifests) == sorted(ids)
+    assert pending.pending_runs(out) == []
 
 
 # ---- one instrument, no Ray: consistency selection and the quality gate
@@ -247,6 +249,29 @@ def test_a_retry_keeps_only_the_kept_attempts_notes(renderer, tmp_path):
     assert not storage.exists(storage.join(url, "candidates"))
 
 
+# ---- the driver
+
+
+def test_the_driver_plans_without_the_model_stack(checkpoint, tmp_path):
+    """Planning names every instrument by the checkpoint's model_id and checks the library, importing no
+    torch (about 500 MiB resident): the driver of a 100,000-instrument list stays small."""
+    prompts = write_lines(str(tmp_path / "p.jsonl"), [{"prompt": f"driver prompt {i}", **SMALL} for i in range(3)])
+    out = str(tmp_path / "library")
+    script = (
+        "import json, sys; from instrumentgen.config import load_config; "
+        "from instrumentgen.instruments import library; from jobs import render; "
+        "planned, _ = render.plan(load_config('tiny'), *sys.argv[1:3]); "
+        "known = library.plan_library(sys.argv[3], [i for i, _ in planned]); "
+        "print(json.dumps([[i for i, _ in planned], len(known.complete), 'torch' in sys.modules]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, checkpoint, prompts, out], capture_output=True, text=True, check=True
+    )
+    ids, complete, torch_imported = json.loads(done.stdout.strip().splitlines()[-1])
+    assert ids == [i for i, _ in job.plan(load_config("tiny"), checkpoint, prompts)[0]]  # same ids as with torch
+    assert (len(ids), complete, torch_imported) == (3, 0, False)
+
+
 # ---- the job on a local Ray and a real S3 server
 
 
@@ -409,6 +434,8 @@ def test_a_killed_driver_resumes_to_the_clean_library(checkpoint, clean_library,
     assert 1 <= len(complete) < len(KILL_LINES), f"killed with {len(complete)} instruments complete; needs mid-run"
     for instrument, manifest in complete.items():  # no complete manifest over missing notes
         assert all(storage.exists(storage.join(out, instrument, n.file)) for n in manifest.notes)
+    assert set(complete) <= pending.pending_ids(pending.pending_runs(out))  # the killed run's journal
+    assert library.read_index(out).num_rows == 0
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"{len(complete)} already complete" in done.stdout
