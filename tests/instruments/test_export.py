@@ -61,7 +61,7 @@ def known(tmp_path_factory):
     t = np.arange(round(NOTE_S * RATE)) / RATE
     audio = torch.from_numpy(np.stack([a * np.sin(2 * np.pi * midi_to_hz(p) * t) for p, a in zip(pitches, levels)]))
     root = str(tmp_path_factory.mktemp("known"))
-    manifest = Instrument(audio, pitches, velocities, RATE, {"prompt": "known sines"}).write(root)
+    manifest = Instrument(audio, pitches, velocities, RATE, {"prompt": "known sines"}).write(root).to_json()
     return root, manifest, dict(zip(zip(pitches, velocities), levels))
 
 
@@ -244,8 +244,10 @@ def test_fluidsynth_plays_every_key_and_layer_at_its_pitch_and_level(known, tmp_
 
 def test_the_sf2_is_16_bit_for_16_bit_notes(tmp_path):
     audio = torch.tensor([[0.5, -0.25, 0.125] * 20, [0.1, 0.2, 0.3] * 20])
-    manifest = Instrument(audio, [60, 61], [100, 100], RATE, {"prompt": "two"}).write(
-        str(tmp_path), audio_format="wav16"
+    manifest = (
+        Instrument(audio, [60, 61], [100, 100], RATE, {"prompt": "two"})
+        .write(str(tmp_path), audio_format="wav16")
+        .to_json()
     )
     sf2 = read_sf2((tmp_path / manifest["sf2"]).read_bytes())
     assert sf2["bits"] == 16 and [s["name"] for s in sf2["samples"]] == ["n060_v100", "n061_v100"]
@@ -292,7 +294,7 @@ def test_the_served_and_batch_writer_lists_the_sf2_and_zips_it(tmp_path):
         None,
         2,
     )
-    manifest = write_instrument(str(tmp_path), scored, {"prompt": "pair"}, "wav24", RATE, 4410)
+    manifest = write_instrument(str(tmp_path), scored, {"prompt": "pair"}, "wav24", RATE, 4410).to_json()
     assert manifest["sf2"] == "instrument.sf2"
     with zipfile.ZipFile(tmp_path / manifest["bundle"]) as bundle:
         assert bundle.read("instrument.sf2") == (tmp_path / "instrument.sf2").read_bytes()

@@ -96,7 +96,7 @@ def test_any_other_exception_is_a_failure_row_at_once_and_the_rerun_clears_the_f
     assert not [f for f in storage.list_files(url, temporary=True) if "/.tmp-" in f]
     again = render_isolated(tiny_renderer, request(), "x", url, NO_WAIT)  # complete: read, not rendered
     assert again["status"] == "rendered" and again["index"] == rerun["index"]
-    assert prepare_folder(url)["id"] == "x"
+    assert prepare_folder(url).about["id"] == "x"
 
 
 def test_a_user_error_is_never_retried(tiny_renderer, tmp_path):

@@ -85,9 +85,9 @@ def test_shards_equal_one_direct_generation(models, tmp_path):
 def test_selection_lowers_tc_and_keeps_only_chosen_notes(models, tmp_path):
     plain = render(models, str(tmp_path / "k1"), shard_size=4, candidates=1)
     chosen = render(models, str(tmp_path / "k3"), shard_size=4, candidates=3)
-    assert chosen["tc_without_selection"] == pytest.approx(plain["tc"], rel=1e-5)
-    assert chosen["tc"] < plain["tc"]
-    assert {note["candidate"] for note in chosen["notes"]} - {0}  # some slot kept another candidate
+    assert chosen.about["tc_without_selection"] == pytest.approx(plain.about["tc"], rel=1e-5)
+    assert chosen.about["tc"] < plain.about["tc"]
+    assert {note.candidate for note in chosen.notes} - {0}  # some slot kept another candidate
     assert not storage.exists(str(tmp_path / "k3" / "candidates"))
     assert len(storage.list_files(str(tmp_path / "k3" / "notes"), ".wav")) == len(SLOTS)
 

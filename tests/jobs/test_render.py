@@ -200,7 +200,7 @@ def test_a_batch_instrument_equals_the_served_one_note_for_note(renderer, tmp_pa
         "wav24",
         44100,
         round(cfg.data.note_duration_s * 44100),
-    )
+    ).to_json()
     batch = storage.read_json(storage.join(batch_url, storage.MANIFEST))
     for name in [n["file"] for n in served["notes"]] + ["codes.npy", "instrument.sfz", "instrument.dspreset"]:
         assert storage.read_bytes(storage.join(batch_url, name)) == storage.read_bytes(storage.join(served_url, name))

@@ -147,8 +147,8 @@ def test_finishing_again_after_a_cut_off_finish_gives_the_same_manifest(tmp_path
     order = [(p, v) for p in range(60, 64) for v in (50, 100)]
     metadata = {k: v for k, v in storage.read_json(storage.join(url, "status.json")).items() if k == "id"}
     again = shards.finish(url, order, {**metadata}, "wav24", replica.cfg.data.note_duration_s)
-    assert again["tc"] == storage.read_json(storage.join(url, "manifest.json"))["tc"]
-    assert [n["candidate"] for n in again["notes"]] == [n["candidate"] for n in json.loads(manifest)["notes"]]
+    assert again.about["tc"] == storage.read_json(storage.join(url, "manifest.json"))["tc"]
+    assert [n.candidate for n in again.notes] == [n["candidate"] for n in json.loads(manifest)["notes"]]
 
 
 def test_missing_runs_keep_slot_order_around_stored_and_claimed_slots():
