@@ -19,10 +19,8 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(PY) -m jobs.demo $(ARGS)
 
-# Two pytest workers (pytest-xdist), a test file per worker at a time so that a file's module fixtures
-# (trained models, preprocessed shards) are built once; each worker has its own Ray and S3 server.
 test: $(STAMP) browser lint
-	$(PY) -m pytest -n 2 --dist loadfile
+	$(PY) -m pytest
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
