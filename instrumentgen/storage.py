@@ -167,11 +167,13 @@ def check_writable(url: str) -> None:
 
 
 def read_bytes(url: str) -> bytes:
-    """The bytes at `url`; `MissingObjectError` if there is none, `StorageError` if it cannot be read."""
+    """The bytes at `url`; `MissingObjectError` if there is none, `StorageError` if it cannot be read.
+
+    One whole-object GET (`cat_file`), not a file handle: s3fs's handle pins the ETag of its first
+    HEAD and fails with "no longer exists" when a writer replaces the object before its read."""
     with storage_errors(url, "read"):
         fs, path = filesystem(url)
-        with fs.open(path, "rb") as f:
-            return f.read()
+        return fs.cat_file(path)
 
 
 def write_json(url: str, obj: Any) -> None:

@@ -123,3 +123,24 @@ def test_storage_failures_are_one_line_user_errors_naming_the_url(tmp_path, s3_s
 def test_join_never_makes_an_empty_key_segment():
     assert storage.join("s3://b/x/", "a", "", "/c") == "s3://b/x/a/c"
     assert storage.join("/tmp/x", "") == "/tmp/x"
+
+
+def test_an_object_replaced_between_its_head_and_its_read_reads_whole(s3_bucket, monkeypatch):
+    """A status.json overwritten while Serve reads it (seen in CI as a 422): the read gets one complete
+    version, never an ETag error."""
+    import s3fs
+
+    url = storage.join(s3_bucket, "status.json")
+    storage.write_json(url, {"status": "running"})
+    original = s3fs.S3FileSystem._call_s3
+
+    async def overwritten_after_head(self, method, *args, **kwargs):
+        answer = await original(self, method, *args, **kwargs)
+        if method == "head_object":
+            body = b'{"status": "done"}'
+            await original(self, "put_object", Bucket=kwargs["Bucket"], Key=kwargs["Key"], Body=body)
+        return answer
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", overwritten_after_head)
+    storage.filesystem(url)[0].invalidate_cache()
+    assert storage.read_json(url) == {"status": "done"}
