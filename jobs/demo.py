@@ -45,7 +45,6 @@ VELOCITIES = [50, 100]
 PROMPT = "warm analog brass"
 LIBRARY_PROMPTS = [
     {"prompt": "bright plucked synth", "name": "pluck"},
-    {"prompt": "dark bowed strings", "name": "strings"},
     {"family": "mallet", "source": "acoustic", "name": "mallet"},
 ]
 

@@ -30,7 +30,7 @@ from instrumentgen.faults import Fault
 from instrumentgen.model.lm import InstrumentLM
 from instrumentgen.training.checkpoint import MODEL
 from instrumentgen.training.loop import micro_batch_rows
-from instrumentgen.training.run_storage import committed_checkpoint_url, ray_storage
+from instrumentgen.training.run_storage import committed, committed_checkpoint_url, ray_storage
 from jobs.entry import config_from_argv, job_main
 from jobs.shard_dataset import read_shards
 from jobs.train_worker import run_checkpoint, train_loop_per_worker
@@ -89,11 +89,16 @@ def run(cfg: Config, fault: Fault | None = None) -> str:
 
     `fault`: a test's injected failure (`instrumentgen.faults`) at point "train.step".
     """
-    result = build_trainer(cfg, fault).fit()
     run_url = storage.join(cfg.train.storage_path, cfg.train.run_name)
-    committed = committed_checkpoint_url(run_url)
-    # a finished run re-submitted reports nothing
-    checkpoint = result.checkpoint or (run_checkpoint(committed) if committed else None)
+    latest = committed(run_url)
+    if latest and latest["step"] >= cfg.train.max_steps:  # finished: no worker group to start
+        print(f"run {cfg.train.run_name!r} finished at step {latest['step']}; exporting its checkpoint", flush=True)
+        checkpoint = run_checkpoint(storage.join(run_url, latest["checkpoint"]))
+    else:
+        result = build_trainer(cfg, fault).fit()
+        url = committed_checkpoint_url(run_url)
+        # a finished run re-submitted reports nothing
+        checkpoint = result.checkpoint or (run_checkpoint(url) if url else None)
     if checkpoint is None:
         raise ConfigError(f"run {cfg.train.run_name!r} ended without a checkpoint")
     url = export(checkpoint, storage.join(run_url, MODEL), cfg.train.export_dtype)

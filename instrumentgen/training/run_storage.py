@@ -31,9 +31,13 @@ def commit_latest(run_url: str, step: int, checkpoint_dir_name: str) -> None:
     storage.write_json(storage.join(run_url, LATEST), {"step": step, "checkpoint": checkpoint_dir_name})
 
 
+def committed(run_url: str) -> dict | None:
+    """`{"step": int, "checkpoint": folder name}` of the last checkpoint every rank finished uploading, or None."""
+    latest = storage.join(run_url, LATEST)
+    return storage.read_json(latest) if storage.exists(latest) else None
+
+
 def committed_checkpoint_url(run_url: str) -> str | None:
     """The URL of the last checkpoint every rank finished uploading, or None."""
-    latest = storage.join(run_url, LATEST)
-    if not storage.exists(latest):
-        return None
-    return storage.join(run_url, storage.read_json(latest)["checkpoint"])
+    latest = committed(run_url)
+    return storage.join(run_url, latest["checkpoint"]) if latest else None

@@ -52,9 +52,9 @@ def numpy_pair_loop(y: np.ndarray) -> float:
 
 
 def run(quick: bool) -> list[dict]:
-    """Full: 440 notes x 4 s; `--quick`: 440 notes x 1 s."""
+    """Full: 440 notes x 4 s; `--quick`: every fourth of them (110 notes) x 1 s."""
     duration_s = 1.0 if quick else 4.0
-    slots = [(p, v) for p in PITCHES for v in VELOCITIES]
+    slots = [(p, v) for p in PITCHES for v in VELOCITIES][:: 4 if quick else 1]
     notes = np.stack([synth_note(p, v, timbre_for(3), SR, duration_s) for p, v in slots])
     baseline_s, (features, baseline_total) = timed(lambda: (y := numpy_features(notes), numpy_pair_loop(y)))
     ours_s, result = timed(lambda: tc(torch.from_numpy(notes), SR))

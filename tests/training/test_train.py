@@ -3,6 +3,7 @@ a killed worker, resumption, S3 storage, the exported checkpoint, and the CLAP q
 codebooks identical on every worker."""
 
 import csv
+import dataclasses
 import os
 import re
 import subprocess
@@ -145,6 +146,18 @@ def test_resubmitting_a_stopped_run_continues_from_its_checkpoint(straight_zero2
         torch.testing.assert_close(ours[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_resubmitting_a_finished_run_exports_it_without_starting_workers(straight_zero2, monkeypatch):
+    cfg, straight = straight_zero2
+    reference = state_dict(straight)
+    monkeypatch.setattr(train, "build_trainer", lambda *a: pytest.fail("a finished run started a worker group"))
+    assert train.run(cfg) == straight
+    for name, tensor in reference.items():
+        torch.testing.assert_close(state_dict(straight)[name], tensor, rtol=0, atol=0, msg=name)
+    longer = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=30))
+    with pytest.raises(pytest.fail.Exception, match="started a worker group"):
+        train.run(longer)  # more steps asked for: it trains on
+
+
 GENERATE = """
 import sys, torch
 from instrumentgen.model.cues import make_cues
@@ -165,51 +178,65 @@ def test_the_export_generates_the_same_tokens_in_a_fresh_process(straight_zero2,
     assert here.shape == (3, 4, 12)
 
 
-@pytest.mark.parametrize(
-    "strategy",
-    [
-        "train.strategy=ddp",
-        "train.strategy=deepspeed train.zero_stage=1",
-        "train.strategy=deepspeed train.zero_stage=3",
-    ],
-)
-def test_every_worker_ends_with_the_same_codebooks(shards_url, tmp_path, strategy):
-    cfg = train_config(shards_url, str(tmp_path), "codebooks", *strategy.split())
+CODEBOOK_STRATEGIES = [
+    "train.strategy=ddp",
+    "train.strategy=deepspeed train.zero_stage=1",
+    "train.strategy=deepspeed train.zero_stage=3",
+]
 
-    def train_a_few_steps(loop_config):
+
+@pytest.fixture(scope="module")
+def codebooks_per_strategy(shards_url, tmp_path_factory):
+    """One worker group trains 4 steps under each strategy in turn (ZeRO-3 last: it hooks its model's
+    parameters), each worker its own rows; returns {strategy: folder of rank0.pt, rank1.pt, consolidated.pt}."""
+    root = tmp_path_factory.mktemp("codebooks")
+    folders = {strategy: root / f"strategy{index}" for index, strategy in enumerate(CODEBOOK_STRATEGIES)}
+    configs = {
+        str(folder): train_config(shards_url, str(folder), "codebooks", *strategy.split())
+        for strategy, folder in folders.items()
+    }
+
+    def train_a_few_steps(configs):
         """Per-worker function (nested: workers cannot import this module): the real engine, each
         worker its own rows, then its quantizer buffers to a file."""
         from instrumentgen.data.shards import read_table, shard_files
 
-        cfg, folder = loop_config["cfg"], loop_config["folder"]
         context = ray.train.get_context()
         rank, world_size = context.get_world_rank(), context.get_world_size()
-        torch.manual_seed(0)
-        engine = make_engine(InstrumentLM(cfg.model), cfg.train, 8, rank, world_size, ray.train.torch.get_device())
-        torch.manual_seed(rank + 1)
-        table = read_table(shard_files(cfg.data.shards, "train")[0]).to_pandas()
-        engine.module.train()
-        for step in range(4):
-            rows = table.iloc[(rank * 4 + step) * 8 % 64 :][:8]
-            codes, cues = collate({name: rows[name].to_numpy() for name in rows.columns})
-            out = engine.forward(codes, cues)
-            engine.backward(out.loss)
-            engine.step()
-        rvq = engine.module.conditioners.clap.rvq
-        buffers = {name: b.detach().cpu().clone() for name, b in rvq.state_dict().items()}
-        torch.save(buffers, os.path.join(folder, f"rank{rank}.pt"))
-        consolidated = engine.consolidated_state_dict()  # a collective under ZeRO-3
-        if rank == 0:
-            torch.save(consolidated, os.path.join(folder, "consolidated.pt"))
+        for folder, cfg in configs.items():
+            os.makedirs(folder, exist_ok=True)
+            torch.manual_seed(0)
+            engine = make_engine(InstrumentLM(cfg.model), cfg.train, 8, rank, world_size, ray.train.torch.get_device())
+            torch.manual_seed(rank + 1)
+            table = read_table(shard_files(cfg.data.shards, "train")[0]).to_pandas()
+            engine.module.train()
+            for step in range(4):
+                rows = table.iloc[(rank * 4 + step) * 8 % 64 :][:8]
+                codes, cues = collate({name: rows[name].to_numpy() for name in rows.columns})
+                out = engine.forward(codes, cues)
+                engine.backward(out.loss)
+                engine.step()
+            rvq = engine.module.conditioners.clap.rvq
+            buffers = {name: b.detach().cpu().clone() for name, b in rvq.state_dict().items()}
+            torch.save(buffers, os.path.join(folder, f"rank{rank}.pt"))
+            consolidated = engine.consolidated_state_dict()  # a collective under ZeRO-3
+            if rank == 0:
+                torch.save(consolidated, os.path.join(folder, "consolidated.pt"))
 
     ray.train.torch.TorchTrainer(
         train_a_few_steps,
-        train_loop_config={"cfg": cfg, "folder": str(tmp_path)},
+        train_loop_config=configs,
         scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
-        run_config=ray.train.RunConfig(storage_path=str(tmp_path / "ray")),
+        run_config=ray.train.RunConfig(storage_path=str(root / "ray")),
     ).fit()
-    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
-    consolidated = torch.load(tmp_path / "consolidated.pt")
+    return folders
+
+
+@pytest.mark.parametrize("strategy", CODEBOOK_STRATEGIES)
+def test_every_worker_ends_with_the_same_codebooks(codebooks_per_strategy, strategy):
+    folder = codebooks_per_strategy[strategy]
+    rank0, rank1 = (torch.load(folder / f"rank{r}.pt") for r in (0, 1))
+    consolidated = torch.load(folder / "consolidated.pt")
     assert rank0["initialized"].all()
     for name in ("codebooks", "cluster_sizes", "embedding_sums", "initialized"):
         assert torch.equal(rank0[name], rank1[name]), name
