@@ -108,6 +108,11 @@ def join(url: str, *parts: str) -> str:
     return "/".join([url.rstrip("/"), *(p.strip("/") for p in parts if p.strip("/"))])
 
 
+def protocols(fs: AbstractFileSystem) -> tuple[str, ...]:
+    """The protocol names of `fs` (fsspec gives a string or a tuple): ("s3", "s3a"), ("file", "local")."""
+    return tuple(fs.protocol) if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+
+
 def is_local(fs: AbstractFileSystem) -> bool:
     """Whether `fs` is a local disk (renames are atomic there, PUTs are not a thing)."""
     return isinstance(fs, LocalFileSystem)
@@ -170,10 +175,12 @@ def read_bytes(url: str) -> bytes:
     """The bytes at `url`; `MissingObjectError` if there is none, `StorageError` if it cannot be read.
 
     One whole-object GET (`cat_file`), not a file handle: s3fs's handle pins the ETag of its first
-    HEAD and fails with "no longer exists" when a writer replaces the object before its read."""
+    HEAD and fails with "no longer exists" when a writer replaces the object before its read. s3fs
+    would split an object over 50 MiB into ranged GETs that a replacement in between could mix:
+    `max_concurrency=1` keeps it one GET, so a read is always one complete version."""
     with storage_errors(url, "read"):
         fs, path = filesystem(url)
-        return fs.cat_file(path)
+        return fs.cat_file(path, **({"max_concurrency": 1} if "s3" in protocols(fs) else {}))
 
 
 def write_json(url: str, obj: Any) -> None:
@@ -209,7 +216,7 @@ def list_files(url: str, suffix: str = "", temporary: bool = False) -> list[str]
 
 def url_of(fs: AbstractFileSystem, path: str) -> str:
     """A path inside `fs` -> the URL the other helpers take (a plain path on a local disk)."""
-    protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
+    protocol = protocols(fs)[0]
     return path if protocol in ("file", "local") else f"{protocol}://{path}"
 
 

@@ -80,7 +80,7 @@ class StatusStore:
         fs, local = storage.filesystem(url)
         if not fs.exists(local) or not fs.isfile(local):
             return None
-        if "file" in fs.protocol and _has_link(self.root, local):
+        if "file" in storage.protocols(fs) and _has_link(self.root, local):
             return None
         return url
 

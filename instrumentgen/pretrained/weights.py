@@ -83,7 +83,7 @@ def local_file(path_or_url: str, kind: str, key: str) -> Path:
     fs, path = storage.filesystem(path_or_url)
     if not fs.exists(path):
         raise WeightsError(f"{key}={path_or_url!r}: no such file; give an existing local path or fsspec URL")
-    if "file" in _protocols(fs):
+    if "file" in storage.protocols(fs):
         return Path(path)
     info = fs.info(path)
     stamp = f"{path_or_url}|{info.get('size')}|{info.get('ETag') or info.get('mtime') or info.get('created')}"
@@ -106,12 +106,12 @@ def local_file(path_or_url: str, kind: str, key: str) -> Path:
 def local_folder(path_or_url: str, kind: str, key: str) -> Path:
     """A local copy of the folder at `path_or_url` (e.g. a tokenizer), each file as `local_file` copies it."""
     fs, path = storage.filesystem(path_or_url)
-    if "file" in _protocols(fs):
+    if "file" in storage.protocols(fs):
         return Path(path)
     if not fs.isdir(path):
         raise WeightsError(f"{key}={path_or_url!r}: no such folder; give an existing local folder or fsspec URL")
     files = [f for f in fs.find(path) if not f.endswith(SHA256_SUFFIX)]
-    protocol = _protocols(fs)[0]
+    protocol = storage.protocols(fs)[0]
     copies = [local_file(f"{protocol}://{f}", kind, key) for f in files]
     folder = cache_dir(kind) / hashlib.sha256("|".join(map(str, copies)).encode()).hexdigest()[:16]
     for file, copy in zip(files, copies):
@@ -153,10 +153,6 @@ def file_digest(path: Path) -> str:
         f.seek(max(size - (1 << 20), 0))
         digest.update(f.read(1 << 20))
     return digest.hexdigest()[:12]
-
-
-def _protocols(fs) -> tuple[str, ...]:
-    return tuple(fs.protocol) if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
 
 
 def _write_atomic(dest: Path, src) -> None:

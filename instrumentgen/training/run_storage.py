@@ -21,7 +21,7 @@ def ray_storage(url: str) -> tuple[str, pyarrow.fs.FileSystem | None]:
     """A path or fsspec URL -> (path, filesystem) as Ray wants them; remote ones go through fsspec
     (the same credentials and endpoint as every other artefact)."""
     fs, path = storage.filesystem(url)
-    if "file" in ((fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol):
+    if "file" in storage.protocols(fs):
         return os.path.abspath(path), None
     return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
 
