@@ -96,9 +96,9 @@ def run(cfg: Config, fault: Fault | None = None) -> str:
         checkpoint = run_checkpoint(storage.join(run_url, latest["checkpoint"]))
     else:
         result = build_trainer(cfg, fault).fit()
-        url = committed_checkpoint_url(run_url)
-        # a finished run re-submitted reports nothing
-        checkpoint = result.checkpoint or (run_checkpoint(url) if url else None)
+        # Ray Train's own index of the run can be gone (a crashed job) while our commit is not
+        committed_url = committed_checkpoint_url(run_url)
+        checkpoint = result.checkpoint or (run_checkpoint(committed_url) if committed_url else None)
     if checkpoint is None:
         raise ConfigError(f"run {cfg.train.run_name!r} ended without a checkpoint")
     url = export(checkpoint, storage.join(run_url, MODEL), cfg.train.export_dtype)
