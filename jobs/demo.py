@@ -49,9 +49,9 @@ LIBRARY_PROMPTS = [
 ]
 
 
-def step(number: int, title: str) -> None:
-    """Print the heading of a demo step."""
-    print(f"\n=== {number}. {title}", flush=True)
+def step(number: int, title: str, started: float) -> None:
+    """Print the heading of a demo step with the seconds since the demo `started` (`time.perf_counter`)."""
+    print(f"\n=== {number}. {title}   [{time.perf_counter() - started:.0f} s]", flush=True)
 
 
 def fixture(out: str) -> dict[str, str]:
@@ -167,19 +167,19 @@ def show_clap_codes(cfg, checkpoint: str) -> None:
 def run_demo(out: str, keep_serving: bool) -> None:
     """Steps 1-7 of the module docstring, everything under `out`."""
     start = time.perf_counter()
-    step(1, "fixture NSynth set")
+    step(1, "fixture NSynth set", start)
     urls = fixture(out)
     shards_url = storage.join(out, "shards")
     overrides = [f"data.splits.{split}={url}" for split, url in urls.items()] + [f"data.shards={shards_url}"]
     cfg = load_config("tiny", overrides)
 
-    step(2, "jobs.preprocess (Ray Data)")
+    step(2, "jobs.preprocess (Ray Data)", start)
     preprocess.run(cfg)
 
-    step(3, "codec round trip of one note from the shards")
+    step(3, "codec round trip of one note from the shards", start)
     codec_round_trip(cfg, shards_url)
 
-    step(4, "jobs.train (Ray Train, DeepSpeed ZeRO-1 on 2 CPU workers)")
+    step(4, "jobs.train (Ray Train, DeepSpeed ZeRO-1 on 2 CPU workers)", start)
     cfg = load_config("tiny", [*overrides, f"train.storage_path={storage.join(out, 'runs')}", "train.run_name=demo"])
     checkpoint = train.run(cfg)
     # Ray Train's trainer leaves its SIGINT handler installed (one Ctrl-C aborts a finished run, the third
@@ -187,13 +187,13 @@ def run_demo(out: str, keep_serving: bool) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     show_training(cfg, out)
 
-    step(5, f"the Serve application: {PROMPT!r} over HTTP -> 440 notes -> WAV + SFZ + DecentSampler + zip")
+    step(5, f"the Serve application: {PROMPT!r} over HTTP -> 440 notes -> WAV + SFZ + DecentSampler + zip", start)
     served = serve_one(cfg, checkpoint, out, keep_serving)
 
-    step(6, f"jobs.render: {len(LIBRARY_PROMPTS)} prompts -> an instrument library with its index and Table 2")
+    step(6, f"jobs.render: {len(LIBRARY_PROMPTS)} prompts -> an instrument library with its index and Table 2", start)
     summary = render_library(cfg, checkpoint, out)
 
-    step(7, "jobs.evaluate on the test instruments")
+    step(7, "jobs.evaluate on the test instruments", start)
     test_cfg = load_config("tiny", [f"data.source={urls['test']}"])
     evaluate.run(test_cfg, [checkpoint], storage.join(out, "eval"))
     show_clap_codes(test_cfg, checkpoint)

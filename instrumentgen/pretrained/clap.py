@@ -38,6 +38,7 @@ from clap_module import model as laion_model  # noqa: E402
 from clap_module import tokenizer as laion_bpe  # noqa: E402
 from clap_module.factory import add_model_config, list_models  # noqa: E402
 from laion_clap import hook as laion_hook  # noqa: E402
+from laion_clap.training.data import get_audio_features  # noqa: E402
 from transformers import RobertaConfig, RobertaModel, RobertaTokenizer  # noqa: E402
 
 from instrumentgen.audio import resample  # noqa: E402
@@ -49,7 +50,6 @@ from instrumentgen.pretrained.weights import WeightsError  # noqa: E402
 __all__ = ["Clap", "ClapError", "WeightsError", "random_init", "save_checkpoint"]
 
 SAMPLE_RATE_HZ = 48000  # every laion_clap audio branch works at 48 kHz
-MAX_SAMPLES = 480000  # 10 s: laion_clap crops longer audio at random, we crop deterministically
 RELEASES = {"music": "https://huggingface.co/lukewys/laion_clap/resolve/main/music_audioset_epoch_15_esc_90.14.pt"}
 ROBERTA_HELP = (
     "a folder with roberta-base's config.json, vocab.json and merges.txt "
@@ -58,6 +58,9 @@ ROBERTA_HELP = (
 TINY_HTSAT_NAME = "instrumentgen-tiny"  # audio_cfg.model_name in clap_configs/tiny.json
 # Same HTSAT class and input (64 mel bins, 256x256 spectrogram image), 16 wide and 1 block per
 # stage instead of 96 and [2, 2, 6, 2]: a few notes embed in a fraction of a second on a CPU.
+# Its window (clip_samples in clap_configs/tiny.json) is 1 s instead of 10 s: the tiny config's
+# 0.5 s notes are repeated twice instead of twenty times, a tenth of the spectrogram work that
+# was most of a tiny embedding's time.
 TINY_HTSAT = dict(
     spec_size=256,
     patch_size=4,
@@ -258,13 +261,26 @@ class Clap:
     def embed_audio(self, audio: torch.Tensor, sample_rate_hz: int, chunk: int = 32) -> torch.Tensor:
         """[B, L] float at `sample_rate_hz` (any device) -> [B, 512] float, unit L2 norm.
 
-        Audio is resampled to 48 kHz and cut to its first 10 s (CLAP's window; shorter notes are
-        repeated to fill it, as laion_clap does), `chunk` notes per forward to bound memory.
+        Audio is resampled to 48 kHz and cut to its first `clip_samples` (CLAP's window, 10 s for
+        the released models; laion_clap crops longer audio at random, we crop deterministically).
+        Shorter notes are repeated to fill it, by laion_clap's own `repeatpad`, `chunk` notes per
+        forward to bound memory.
         """
         if audio.dim() != 2 or audio.shape[0] == 0 or audio.shape[1] == 0:
             raise ClapError(f"audio shape {tuple(audio.shape)} is not allowed; expected [B, L] mono, B, L > 0")
+        audio_cfg = self.module.model_cfg["audio_cfg"]
         embeddings = []
         for part in audio.split(chunk):
-            part = resample(part.to(self.device, torch.float32), sample_rate_hz, SAMPLE_RATE_HZ)[:, :MAX_SAMPLES]
-            embeddings.append(self.module.get_audio_embedding_from_data(part, use_tensor=True))
+            part = resample(part.to(self.device, torch.float32), sample_rate_hz, SAMPLE_RATE_HZ)
+            # `get_audio_embedding_from_data` without its fixed 480000: the window is the model's own
+            windows = [
+                get_audio_features({}, note, self.clip_samples, "rand_trunc", "repeatpad", audio_cfg)
+                for note in part[:, : self.clip_samples]
+            ]
+            embeddings.append(self.module.model.get_audio_embedding(windows))
         return torch.cat(embeddings)
+
+    @property
+    def clip_samples(self) -> int:
+        """Samples at 48 kHz of the audio window the model embeds (`audio_cfg.clip_samples`)."""
+        return self.module.model_cfg["audio_cfg"]["clip_samples"]

@@ -62,6 +62,23 @@ def test_audio_embeddings_are_unit_norm_and_resampled(clap):
     assert not torch.allclose(clap.embed_audio(audio, 48000), embedding, atol=1e-3)
 
 
+def test_audio_fills_the_models_own_window_as_laion_clap_does(clap, monkeypatch):
+    """laion_clap's `get_audio_embedding_from_data` always fills 480000 samples (10 s): at the released
+    models' window ours equals it exactly; the tiny model's 1 s window holds a short note repeated."""
+    short = notes(48000)[:, :12000]  # 0.25 s at 48 kHz
+    monkeypatch.setitem(clap.module.model_cfg["audio_cfg"], "clip_samples", 480000)
+    assert clap.clip_samples == 480000
+    upstream = clap.module.get_audio_embedding_from_data(short, use_tensor=True).detach()
+    assert torch.equal(clap.embed_audio(short, 48000), upstream)
+    monkeypatch.undo()
+    assert clap.clip_samples == 48000  # clap_configs/tiny.json
+    windows = [{"waveform": note.repeat(4), "longer": torch.tensor([False])} for note in short]
+    with torch.no_grad():
+        repeated = clap.module.model.get_audio_embedding(windows)
+    assert torch.equal(clap.embed_audio(short, 48000), repeated)
+    assert not torch.allclose(repeated, upstream, atol=1e-4)  # the window length matters
+
+
 def test_embeddings_are_deterministic_across_loads(cache, clap, tiny_cfg):
     again = Clap.load(tiny_cfg)
     assert again.model_id == clap.model_id and again.model_id.startswith("clap-tiny-")
