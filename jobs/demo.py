@@ -38,6 +38,7 @@ from instrumentgen.pretrained.codec import Codec
 from instrumentgen.training.checkpoint import METRICS, read_metrics
 from jobs import evaluate, preprocess, render, train
 from jobs.entry import local_ray
+from serve.instruments import model_identity
 from serve.local import serving, wait_done
 
 PITCHES = [36, 43, 48, 55, 60, 67, 72, 79, 84]
@@ -62,15 +63,22 @@ def fixture(out: str) -> dict[str, str]:
         "valid": (instruments[6:8], ("tfrecord",)),
         "test": (instruments[8:], ("tfrecord",)),
     }
+    # where write_fixture_nsynth puts each format, and the file it writes last (so: complete if present)
+    layout = {"jsonwav": ("jsonwav", "jsonwav/examples.json"), "tfrecord": ("nsynth.tfrecord", "nsynth.tfrecord")}
     urls = {}
     for split, (members, formats) in splits.items():
         root = storage.join(out, "nsynth", split)
-        urls[split] = write_fixture_nsynth(
-            root, members, PITCHES, VELOCITIES, formats, with_bad_records=split == "train"
-        )[formats[0]]
+        where, last = layout[formats[0]]
+        if storage.exists(storage.join(root, last)):  # a re-run: written whole before
+            urls[split], done = storage.join(root, where), "already written"
+        else:
+            urls[split] = write_fixture_nsynth(
+                root, members, PITCHES, VELOCITIES, formats, with_bad_records=split == "train"
+            )[formats[0]]
+            done = "written"
         print(
             f"{split}: {len(members)} instruments x {len(PITCHES)} pitches x {len(VELOCITIES)} velocities "
-            f"-> {urls[split]}"
+            f"-> {urls[split]} ({done})"
         )
     return urls
 
@@ -106,9 +114,25 @@ def show_training(cfg, out: str) -> None:
     print(f"loss {history[0]['loss']:.3f} -> {history[-1]['loss']:.3f}; plot: {figure}")
 
 
+def served_before(served: str, checkpoint: str) -> str | None:
+    """The folder of a complete instrument the app served earlier for PROMPT (seed 0) with this
+    checkpoint's model: the one a POST would answer with (`serve.instruments.instrument_id`)."""
+    model_id = model_identity(checkpoint)["model_id"]
+    for url in storage.list_files(served, suffix=f"/{storage.MANIFEST}"):  # a manifest: a complete instrument
+        manifest = storage.read_json(url)
+        if (manifest.get("prompt"), manifest.get("seed"), manifest.get("model_id")) == (PROMPT, 0, model_id):
+            return url.rsplit("/", 1)[0]
+    return None
+
+
 def serve_one(cfg, checkpoint: str, out: str, keep_serving: bool) -> str:
-    """Start the Serve app, request PROMPT over HTTP, wait for it; returns the served instrument's folder."""
+    """Start the Serve app, request PROMPT over HTTP, wait for it; returns the served instrument's folder.
+    A re-run without `keep_serving` that finds the instrument served already does not start Serve."""
     served = storage.join(out, "served")
+    before = None if keep_serving else served_before(served, checkpoint)
+    if before:
+        print(f"{PROMPT!r} was served already by this model -> {before}/ (--serve starts the app)")
+        return before
     serve_cfg = load_config("tiny", [f"serve.checkpoint={checkpoint}", f"serve.storage={served}"])
     with serving(serve_cfg) as base:
         print(f"application up at {base}; POST {base}/v1/instruments {{'prompt': {PROMPT!r}, 'seed': 0}}")

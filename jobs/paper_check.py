@@ -154,15 +154,14 @@ def write_release_files(folder: Path) -> dict[str, str]:
 
 
 def write_tiny_files(folder: Path) -> dict[str, str]:
-    """The tiny config's weight files (from the weights cache) and a tokenizer folder, as staging sources."""
-    from instrumentgen.metrics.vggish import load_vggish
-    from instrumentgen.pretrained.loading import load_models
-    from instrumentgen.pretrained.weights import cache_dir
+    """The tiny config's weight files (written once to the weights cache, which may also hold the files
+    of earlier tiny recipes) and a tokenizer folder, as staging sources."""
+    from instrumentgen.metrics import vggish as vggish_weights
+    from instrumentgen.pretrained import clap as clap_weights
+    from instrumentgen.pretrained import codec as codec_weights
 
-    load_models(load_config("tiny"), None)  # writes the tiny DAC and CLAP files once
-    load_vggish("tiny")
-    (codec,), (clap,) = cache_dir("codec").glob("dac-tiny-*.pth"), cache_dir("clap").glob("clap-tiny-*.pt")
-    (vggish,) = cache_dir("vggish").glob("vggish-tiny-*.pth")
+    codec, clap = codec_weights.tiny_file(), clap_weights.tiny_file(load_config("tiny").clap)
+    vggish = vggish_weights.tiny_file()
     small = {**ROBERTA_BASE, "num_hidden_layers": 1, "intermediate_size": 64, "vocab_size": 300}
     tokenizer = write_tokenizer(folder / "roberta-base", small)
     return {"codec": str(codec), "clap": str(clap), "vggish": str(vggish), "tokenizer": str(tokenizer)}

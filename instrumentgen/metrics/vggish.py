@@ -81,7 +81,8 @@ def _widths(state_dict: dict) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return channels, hidden
 
 
-def _tiny_file() -> Path:
+def tiny_file() -> Path:
+    """The tiny VGGish weight file in the weights cache (written once)."""
     return weight_files.seeded_file(
         "vggish",
         "vggish-tiny.pth",
@@ -99,7 +100,7 @@ def load_vggish(weights: str) -> VGGish:
             RELEASE_URL, weight_files.cache_dir("vggish") / "vggish-10086976.pth", "VGGish", key
         )
     elif weights == "tiny":
-        path = _tiny_file()
+        path = tiny_file()
     else:
         path = weight_files.local_file(weights, "vggish", key)
     try:

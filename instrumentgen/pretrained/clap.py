@@ -187,7 +187,8 @@ def save_checkpoint(module: laion_clap.CLAP_Module, path: str | Path, prefix: st
     torch.save({**extra, "state_dict": {prefix + k: v for k, v in state_dict.items()}}, str(path))
 
 
-def _tiny_file(cfg: ClapConfig) -> Path:
+def tiny_file(cfg: ClapConfig) -> Path:
+    """The tiny CLAP checkpoint of `cfg` in the weights cache (written once)."""
     roberta_config = Path(cfg.tokenizer or ".", "config.json")  # its RoBERTa's size is part of the model
     uses_roberta_config = cfg.tmodel != "transformer" and cfg.tokenizer and roberta_config.is_file()
     roberta = roberta_config.read_text() if uses_roberta_config else ""
@@ -206,7 +207,7 @@ def _tiny_file(cfg: ClapConfig) -> Path:
 def _checkpoint_file(cfg: ClapConfig) -> tuple[Path, str]:
     """cfg.clap.weights -> (local checkpoint file, model id for manifests)."""
     if cfg.weights == "tiny":
-        path = _tiny_file(cfg)
+        path = tiny_file(cfg)
         return path, f"clap-tiny-{weight_files.file_digest(path)}"
     if cfg.weights in RELEASES:
         url = RELEASES[cfg.weights]

@@ -75,7 +75,8 @@ def _save_tiny(path: Path) -> None:
     model.save(str(path), package=False)
 
 
-def _tiny_file() -> Path:
+def tiny_file() -> Path:
+    """The tiny DAC weight file in the weights cache (written once)."""
     return weight_files.seeded_file("codec", "dac-tiny.pth", [TINY_KWARGS, TINY_RECIPE], TINY_SEED, _save_tiny)
 
 
@@ -130,7 +131,7 @@ class Codec:
 
         weights = cfg.weights
         if weights == "tiny":
-            path = _tiny_file()
+            path = tiny_file()
             model_id = f"dac-tiny-{weight_files.file_digest(path)}"
         elif weights in RELEASES:
             path = _release_file(weights)

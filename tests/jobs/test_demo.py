@@ -44,11 +44,13 @@ def test_demo_runs_the_whole_loop_then_reuses_it(ray_local, cache, tmp_path):
     results = json.loads((out / "eval" / "results.json").read_text())
     assert len(results["models"][0]["instruments"]) == 2
 
-    before = {name: snapshot(out / name) for name in ("shards", "runs", "eval")}
+    before = {name: snapshot(out / name) for name in ("nsynth", "shards", "runs", "eval", "served")}
     assert demo.main([str(out)]) == 0
-    # Nothing completed is redone: the shards, the trained run's checkpoints and metrics, and the
-    # per-instrument scores stay as they were (the finished run's model.pt is exported again, same size).
-    assert snapshot(out / "shards") == before["shards"]
+    # Nothing completed is redone: the fixture set, the shards, the served instrument, the trained run's
+    # checkpoints and metrics, and the per-instrument scores stay as they were (the finished run's
+    # model.pt is exported again, same size).
+    assert snapshot(out / "nsynth") == before["nsynth"] and snapshot(out / "shards") == before["shards"]
+    assert snapshot(out / "served") == before["served"]  # found served, so no Serve started and nothing rewritten
     trained = {k: v for k, v in snapshot(out / "runs").items() if "checkpoint_" in k or k.endswith("metrics.csv")}
     assert trained and all(before["runs"][k] == v for k, v in trained.items())
     scores = {k: v for k, v in snapshot(out / "eval").items() if "/instruments/" in f"/{k}"}

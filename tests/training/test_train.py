@@ -64,9 +64,10 @@ def state_dict(url):
     return InstrumentLM.load(url).state_dict()
 
 
-@pytest.mark.parametrize("strategy", ["train.strategy=deepspeed train.zero_stage=1", "train.strategy=ddp"])
-def test_loss_falls(shards_url, tmp_path, strategy):
-    cfg = train_config(shards_url, str(tmp_path), "run", "train.max_steps=30", *strategy.split())
+def test_loss_falls_with_ddp(shards_url, tmp_path):
+    # DeepSpeed ZeRO-1 trains in the demo (its loss to under half, tests/jobs/test_demo.py) and in the
+    # codebook test below, ZeRO-2 in `straight_zero2`: each strategy runs, one Ray Train start each.
+    cfg = train_config(shards_url, str(tmp_path), "run", "train.max_steps=30", "train.strategy=ddp")
     exported = train.run(cfg)
     rows = metrics_rows(cfg)
     assert [int(r["step"]) for r in rows] == [5, 10, 15, 20, 25, 30]
