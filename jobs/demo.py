@@ -30,7 +30,7 @@ import torch
 from instrumentgen import storage
 from instrumentgen.config import load_config
 from instrumentgen.data import shards
-from instrumentgen.data.synthetic import default_instruments, write_fixture_nsynth
+from instrumentgen.data.synthetic import default_instruments, write_fixture_nsynth, written_fixture
 from instrumentgen.metrics.plots import loss_figure
 from instrumentgen.model.lm import InstrumentLM
 from instrumentgen.pretrained.clap import Clap
@@ -63,14 +63,12 @@ def fixture(out: str) -> dict[str, str]:
         "valid": (instruments[6:8], ("tfrecord",)),
         "test": (instruments[8:], ("tfrecord",)),
     }
-    # where write_fixture_nsynth puts each format, and the file it writes last (so: complete if present)
-    layout = {"jsonwav": ("jsonwav", "jsonwav/examples.json"), "tfrecord": ("nsynth.tfrecord", "nsynth.tfrecord")}
     urls = {}
     for split, (members, formats) in splits.items():
         root = storage.join(out, "nsynth", split)
-        where, last = layout[formats[0]]
-        if storage.exists(storage.join(root, last)):  # a re-run: written whole before
-            urls[split], done = storage.join(root, where), "already written"
+        written = written_fixture(root, formats[0])  # a re-run: written whole before
+        if written:
+            urls[split], done = written, "already written"
         else:
             urls[split] = write_fixture_nsynth(
                 root, members, PITCHES, VELOCITIES, formats, with_bad_records=split == "train"

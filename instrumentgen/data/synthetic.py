@@ -122,6 +122,20 @@ def bad_records() -> list[tuple[dict, np.ndarray | bytes, int, str]]:
     ]
 
 
+# format -> (its URL under a split's root, the file written last: present only once the format is whole)
+FIXTURE_LAYOUT = {
+    "jsonwav": ("jsonwav", "jsonwav/examples.json"),
+    "tfrecord": ("nsynth.tfrecord", "nsynth.tfrecord"),
+}
+
+
+def written_fixture(root: str, fmt: str) -> str | None:
+    """The URL of format `fmt` of a fixture split that `write_fixture_nsynth` wrote whole under `root`,
+    else None (never written, or interrupted before its last file)."""
+    where, last = FIXTURE_LAYOUT[fmt]
+    return storage.join(root, where) if storage.exists(storage.join(root, last)) else None
+
+
 def write_fixture_nsynth(
     root: str,
     instruments: int | list[FixtureInstrument] = 3,
@@ -143,7 +157,7 @@ def write_fixture_nsynth(
     bad = bad_records() if with_bad_records else []
     urls = {}
     if "jsonwav" in formats:
-        url = storage.join(root, "jsonwav")
+        url = storage.join(root, FIXTURE_LAYOUT["jsonwav"][0])
         examples = {}
         for meta, audio in notes:
             storage.write_bytes(
@@ -155,10 +169,10 @@ def write_fixture_nsynth(
             data = audio if isinstance(audio, bytes) else encode_audio(audio, rate, "wav16")
             storage.write_bytes(storage.join(url, "audio", meta["note_str"] + ".wav"), data)
             examples[meta["note_str"]] = meta
-        storage.write_bytes(storage.join(url, "examples.json"), json.dumps(examples, indent=1).encode())
+        storage.write_bytes(storage.join(root, FIXTURE_LAYOUT["jsonwav"][1]), json.dumps(examples, indent=1).encode())
         urls["jsonwav"] = url
     if "tfrecord" in formats:
-        url = storage.join(root, "nsynth.tfrecord")
+        url = storage.join(root, FIXTURE_LAYOUT["tfrecord"][0])
         buf = io.BytesIO()
         for meta, audio in notes:
             tfrecord.write_record(buf, tfrecord.encode_example({**meta, "audio": audio}))

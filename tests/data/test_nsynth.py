@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from instrumentgen.data import nsynth
-from instrumentgen.data.synthetic import bad_records, midi_to_hz, write_fixture_nsynth
+from instrumentgen.data.synthetic import bad_records, midi_to_hz, write_fixture_nsynth, written_fixture
 from instrumentgen.vocab import NSYNTH_SAMPLE_RATE_HZ
 
 PITCHES, VELOCITIES = [40, 69], [50, 127]
@@ -97,3 +97,12 @@ def test_unknown_layout_is_a_clear_error(tmp_path):
         nsynth.detect_format(str(tmp_path))
     with pytest.raises(nsynth.NSynthError, match="data.format='mp3' is unknown"):
         list(nsynth.iter_raw(str(tmp_path), "mp3"))
+
+
+def test_a_fixture_counts_as_written_only_once_its_last_file_is(tmp_path):
+    root = str(tmp_path / "split")
+    assert written_fixture(root, "jsonwav") is None and written_fixture(root, "tfrecord") is None
+    urls = write_fixture_nsynth(root, 1, [60], [100])
+    assert {fmt: written_fixture(root, fmt) for fmt in urls} == urls
+    (tmp_path / "split" / "jsonwav" / "examples.json").unlink()  # as if interrupted before its last file
+    assert written_fixture(root, "jsonwav") is None and written_fixture(root, "tfrecord") == urls["tfrecord"]
