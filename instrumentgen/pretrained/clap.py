@@ -269,15 +269,13 @@ class Clap:
         """
         if audio.dim() != 2 or audio.shape[0] == 0 or audio.shape[1] == 0:
             raise ClapError(f"audio shape {tuple(audio.shape)} is not allowed; expected [B, L] mono, B, L > 0")
-        audio_cfg = self.module.model_cfg["audio_cfg"]
+        audio_cfg, clip = self.module.model_cfg["audio_cfg"], self.clip_samples
         embeddings = []
         for part in audio.split(chunk):
             part = resample(part.to(self.device, torch.float32), sample_rate_hz, SAMPLE_RATE_HZ)
             # `get_audio_embedding_from_data` without its fixed 480000: the window is the model's own
-            windows = [
-                get_audio_features({}, note, self.clip_samples, "rand_trunc", "repeatpad", audio_cfg)
-                for note in part[:, : self.clip_samples]
-            ]
+            notes = part[:, :clip]
+            windows = [get_audio_features({}, note, clip, "rand_trunc", "repeatpad", audio_cfg) for note in notes]
             embeddings.append(self.module.model.get_audio_embedding(windows))
         return torch.cat(embeddings)
 
