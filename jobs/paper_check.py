@@ -286,13 +286,17 @@ def written(url: str) -> str:
     return url
 
 
-def run(size: str, out: Path) -> Stages:
-    """The whole chain at `size` in `out`; returns the stages' rows."""
+def run(size: str, out: Path, endpoint: str | None = None) -> Stages:
+    """The whole chain at `size` in `out`; returns the stages' rows.
+
+    endpoint: an S3 server on loopback that this process and the running Ray's workers already use (the
+    tests' session server, for the tiny chain); by default a moto server of its own is started."""
     out.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="paper-check-", dir=out))
     size_args = ["config=tiny"] if size == "tiny" else []
-    with loopback_s3(out / "moto.log") as (endpoint, moto_pid):
-        stages = Stages(exclude={moto_pid})
+    server = contextlib.nullcontext((endpoint, None)) if endpoint else loopback_s3(out / "moto.log")
+    with server as (endpoint, moto_pid), environment(s3_env(endpoint)):
+        stages = Stages(exclude={moto_pid} - {None})
         bucket = f"s3://{BUCKET}"
         storage.filesystem(bucket)[0].mkdir(BUCKET)
         values = {**render.read_values(), "bucket": bucket, "run": "paper-check"}

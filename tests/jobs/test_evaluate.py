@@ -198,8 +198,12 @@ def run_job(*argv):
     return subprocess.run([sys.executable, "-m", "jobs.evaluate", *argv], capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("case", ["missing checkpoint", "corrupt checkpoint", "missing data"])
-def test_the_job_fails_in_one_line_with_exit_code_2(test_set, tmp_path, case):
+CASES = ["missing checkpoint", "corrupt checkpoint", "missing data"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_job_fails_in_one_line_with_exit_code_2(test_set, tmp_path, case, capsys):
+    """In this process, except the corrupt checkpoint: a real process, whose whole stderr is the one line."""
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(np.random.default_rng(0).bytes(4096))
     argv = {
@@ -207,10 +211,15 @@ def test_the_job_fails_in_one_line_with_exit_code_2(test_set, tmp_path, case):
         "corrupt checkpoint": [f"data.source={test_set}", f"checkpoint={corrupt}"],
         "missing data": ["data.source=/nonexistent", "checkpoint=ground_truth"],
     }[case]
-    done = run_job("config=tiny", f"out={tmp_path / 'out'}", *argv)
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
-    named = "data.source='/nonexistent'" if case == "missing data" else "checkpoint="
-    assert done.stderr.startswith("error: ") and named in done.stderr
+    argv = ["config=tiny", f"out={tmp_path / 'out'}", *argv]
     if case == "corrupt checkpoint":
-        assert "is not an InstrumentLM checkpoint" in done.stderr and "weights_only" not in done.stderr
+        done = run_job(*argv)
+        code, err = done.returncode, done.stderr
+    else:
+        code, err = evaluate.main(argv), capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    named = "data.source='/nonexistent'" if case == "missing data" else "checkpoint="
+    assert err.startswith("error: ") and named in err
+    if case == "corrupt checkpoint":
+        assert "is not an InstrumentLM checkpoint" in err and "weights_only" not in err

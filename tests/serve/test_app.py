@@ -1,6 +1,7 @@
 """The Serve application end to end on 127.0.0.1: tiny config, two Generator replicas, a real HTTP client.
 
-One undisturbed 440-note instrument (equal to direct generation), then the same instrument again
+One undisturbed instrument of every key in two velocity layers (176 notes in 8 shards of 22, equal to
+direct generation; the demo's test serves a whole 440-note instrument), then the same instrument again
 with its folder removed and the app disturbed (marked slow): SIGKILL of the Ingress replica's
 process, SIGKILL of the Scorer while it finishes, a redeploy. Each must end
 with the same codes and the same note files, byte for byte (the same shards run: same shapes).
@@ -29,7 +30,8 @@ from instrumentgen.pretrained.codec import Codec
 from serve import shards
 from serve.local import replica_pid, serving
 
-BODY = {"prompt": "warm analog brass", "seed": 11}  # all 440 notes: 8 shards of 55
+BODY = {"prompt": "warm analog brass", "seed": 11, "velocities": [50, 100]}  # 88 keys x 2: 8 shards of 22
+NOTES = 176
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,7 @@ def app(ray_local, checkpoint, tmp_path_factory):
         f"serve.storage={root}",
         "serve.min_replicas=2",
         "serve.max_replicas=2",
-        "serve.shard_size=55",
+        "serve.shard_size=22",
         "serve.shard_retries=3",
         "serve.stale_after_s=3",  # the lease: a dead ingress's instruments are adopted within ~5 s
         f"serve.library={root / 'library'}",
@@ -94,10 +96,10 @@ def undisturbed(app):
 def test_a_full_instrument_equals_direct_generation_and_used_both_replicas(app, undisturbed):
     base, cfg, root = app
     status, (codes, notes, claims) = undisturbed
-    assert status["notes_total"] == status["notes_done"] == 440 and len(status["notes"]) == 440
-    assert len(status["workers"]) == 2 and len(notes) == 440 and sorted(claims.values()) == [1] * 8
+    assert status["notes_total"] == status["notes_done"] == NOTES and len(status["notes"]) == NOTES
+    assert len(status["workers"]) == 2 and len(notes) == NOTES and sorted(claims.values()) == [1] * 8
     manifest = storage.read_json(storage.join(root, status["id"], "manifest.json"))
-    assert manifest["tc"] > 0 and "mad_pitch" in manifest and len(manifest["notes"]) == 440
+    assert manifest["tc"] > 0 and "mad_pitch" in manifest and len(manifest["notes"]) == NOTES
     for name in ("sfz", "dspreset", "bundle"):
         answer = requests.get(f"{base}{status[name]}", timeout=60)
         assert answer.status_code == 200 and int(answer.headers["Content-Length"]) == len(answer.content) > 100
@@ -105,10 +107,10 @@ def test_a_full_instrument_equals_direct_generation_and_used_both_replicas(app, 
     lm = InstrumentLM.load(cfg.serve.checkpoint)
     codec, clap = Codec.load(cfg.codec), Clap.load(cfg.clap)
     cue = InstrumentCue(prompt=BODY["prompt"])
-    gen = dataclasses.replace(cfg.generate, seed=BODY["seed"])
-    direct = generate_codes(
-        lm, instrument_cues(cue, clap.embed_text([cue.prompt])[0]), codec.frames_for(cfg.data.note_duration_s), gen
-    )
+    gen = dataclasses.replace(cfg.generate, seed=BODY["seed"], batch_size=cfg.serve.shard_size)  # a shard's shapes
+    slots = shards.request_slots({"keys": {"low": 21, "high": 108}, "velocities": BODY["velocities"]})
+    cues = instrument_cues(cue, clap.embed_text([cue.prompt])[0], slots)
+    direct = generate_codes(lm, cues, codec.frames_for(cfg.data.note_duration_s), gen)
     np.testing.assert_array_equal(codes, direct.numpy())
     assert status["model_id"] == lm.model_id == manifest["model_id"]
 
@@ -133,13 +135,13 @@ def again(app, undisturbed, disturb):
 @pytest.mark.slow
 def test_sigkill_of_the_ingress_mid_instrument_is_adopted_and_completes(app, undisturbed, ray_local):
     def kill_ingress(base, instrument):
-        wait(base, instrument, lambda s: s["notes_done"] >= 110)
+        wait(base, instrument, lambda s: s["notes_done"] >= NOTES // 4)
         os.kill(replica_pid("Ingress"), signal.SIGKILL)
         stranded = wait(base, instrument, lambda s: s["status"] in ("stale", "running", "done"))
         assert stranded["status"] in ("stale", "running", "done")
 
     final = again(app, undisturbed, kill_ingress)
-    assert final["notes_done"] == 440
+    assert final["notes_done"] == NOTES
 
 
 @pytest.mark.slow
@@ -164,7 +166,7 @@ def test_a_redeploy_mid_instrument_hands_over_and_completes(app, undisturbed):
     def redeploy(base, instrument):
         from serve.app import build_app
 
-        wait(base, instrument, lambda s: s["notes_done"] >= 110)
+        wait(base, instrument, lambda s: s["notes_done"] >= NOTES // 4)
         changed = dataclasses.replace(cfg, serve=dataclasses.replace(cfg.serve, max_instruments_in_flight=5))
         serve.run(build_app(changed), name="instrumentgen", route_prefix="/")
 
