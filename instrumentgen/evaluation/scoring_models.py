@@ -1,8 +1,9 @@
-"""The models that score a test instrument, loaded once per scorer: the LM, the codec, CLAP, the FAD embedder."""
+"""The models that score a test instrument: the codec, CLAP and the FAD embedder, loaded once per scorer,
+and the LM of the model being scored, swapped per checkpoint."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from instrumentgen.config import Config
 from instrumentgen.evaluation.table1 import GROUND_TRUTH
@@ -27,3 +28,8 @@ class ScoringModels:
         """`checkpoint`: an exported InstrumentLM (path or URL) or `GROUND_TRUTH`."""
         lm, codec, clap = load_models(cfg, None if checkpoint == GROUND_TRUTH else checkpoint, clap=True)
         return cls(lm, codec, clap, Embedder(cfg.metrics, clap))
+
+    def with_checkpoint(self, checkpoint: str) -> "ScoringModels":
+        """The same codec, CLAP and embedder with the LM of `checkpoint` (None for `GROUND_TRUTH`)."""
+        lm = None if checkpoint == GROUND_TRUTH else InstrumentLM.load(checkpoint, str(self.codec.device))
+        return replace(self, lm=lm)
