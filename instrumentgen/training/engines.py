@@ -2,7 +2,8 @@
 
 `DeepSpeedEngine` (`train.strategy: deepspeed`): ZeRO stage, precision, clipping and gradient
 accumulation from the config; it is given a torch AdamW and a LambdaLR, so no DeepSpeed C++
-optimizer is compiled. `DDPEngine` (`train.strategy: ddp`): torch DistributedDataParallel with
+optimizer is compiled, and on CPU workers its shared-memory all-reduce is not built either
+(`skip_cpu_inference_all_reduce`). `DDPEngine` (`train.strategy: ddp`): torch DistributedDataParallel with
 the same optimizer and schedule, for small runs and as the baseline of the benchmark.
 
 Both are an `Engine` (the methods the loop uses). They are told their rank and device; neither
@@ -105,12 +106,29 @@ def deepspeed_config(cfg: TrainConfig, micro_batch: int) -> dict:
     }
 
 
+def skip_cpu_inference_all_reduce() -> None:
+    """On DeepSpeed's CPU accelerator, do not JIT-compile its shared-memory all-reduce op.
+
+    Its communication backend builds `deepspeed_shm_comm` (C++, about 45 s on 2 cores, once per
+    machine into TORCH_EXTENSIONS_DIR) when it starts, but uses it only in `inference_all_reduce`
+    (tensor-parallel inference); training's collectives are torch.distributed's (gloo). DeepSpeed
+    builds an op only if `deepspeed.ops.__compatible_ops__` (the dict it keeps editable for this)
+    says it can. GPU accelerators have no such op and are left alone.
+    """
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() == "cpu":
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 class DeepSpeedEngine:
     """`train.strategy: deepspeed`: ZeRO stage, precision, clipping, accumulation from the config."""
 
     def __init__(self, model: InstrumentLM, cfg: TrainConfig, micro_batch: int):
         import deepspeed
 
+        skip_cpu_inference_all_reduce()
         optimizer, schedule = optimizer_and_schedule(model, cfg)
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=schedule, config=deepspeed_config(cfg, micro_batch)

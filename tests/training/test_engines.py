@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import torch
 
 from instrumentgen.config import load_config
@@ -58,3 +62,35 @@ def test_weight_decay_only_on_linear_weight_matrices():
     assert "conditioners.clap.rvq.codebooks" in dict(model.named_buffers())
     assert sum(len(g) for g in groups.values()) == len(list(model.parameters()))
     assert isinstance(optimizer, torch.optim.AdamW)
+
+
+SHM_BUILD = """
+import os, sys
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1], RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+os.environ["TORCH_EXTENSIONS_DIR"] = sys.argv[2]
+import torch
+from instrumentgen.config import load_config
+from instrumentgen.model.lm import InstrumentLM
+from instrumentgen.training.engines import DeepSpeedEngine
+
+engine = DeepSpeedEngine(InstrumentLM(load_config("tiny").model), load_config("tiny").train, 4)
+print(sorted(os.listdir(sys.argv[2])) if os.path.isdir(sys.argv[2]) else [])
+"""
+
+
+def test_a_deepspeed_engine_on_cpu_compiles_no_op(tmp_path):
+    """A fresh TORCH_EXTENSIONS_DIR stays empty after DeepSpeed starts on the CPU accelerator. With
+    `skip_cpu_inference_all_reduce` made a no-op, the same script compiled `deepspeed_shm_comm` into it
+    (36 s on this 2-core machine), the first DeepSpeed run of every fresh clone."""
+    from serve.local import free_port
+
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_EXTENSIONS_DIR"}
+    done = subprocess.run(
+        [sys.executable, "-c", SHM_BUILD, str(free_port()), str(tmp_path / "ext")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
