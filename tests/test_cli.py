@@ -117,7 +117,7 @@ def test_every_user_error_of_generate_is_one_line_with_exit_2(tmp_path, s3_serve
     import os
 
     checkpoint = _checkpoint(tmp_path / "model.pt")
-    (tmp_path / "corrupt.pt").write_bytes(os.urandom(2048))
+    (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint" * 128)  # fixed bytes: one pickle error
     (tmp_path / "a-file").write_text("not a folder")
     base = [checkpoint, "--family", "brass", "data.note_duration_s=0.05", "generate.batch_size=440"]
     no_credentials = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}

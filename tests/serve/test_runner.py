@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -62,13 +63,26 @@ def test_a_handed_over_instrument_is_adopted_and_finishes_with_the_same_codes_an
         assert code == 202 and plain.store.status(answer["id"])["status"] == "done"
 
         first = Replica(tmp_path / "moved", plain.fakes, "a")
+        # The first replica renders one shard; its other calls wait until the redeploy cancels them, so
+        # the handover always comes mid-instrument, however fast the shards render.
+        rendered_one, never = asyncio.Event(), asyncio.Event()
+
+        async def one_shard_then_wait(job):
+            if rendered_one.is_set():
+                await never.wait()
+            rendered_one.set()
+            return await plain.fakes.generate_shard(job)
+
+        first.runner.generator = SimpleNamespace(
+            embed=plain.fakes.generator.embed, generate_shard=SimpleNamespace(remote=one_shard_then_wait)
+        )
         _, moved = await first.submit()
         url = first.store.url(moved["id"])
         while not storage.list_files(shards.folder(url), shards.RESULT):
             await asyncio.sleep(0.05)
         await first.runner.shutdown()  # a redeploy: hand over, not fail
         left = first.store.status(moved["id"])
-        assert left["status"] == "stale" and left["owner"] is None and left["notes_done"] < 8
+        assert left["status"] == "stale" and left["owner"] is None and left["notes_done"] == 2
         stored = shards.progress(url, [(p, v) for p in range(60, 64) for v in (50, 100)]).done
 
         plain.fakes.calls.clear()
