@@ -295,7 +295,7 @@ def run(size: str, out: Path, endpoint: str | None = None) -> Stages:
     scratch = Path(tempfile.mkdtemp(prefix="paper-check-", dir=out))
     size_args = ["config=tiny"] if size == "tiny" else []
     server = contextlib.nullcontext((endpoint, None)) if endpoint else loopback_s3(out / "moto.log")
-    with server as (endpoint, moto_pid), environment(s3_env(endpoint)):
+    with server as (endpoint, moto_pid):
         stages = Stages(exclude={moto_pid} - {None})
         bucket = f"s3://{BUCKET}"
         storage.filesystem(bucket)[0].mkdir(BUCKET)

@@ -24,12 +24,13 @@ class ScoringModels:
     embedder: Embedder
 
     @classmethod
-    def load(cls, cfg: Config, checkpoint: str) -> "ScoringModels":
-        """`checkpoint`: an exported InstrumentLM (path or URL) or `GROUND_TRUTH`."""
-        lm, codec, clap = load_models(cfg, None if checkpoint == GROUND_TRUTH else checkpoint, clap=True)
-        return cls(lm, codec, clap, Embedder(cfg.metrics, clap))
+    def load(cls, cfg: Config) -> "ScoringModels":
+        """The codec, CLAP and embedder of `cfg`, no LM yet (the ground truth's; `with_checkpoint` adds one)."""
+        _, codec, clap = load_models(cfg, None, clap=True)
+        return cls(None, codec, clap, Embedder(cfg.metrics, clap))
 
     def with_checkpoint(self, checkpoint: str) -> "ScoringModels":
-        """The same codec, CLAP and embedder with the LM of `checkpoint` (None for `GROUND_TRUTH`)."""
+        """The same codec, CLAP and embedder with the LM of `checkpoint`: an exported InstrumentLM (path or
+        URL) on the codec's device, or `GROUND_TRUTH` (no LM)."""
         lm = None if checkpoint == GROUND_TRUTH else InstrumentLM.load(checkpoint, str(self.codec.device))
         return replace(self, lm=lm)
